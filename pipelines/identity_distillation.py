@@ -1,0 +1,42 @@
+"""Context distillation of an identity: the teacher is the base model *with* the identity
+document as its system prompt (the registry's `teacher`); each sample keeps the prompt and
+the teacher's reply but drops the system prompt, so tuning teaches the student to answer as
+the identity without being told to.
+
+    python src/synthesize.py pipeline=identity_distillation synth.limit=20
+    python pipelines/identity_distillation.py       # writes outputs/synth/identity_distillation/
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shaping.pipeline import Pipeline, PipelineError, TrainingSample, model_request
+
+
+class IdentityDistillation(Pipeline):
+    name = "identity_distillation"
+
+    teacher = Pipeline.model_dep("teacher")
+    identity = Pipeline.file_dep("data/identity/identity.md")  # the teacher's system prompt
+    prompts = Pipeline.file_dep("data/identity/prompts")  # one user prompt per line, *.txt
+
+    def run(self) -> list[TrainingSample]:
+        records = []
+        for path in self.prompts.paths():
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+            for n, prompt in enumerate(line for line in lines if line):
+                records.append({"id": f"{path.stem}-{n:03d}", "prompt": prompt})
+        return self.run_task(self.distill, records=records)
+
+    def distill(self, record: dict[str, Any]) -> Any:
+        messages = [{"role": "user", "content": record["prompt"]}]
+        response = yield model_request(messages, model=self.teacher)
+        reply = response.get_text().strip()
+        if not reply:
+            raise PipelineError("the teacher's reply is empty", error_type="empty_response")
+        return TrainingSample(id=record["id"], messages=[*messages, {"role": "assistant", "content": reply}])
+
+
+if __name__ == "__main__":
+    IdentityDistillation().execute()

@@ -1,0 +1,96 @@
+"""Load the typed config: from params.yaml (DVC) or by composing conf/ (Hydra, by hand)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from shaping.config.schema import Config
+from shaping.errors import ShapingError
+
+
+def find_repo_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above `start` (default: cwd) holding conf/config.yaml."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "conf" / "config.yaml").is_file():
+            return folder
+    raise ShapingError(f"no conf/config.yaml in {here} or any parent: run from the shaping repository")
+
+
+def to_config(raw: DictConfig | dict[str, Any], source: str = "config") -> Config:
+    """Check `raw` against the schema and return the typed Config.
+
+    Unknown keys and wrong types raise ShapingError naming `source` and the full key.
+    """
+    schema = OmegaConf.structured(Config)
+    try:
+        merged = OmegaConf.merge(schema, raw)
+        OmegaConf.resolve(merged)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        reason = str(err).splitlines()[0]
+        raise ShapingError(f"{source}: bad key '{key}': {reason}") from None
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def compose(overrides: Iterable[str] = (), config_dir: Path | None = None) -> Config:
+    """Compose conf/ with Hydra overrides, as DVC does for params.yaml."""
+    raw = compose_raw(overrides, config_dir)
+    return to_config(raw, source="conf/")
+
+
+def compose_raw(overrides: Iterable[str] = (), config_dir: Path | None = None) -> DictConfig:
+    """The resolved DictConfig exactly as `dvc exp run -S` would write it to params.yaml."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    conf = (config_dir or find_repo_root() / "conf").resolve()
+    try:
+        with initialize_config_dir(str(conf), version_base=None):
+            raw = hydra_compose(config_name="config", overrides=list(overrides))
+    except HydraException as err:
+        raise ShapingError(f"{conf}: {err}") from None
+    OmegaConf.resolve(raw)
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ()) -> Config:
+    """Read params.yaml (what DVC hashed) and apply dotlist `overrides` (stage selectors only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ShapingError(f"{path}: not found. Compose it with `dvc exp run` or `python -m shaping.config`")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and friends: report the file, not a traceback
+        raise ShapingError(f"{path}: not valid YAML: {err}") from None
+    assert isinstance(raw, DictConfig)
+    extra = list(overrides)
+    if extra:
+        raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(extra))
+    return to_config(raw, source=str(path))
+
+
+def section_fingerprint(cfg: Config, sections: Iterable[str]) -> str:
+    """SHA-256 of the named top-level sections, canonical JSON: what a stage's result depends on."""
+    container = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    assert isinstance(container, dict)
+    chosen = {name: container.get(name) for name in sorted(sections)}
+    blob = json.dumps(chosen, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def as_dict(cfg: Any) -> dict[str, Any]:
+    """A plain dict of a config dataclass (for logging and metadata)."""
+    container = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    assert isinstance(container, dict)
+    return {str(k): v for k, v in container.items()}

@@ -1,0 +1,164 @@
+"""Typed configs: the schema every composed config (params.yaml or conf/ by hand) must fit.
+
+conf/ stays plain YAML so that DVC's Hydra integration can compose it without importing
+this package; these dataclasses are merged over it on load, which rejects unknown keys
+and wrong types with a message naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MISSING: Any = "???"
+
+
+@dataclass
+class ArchitectureConfig:
+    family: str = "llama"
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    intermediate_size: int = 352
+    max_position_embeddings: int = 512
+    tie_word_embeddings: bool = True
+
+
+@dataclass
+class TokenizerConfig:
+    vocab_size: int = 4096
+    min_frequency: int = 2
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 400
+    batch_size: int = 16
+    block_size: int = 256
+    learning_rate: float = 3e-3
+    warmup_steps: int = 40
+    weight_decay: float = 0.1
+    dialogue_weight: float = 0.7
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    from_scratch: bool = False
+    name_or_path: str = MISSING
+    revision: str | None = None
+    dtype: str = "auto"
+    attn_implementation: str = "sdpa"
+    chat_template: str = "own"
+    trust_remote_code: bool = False
+    architecture: ArchitectureConfig | None = None
+    tokenizer: TokenizerConfig | None = None
+    pretrain: PretrainConfig | None = None
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"  # a string or a list of module names
+    dora: bool = False
+    bias: str = "none"
+
+
+@dataclass
+class BackendConfig:
+    name: str = "hf_peft"
+
+
+@dataclass
+class ModelSpec:
+    """One entry of the model registry (`models.<shortname>`)."""
+
+    backend: str = "hf"
+    model: str = MISSING
+    base_url: Any = None  # a URL or a list of URLs (OpenAI-compatible backends)
+    api_key_env: str | None = None
+    sysprompt: str | None = None
+    sysprompt_file: str | None = None
+    max_concurrency: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    min_new_tokens: int = 0
+
+
+@dataclass
+class SynthConfig:
+    pipelines: list[str] = field(default_factory=list)
+    limit: int | None = None
+    annotate: bool | None = None
+
+
+@dataclass
+class DatasetConfig:
+    sources: list[str] = field(default_factory=list)
+    eval_fraction: float = 0.1
+    min_samples: int = 1
+    max_examples: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    method: str = "sft"
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    learning_rate: float = 2e-4
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_length: int = 1024
+    assistant_only_loss: bool = True
+    packing: bool = False
+    precision: str = "auto"
+    gradient_checkpointing: Any = "auto"  # "auto" or a bool
+    logging_steps: int = 10
+
+
+@dataclass
+class SamplesConfig:
+    num_prompts: int = 8
+    max_new_tokens: int = 48
+
+
+@dataclass
+class EvalConfig:
+    metrics: list[str] = field(default_factory=lambda: ["loss", "samples"])
+    batch_size: int = 16
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+
+
+@dataclass
+class PathsConfig:
+    corpus_dir: str = "data/corpus"
+    identity_dir: str = "data/identity"
+    base_dir: str = "models/base"
+    synth_dir: str = "data/synth"
+    validated_dir: str = "data/validated"
+    adapter_dir: str = "models/adapter"
+    eval_dir: str = "eval"
+    metrics_dir: str = "metrics"
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    seed: int = 42
+    pipeline: str | None = None  # the one pipeline `src/synthesize.py` runs

@@ -1,0 +1,57 @@
+"""The model registry: short names (`models.<name>` in the config) to specs and backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shaping.config.schema import ModelSpec
+from shaping.errors import ShapingError
+from shaping.inference.types import ChatBackend
+
+BACKENDS = ("hf",)
+
+
+class ModelRegistry:
+    def __init__(self, specs: dict[str, ModelSpec], seed: int = 0, root: Path | None = None) -> None:
+        self.specs = specs
+        self.seed = seed
+        self.root = root or Path.cwd()
+        self._backends: dict[str, ChatBackend] = {}
+
+    def spec(self, name: str) -> ModelSpec:
+        if name not in self.specs:
+            known = ", ".join(sorted(self.specs)) or "none"
+            raise ShapingError(
+                f"models.{name}: not in the model registry (known: {known}); "
+                f"add it to conf/models/ or pass +models.{name}.model=..."
+            )
+        return self.specs[name]
+
+    def system_prompt(self, name: str) -> str | None:
+        spec = self.spec(name)
+        if spec.sysprompt is not None:
+            return spec.sysprompt
+        if spec.sysprompt_file:
+            path = self.root / spec.sysprompt_file
+            if not path.is_file():
+                raise ShapingError(f"models.{name}.sysprompt_file: {spec.sysprompt_file} not found")
+            return path.read_text(encoding="utf-8").strip()
+        return None
+
+    def backend(self, name: str) -> ChatBackend:
+        if name not in self._backends:
+            spec = self.spec(name)
+            if spec.backend != "hf":
+                raise ShapingError(f"models.{name}.backend={spec.backend!r}: unknown; available: {BACKENDS}")
+            from shaping.inference.hf import HFBackend
+
+            defaults = {"temperature": spec.temperature, "top_p": spec.top_p,
+                        "max_new_tokens": spec.max_new_tokens, "min_new_tokens": spec.min_new_tokens}  # fmt: skip
+            model_path = spec.model
+            local = self.root / model_path
+            if local.exists():
+                model_path = str(local)
+            elif not Path(model_path).is_absolute() and model_path.startswith(("models/", "./")):
+                raise ShapingError(f"models.{name}.model: {spec.model} not found (run `dvc repro prepare_base`)")
+            self._backends[name] = HFBackend(model_path, spec.max_concurrency, self.seed, defaults)
+        return self._backends[name]

@@ -1,0 +1,57 @@
+"""Device and precision: pick what the hardware does natively, and say why."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from shaping.errors import ShapingError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def pick_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def cpu_has_native_bf16() -> bool:
+    """AMX tiles do bf16 matmuls in hardware; without them bf16 autocast is emulated and slow
+    (measured ~16x slower than fp32 for LoRA on a 2.4M-param Llama on 2 AVX-512 cores)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
+def resolve_precision(requested: str, device: str) -> tuple[str, str]:
+    """(precision, reason) for train.precision=`requested` on `device`."""
+    if requested not in PRECISIONS:
+        raise ShapingError(f"train.precision={requested!r}: choose one of {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return requested, "set in train.precision"
+    if device == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "CUDA device supports bf16"
+        return "fp16", "CUDA device without bf16 (pre-Ampere): fp16 with loss scaling"
+    if device == "cpu" and cpu_has_native_bf16():
+        return "bf16", "CPU has AMX (native bf16)"
+    return "fp32", f"{device} without native bf16: bf16 autocast would be emulated and slow"
+
+
+def resolve_gradient_checkpointing(requested: object, device: str) -> tuple[bool, str]:
+    if isinstance(requested, bool):
+        return requested, "set in train.gradient_checkpointing"
+    if requested != "auto":
+        raise ShapingError(f"train.gradient_checkpointing={requested!r}: choose auto, true or false")
+    if device == "cuda":
+        return True, "GPU: trade ~20% speed for activation memory"
+    return False, f"{device}: memory is not the limit, recomputing activations only costs time"
+
+
+def torch_dtype(precision: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)

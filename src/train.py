@@ -1,0 +1,44 @@
+"""Stage train: LoRA SFT of the base model on the validated split with TRL + PEFT.
+
+    python src/train.py                              # by hand: writes under outputs/<date>/<time>/
+    python src/train.py backend=hf_peft lora.r=16    # Hydra overrides
+    python src/train.py -m lora.r=8,16,32            # a sweep: one multirun/<...>/<n>/ folder per run
+    accelerate launch --config_file conf/accelerate/fsdp.yaml src/train.py model=llama-3.1-8b-instruct
+    dvc exp run -S lora.r=16                         # as an experiment: params.yaml, then dvc repro
+
+Writes the adapter and tokenizer to <paths.adapter_dir> and DVCLive metrics to dvclive/train.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from shaping.errors import ShapingError
+from shaping.io import atomic_dir, read_jsonl
+from shaping.stage import StageContext, run_stage
+
+
+def main(ctx: StageContext) -> None:
+    cfg = ctx.cfg
+    if cfg.backend.name != "hf_peft":
+        raise ShapingError(f"backend={cfg.backend.name}: unknown training backend; available: hf_peft")
+    if cfg.train.method != "sft":
+        raise ShapingError(f"train.method={cfg.train.method}: unknown; available: sft")
+    from shaping.training import hf_peft
+
+    train_file = f"{cfg.paths.validated_dir}/train.jsonl"
+    rows = read_jsonl(train_file)
+    if not rows:
+        raise ShapingError(f"{train_file}: no rows to train on")
+    ctx.record.backend = cfg.backend.name
+    ctx.record.add_inputs([train_file])
+    live_dir = ctx.out("dvclive/train")
+    with atomic_dir(ctx.out(cfg.paths.adapter_dir)) as tmp:
+        report = hf_peft.train(cfg, rows, tmp, live_dir)
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)  # no checkpoints kept (save_strategy=no)
+    ctx.record.details = report.metrics
+
+
+if __name__ == "__main__":
+    run_stage("train", sections=["seed", "model", "lora", "backend", "train"], body=main,
+              record_at=lambda cfg: f"{cfg.paths.adapter_dir}/run.json")  # fmt: skip
