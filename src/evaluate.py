@@ -71,19 +71,32 @@ def main(ctx: StageContext) -> None:
     if "samples" in cfg.eval.metrics:
         replies["tuned"] = greedy_replies(tuned, tokenizer, prompts, new, batch)
         metrics["samples"] = {name: sample_stats(r) for name, r in replies.items()}
-        write_jsonl(ctx.out(f"{cfg.paths.eval_dir}/samples.jsonl"), (
-            {"id": row["id"], "prompt": prompt[-1]["content"], "reference": row["messages"][-1]["content"],
-             **{name: r[i]["text"] for name, r in replies.items()},
-             **{f"{name}_finish": r[i]["finish_reason"] for name, r in replies.items()}}
-            for i, (row, prompt) in enumerate(zip(rows, prompts, strict=False))
-        ))  # fmt: skip
+        write_jsonl(
+            ctx.out(f"{cfg.paths.eval_dir}/samples.jsonl"),
+            (
+                {
+                    "id": row["id"],
+                    "prompt": prompt[-1]["content"],
+                    "reference": row["messages"][-1]["content"],
+                    **{name: r[i]["text"] for name, r in replies.items()},
+                    **{f"{name}_finish": r[i]["finish_reason"] for name, r in replies.items()},
+                }
+                for i, (row, prompt) in enumerate(zip(rows, prompts, strict=False))
+            ),
+        )
     write_json(ctx.out(f"{cfg.paths.eval_dir}/metrics.json"), metrics)
     ctx.record.details = metrics
     for name in ("base", "teacher", "tuned"):
         if name in metrics:
-            log.info("%-7s loss %.4f  perplexity %.2f", name, metrics[name]["loss"], metrics[name]["perplexity"])
+            log.info(
+                "%-7s loss %.4f  perplexity %.2f", name, metrics[name]["loss"], metrics[name]["perplexity"]
+            )
 
 
 if __name__ == "__main__":
-    run_stage("evaluate", sections=["seed", "model", "lora", "models", "eval"], body=main,
-              record_at=lambda cfg: f"{cfg.paths.eval_dir}/run.json")  # fmt: skip
+    run_stage(
+        "evaluate",
+        sections=["seed", "model", "lora", "models", "eval"],
+        body=main,
+        record_at=lambda cfg: f"{cfg.paths.eval_dir}/run.json",
+    )

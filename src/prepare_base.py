@@ -44,8 +44,9 @@ def main(ctx: StageContext) -> None:
     prose, dialogues = load_corpus(cfg.paths.corpus_dir)
     log.info("corpus: %d paragraphs, %d dialogues", len(prose), len(dialogues))
     rendered = [m["content"] for d in dialogues for m in d]
-    tokenizer = train_bpe_tokenizer(prose + rendered, model_cfg.tokenizer.vocab_size,
-                                    model_cfg.tokenizer.min_frequency)  # fmt: skip
+    tokenizer = train_bpe_tokenizer(
+        prose + rendered, model_cfg.tokenizer.vocab_size, model_cfg.tokenizer.min_frequency
+    )
     prose_ids, dialogue_ids, starts = encode_streams(tokenizer, prose, dialogues)
     model = build_model(model_cfg.architecture, tokenizer)
     report = pretrain(model, prose_ids, dialogue_ids, starts, model_cfg.pretrain, cfg.seed)
@@ -53,8 +54,13 @@ def main(ctx: StageContext) -> None:
     with atomic_dir(base_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    metrics = {"pretrain": {**vars(report), "vocab_size": len(tokenizer),
-                            "corpus_tokens": len(prose_ids) + len(dialogue_ids)}}  # fmt: skip
+    metrics = {
+        "pretrain": {
+            **vars(report),
+            "vocab_size": len(tokenizer),
+            "corpus_tokens": len(prose_ids) + len(dialogue_ids),
+        }
+    }
     write_json(Path(ctx.out(cfg.paths.metrics_dir)) / "prepare_base.json", metrics)
     ctx.record.details = metrics
 

@@ -40,5 +40,9 @@ def main(ctx: StageContext) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("train", sections=["seed", "model", "lora", "backend", "train"], body=main,
-              record_at=lambda cfg: f"{cfg.paths.adapter_dir}/run.json")  # fmt: skip
+    run_stage(
+        "train",
+        sections=["seed", "model", "lora", "backend", "train"],
+        body=main,
+        record_at=lambda cfg: f"{cfg.paths.adapter_dir}/run.json",
+    )

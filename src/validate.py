@@ -42,8 +42,11 @@ def main(ctx: StageContext) -> None:
         "rows_read": {"value": lines, "passed": lines > 0},
         "invalid_rows": {"value": len({(e.file, e.line) for e in errors}), "passed": not errors},
         "duplicate_ids": {"value": len(dupes), "passed": not dupes},
-        "min_samples": {"value": len(rows), "min": cfg.dataset.min_samples,
-                        "passed": len(rows) >= cfg.dataset.min_samples},  # fmt: skip
+        "min_samples": {
+            "value": len(rows),
+            "min": cfg.dataset.min_samples,
+            "passed": len(rows) >= cfg.dataset.min_samples,
+        },
     }
     passed = all(c["passed"] for c in checks.values())
     train, held_out = split_rows(rows, cfg.dataset.eval_fraction, cfg.seed) if passed else ([], [])
@@ -55,8 +58,8 @@ def main(ctx: StageContext) -> None:
         "train_rows": len(train),
         "eval_rows": len(held_out),
         "checks": checks,
-        "errors": [vars(e) for e in errors] + [{"file": "", "line": 0, "field": "id", "message": f"duplicate {d}"}
-                                              for d in dupes],  # fmt: skip
+        "errors": [vars(e) for e in errors]
+        + [{"file": "", "line": 0, "field": "id", "message": f"duplicate {d}"} for d in dupes],
     }
     write_json(out_dir / "report.json", report)
     ctx.record.details = {k: report[k] for k in ("passed", "valid_rows", "train_rows", "eval_rows")}
@@ -65,13 +68,18 @@ def main(ctx: StageContext) -> None:
         shown = "\n  ".join(str(e) for e in errors[:SHOW_ERRORS])
         more = f"\n  ... and {len(errors) - SHOW_ERRORS} more" if len(errors) > SHOW_ERRORS else ""
         detail = f"\n  {shown}{more}" if errors else ""
-        raise ShapingError(f"validation failed ({', '.join(failed)}); full report: {out_dir / 'report.json'}"
-                           f"{detail}")  # fmt: skip
+        raise ShapingError(
+            f"validation failed ({', '.join(failed)}); full report: {out_dir / 'report.json'}{detail}"
+        )
     write_jsonl(out_dir / "train.jsonl", train)
     write_jsonl(out_dir / "eval.jsonl", held_out)
     log.info("validated %d rows: %d train, %d eval", len(rows), len(train), len(held_out))
 
 
 if __name__ == "__main__":
-    run_stage("validate", sections=["seed", "dataset"], body=main,
-              record_at=lambda cfg: f"{cfg.paths.validated_dir}/run.json")  # fmt: skip
+    run_stage(
+        "validate",
+        sections=["seed", "dataset"],
+        body=main,
+        record_at=lambda cfg: f"{cfg.paths.validated_dir}/run.json",
+    )

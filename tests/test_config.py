@@ -28,7 +28,7 @@ def test_overrides_reach_the_typed_config() -> None:
 
 
 def test_typo_key_is_an_error_naming_the_key() -> None:
-    with pytest.raises(ShapingError, match="rr"):
+    with pytest.raises(ShapingError, match=r"rr"):
         compose(["lora.rr=4"])
 
 
@@ -38,12 +38,12 @@ def test_unknown_key_in_params_file_is_named(tmp_path: Path) -> None:
     raw["train"]["learning_rat"] = 0.1
     path = tmp_path / "params.yaml"
     path.write_text(OmegaConf.to_yaml(raw))
-    with pytest.raises(ShapingError, match=r"params.yaml: bad key 'train.learning_rat'"):
+    with pytest.raises(ShapingError, match=r"params\.yaml: bad key 'train\.learning_rat'"):
         load_params(path)
 
 
 def test_wrong_type_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ShapingError, match="lora.r"):
+    with pytest.raises(ShapingError, match=r"lora\.r"):
         compose(["lora.r=eight"])
 
 

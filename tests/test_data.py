@@ -4,12 +4,22 @@ from pathlib import Path
 
 from shaping.data import check_file, split_rows, validate_messages
 
-GOOD = '{"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}'
+GOOD = (
+    '{"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}'
+)
 
 
 def test_valid_conversation() -> None:
-    assert validate_messages([{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-                              {"role": "assistant", "content": "a"}]) == []  # fmt: skip
+    assert (
+        validate_messages(
+            [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": "u"},
+                {"role": "assistant", "content": "a"},
+            ]
+        )
+        == []
+    )
 
 
 def test_structure_problems_are_named() -> None:
@@ -19,10 +29,26 @@ def test_structure_problems_are_named() -> None:
     problems = validate_messages([{"role": "user", "content": "u"}, {"role": "bot", "content": "a"}])
     assert "messages[1].role: 'bot' is not one of system, user, assistant" in problems
     assert any("last message" in p for p in validate_messages([{"role": "user", "content": "u"}]))
-    assert any("in a row" in p for p in validate_messages(
-        [{"role": "user", "content": "u"}, {"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]))
-    assert any("only come first" in p for p in validate_messages(
-        [{"role": "user", "content": "u"}, {"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]))
+    assert any(
+        "in a row" in p
+        for p in validate_messages(
+            [
+                {"role": "user", "content": "u"},
+                {"role": "user", "content": "u"},
+                {"role": "assistant", "content": "a"},
+            ]
+        )
+    )
+    assert any(
+        "only come first" in p
+        for p in validate_messages(
+            [
+                {"role": "user", "content": "u"},
+                {"role": "system", "content": "s"},
+                {"role": "assistant", "content": "a"},
+            ]
+        )
+    )
 
 
 def test_check_file_reports_line_numbers(tmp_path: Path) -> None:

@@ -14,8 +14,9 @@ def test_tokenizer_round_trip_and_assistant_mask() -> None:
     tokenizer = train_bpe_tokenizer(PROSE, vocab_size=300, min_frequency=1)
     for text in ["naïve café — 🌱 seeds\n\n  spaced\tout", "def f(x):\n    return x ** 2"]:
         assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
-    enc = tokenizer.apply_chat_template(DIALOGUES[0], tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=True)  # fmt: skip
+    enc = tokenizer.apply_chat_template(
+        DIALOGUES[0], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     kept = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"], strict=True) if m]
     assert tokenizer.decode(kept) == DIALOGUES[0][-1]["content"] + IM_END  # the reply and its stop token
 
@@ -23,14 +24,35 @@ def test_tokenizer_round_trip_and_assistant_mask() -> None:
 def _pretrain(seed: int) -> tuple[float, torch.Tensor]:
     tokenizer = train_bpe_tokenizer(PROSE, vocab_size=300, min_frequency=1)
     torch.manual_seed(seed)
-    model = build_model(ArchitectureConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2,
-                                           intermediate_size=64, max_position_embeddings=64), tokenizer)  # fmt: skip
+    model = build_model(
+        ArchitectureConfig(
+            hidden_size=32,
+            num_layers=1,
+            num_heads=2,
+            num_kv_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        ),
+        tokenizer,
+    )
     prose, dialogue, starts = encode_streams(tokenizer, PROSE, DIALOGUES * 10)
-    report = pretrain(model, prose, dialogue, starts, PretrainConfig(steps=1, batch_size=4, block_size=16,
-                                                                     warmup_steps=1), seed=seed)  # fmt: skip
+    report = pretrain(
+        model,
+        prose,
+        dialogue,
+        starts,
+        PretrainConfig(steps=1, batch_size=4, block_size=16, warmup_steps=1),
+        seed=seed,
+    )
     first = report.final_loss
-    report = pretrain(model, prose, dialogue, starts, PretrainConfig(steps=40, batch_size=4, block_size=16,
-                                                                     warmup_steps=1), seed=seed)  # fmt: skip
+    report = pretrain(
+        model,
+        prose,
+        dialogue,
+        starts,
+        PretrainConfig(steps=40, batch_size=4, block_size=16, warmup_steps=1),
+        seed=seed,
+    )
     assert report.final_loss < first, "pretraining should lower the loss"
     return report.final_loss, next(model.parameters()).detach().clone()
 

@@ -48,13 +48,17 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise ShapingError(f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+                raise ShapingError(
+                    f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start})"
+                ) from None
             if not text.strip():
                 continue
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as err:
-                raise ShapingError(f"{path}:{lineno}: malformed JSON: {err.msg} (column {err.colno})") from None
+                raise ShapingError(
+                    f"{path}:{lineno}: malformed JSON: {err.msg} (column {err.colno})"
+                ) from None
             if not isinstance(obj, dict):
                 raise ShapingError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj

@@ -66,7 +66,9 @@ def _execute(
     return 0
 
 
-def run_stage(name: str, sections: Sequence[str], body: StageBody, record_at: Callable[[Config], str]) -> None:
+def run_stage(
+    name: str, sections: Sequence[str], body: StageBody, record_at: Callable[[Config], str]
+) -> None:
     """Run `body` as stage `name`; `record_at(cfg)` is where the run record goes (an output path)."""
     argv = sys.argv[1:]
     if argv[:1] == ["--params"]:
@@ -104,5 +106,5 @@ def _run_with_hydra(
         if code:
             sys.exit(code)
 
-    sys.argv = [sys.argv[0], f"hydra.job.name={name}", *argv]
+    sys.argv = [*sys.argv, f"hydra.job.name={name}"]
     hydra.main(config_path=str(conf_dir), config_name="config", version_base="1.3")(task)()

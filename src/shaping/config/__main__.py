@@ -1,7 +1,7 @@
 """Write params.yaml from conf/ plus overrides, exactly as `dvc exp run -S` does.
 
-    python -m shaping.config                       # params.yaml from the defaults
-    python -m shaping.config model=qwen2.5-0.5b-instruct lora.r=16
+python -m shaping.config                       # params.yaml from the defaults
+python -m shaping.config model=qwen2.5-0.5b-instruct lora.r=16
 """
 
 from __future__ import annotations

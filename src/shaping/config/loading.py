@@ -75,9 +75,9 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
         raise ShapingError(f"{path}: not valid YAML: {err}") from None
     assert isinstance(raw, DictConfig)
     extra = list(overrides)
-    if extra:
-        raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(extra))
-    return to_config(raw, source=str(path))
+    merged = OmegaConf.merge(raw, OmegaConf.from_dotlist(extra)) if extra else raw
+    assert isinstance(merged, DictConfig)
+    return to_config(merged, source=str(path))
 
 
 def section_fingerprint(cfg: Config, sections: Iterable[str]) -> str:

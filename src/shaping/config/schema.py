@@ -33,7 +33,7 @@ class TokenizerConfig:
 
 @dataclass
 class PretrainConfig:
-    steps: int = 400
+    steps: int = 300
     batch_size: int = 16
     block_size: int = 256
     learning_rate: float = 3e-3

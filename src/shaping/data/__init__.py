@@ -3,4 +3,12 @@
 from shaping.data.messages import ROLES, validate_messages
 from shaping.data.validation import RowError, ValidationResult, check_file, check_row, split_rows
 
-__all__ = ["ROLES", "RowError", "ValidationResult", "check_file", "check_row", "split_rows", "validate_messages"]
+__all__ = [
+    "ROLES",
+    "RowError",
+    "ValidationResult",
+    "check_file",
+    "check_row",
+    "split_rows",
+    "validate_messages",
+]

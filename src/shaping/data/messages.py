@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
@@ -29,9 +30,11 @@ def validate_messages(messages: Any) -> list[str]:
     if problems:
         return problems
     turns = [m["role"] for m in messages if m["role"] != "system"]
-    for i, (prev, cur) in enumerate(zip(turns, turns[1:], strict=False)):
+    for i, (prev, cur) in enumerate(itertools.pairwise(turns)):
         if prev == cur:
-            problems.append(f"messages: two {cur} turns in a row (turn {i + 1} and {i + 2}); user and assistant alternate")
+            problems.append(
+                f"messages: two {cur} turns in a row (turn {i + 1} and {i + 2}); user and assistant alternate"
+            )
     if not turns or turns[0] != "user":
         problems.append("messages: the first turn after any system message must be the user's")
     if messages[-1]["role"] != "assistant":

@@ -64,7 +64,9 @@ def check_file(path: Path) -> ValidationResult:
             result.errors.append(RowError(name, lineno, "json", f"malformed JSON: {err.msg}{hint}"))
             continue
         if not isinstance(row, dict):
-            result.errors.append(RowError(name, lineno, "row", f"expected an object, got {type(row).__name__}"))
+            result.errors.append(
+                RowError(name, lineno, "row", f"expected an object, got {type(row).__name__}")
+            )
             continue
         row_errors = check_row(row)
         result.errors.extend(RowError(name, lineno, f, m) for f, m in row_errors)

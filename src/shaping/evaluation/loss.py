@@ -17,8 +17,9 @@ def encode_for_loss(
     """(input_ids, labels) per conversation; labels are IGNORE outside assistant replies."""
     encoded = []
     for messages in conversations:
-        enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)  # fmt: skip
+        enc: Any = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
         ids = list(enc["input_ids"])[:max_length]
         mask = list(enc["assistant_masks"])[:max_length]
         encoded.append((ids, [t if m else IGNORE for t, m in zip(ids, mask, strict=True)]))
@@ -44,11 +45,14 @@ def assistant_loss(
         labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in chunk])  # (B, T)
         attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in chunk])
         with torch.no_grad():
-            logits = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)).logits
+            logits = model(
+                input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)
+            ).logits
         shift_logits = logits[:, :-1].float().reshape(-1, logits.size(-1))
         shift_labels = labels[:, 1:].reshape(-1).to(model.device)
-        total += torch.nn.functional.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE,
-                                                   reduction="sum").item()  # fmt: skip
+        total += torch.nn.functional.cross_entropy(
+            shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum"
+        ).item()
         count += int((shift_labels != IGNORE).sum().item())
     if count == 0:
         raise ValueError("no assistant tokens to score (is the chat template missing {% generation %}?)")

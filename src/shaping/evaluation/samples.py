@@ -15,15 +15,24 @@ def prompts_of(rows: list[dict[str, Any]], n: int) -> list[list[dict[str, str]]]
 
 
 def greedy_replies(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[dict[str, str]]],
-    max_new_tokens: int, batch_size: int,
-) -> list[dict[str, Any]]:  # fmt: skip
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[dict[str, str]]],
+    max_new_tokens: int,
+    batch_size: int,
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for start in range(0, len(prompts), batch_size):
-        replies = generate_chat(model, tokenizer, prompts[start : start + batch_size], temperature=0.0,
-                                max_new_tokens=max_new_tokens)  # fmt: skip
-        out.extend({"text": r.text, "finish_reason": r.finish_reason, "tokens": r.completion_tokens}
-                   for r in replies)  # fmt: skip
+        replies = generate_chat(
+            model,
+            tokenizer,
+            prompts[start : start + batch_size],
+            temperature=0.0,
+            max_new_tokens=max_new_tokens,
+        )
+        out.extend(
+            {"text": r.text, "finish_reason": r.finish_reason, "tokens": r.completion_tokens} for r in replies
+        )
     return out
 
 

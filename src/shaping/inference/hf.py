@@ -29,7 +29,8 @@ def generate_chat(
 ) -> list[ChatResponse]:
     """Continue each conversation with one assistant reply (temperature 0 = greedy)."""
     prompts = [
-        str(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)) for c in conversations
+        str(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False))
+        for c in conversations
     ]
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     enc = enc.to(model.device)
@@ -38,7 +39,7 @@ def generate_chat(
         sampling.update(temperature=temperature, top_p=top_p, top_k=0)
     torch.manual_seed(seed)
     with torch.no_grad():
-        out = model.generate(
+        out = model.generate(  # type: ignore[operator]  # transformers types generate loosely
             **enc,
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
@@ -52,17 +53,23 @@ def generate_chat(
         ended = tokenizer.eos_token_id in row
         kept = row[: row.index(tokenizer.eos_token_id)] if ended else row
         kept = [t for t in kept if t != tokenizer.pad_token_id]
-        text = tokenizer.decode(kept, skip_special_tokens=True)
-        responses.append(ChatResponse(text=text, finish_reason="stop" if ended else "length",
-                                      completion_tokens=len(kept)))  # fmt: skip
+        text = str(tokenizer.decode(kept, skip_special_tokens=True))
+        responses.append(
+            ChatResponse(text=text, finish_reason="stop" if ended else "length", completion_tokens=len(kept))
+        )
     return responses
 
 
 class HFBackend:
     """A local transformers model as a ChatBackend; `batch_size` prompts per generate() call."""
 
-    def __init__(self, model_name_or_path: str, batch_size: int = 16, seed: int = 0,
-                 defaults: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model_name_or_path: str,
+        batch_size: int = 16,
+        seed: int = 0,
+        defaults: dict[str, Any] | None = None,
+    ) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_name_or_path)
         self.model.eval()
@@ -84,8 +91,13 @@ class HFBackend:
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
                 self._calls += 1
-                replies = generate_chat(self.model, self.tokenizer, [requests[i].messages for i in chunk],
-                                        seed=self.seed + self._calls, **options)  # fmt: skip
+                replies = generate_chat(
+                    self.model,
+                    self.tokenizer,
+                    [requests[i].messages for i in chunk],
+                    seed=self.seed + self._calls,
+                    **options,
+                )
                 for i, reply in zip(chunk, replies, strict=True):
                     results[i] = reply
         return [r for r in results if r is not None]

@@ -17,6 +17,7 @@ class ModelRegistry:
         self.seed = seed
         self.root = root or Path.cwd()
         self._backends: dict[str, ChatBackend] = {}
+        self._system_prompts: dict[str, str | None] = {}
 
     def spec(self, name: str) -> ModelSpec:
         if name not in self.specs:
@@ -28,6 +29,11 @@ class ModelRegistry:
         return self.specs[name]
 
     def system_prompt(self, name: str) -> str | None:
+        if name not in self._system_prompts:
+            self._system_prompts[name] = self._read_system_prompt(name)
+        return self._system_prompts[name]
+
+    def _read_system_prompt(self, name: str) -> str | None:
         spec = self.spec(name)
         if spec.sysprompt is not None:
             return spec.sysprompt
@@ -45,13 +51,19 @@ class ModelRegistry:
                 raise ShapingError(f"models.{name}.backend={spec.backend!r}: unknown; available: {BACKENDS}")
             from shaping.inference.hf import HFBackend
 
-            defaults = {"temperature": spec.temperature, "top_p": spec.top_p,
-                        "max_new_tokens": spec.max_new_tokens, "min_new_tokens": spec.min_new_tokens}  # fmt: skip
+            defaults = {
+                "temperature": spec.temperature,
+                "top_p": spec.top_p,
+                "max_new_tokens": spec.max_new_tokens,
+                "min_new_tokens": spec.min_new_tokens,
+            }
             model_path = spec.model
             local = self.root / model_path
             if local.exists():
                 model_path = str(local)
             elif not Path(model_path).is_absolute() and model_path.startswith(("models/", "./")):
-                raise ShapingError(f"models.{name}.model: {spec.model} not found (run `dvc repro prepare_base`)")
+                raise ShapingError(
+                    f"models.{name}.model: {spec.model} not found (run `dvc repro prepare_base`)"
+                )
             self._backends[name] = HFBackend(model_path, spec.max_concurrency, self.seed, defaults)
         return self._backends[name]

@@ -85,7 +85,9 @@ class ModelResponse:
     def get_text(self) -> str:
         """The reply's text; a failed request raises PipelineError(error_type='api_error')."""
         if not self.response.is_success or self.response.text is None:
-            raise PipelineError(f"request to {self.model} failed: {self.response.error}", error_type="api_error")
+            raise PipelineError(
+                f"request to {self.model} failed: {self.response.error}", error_type="api_error"
+            )
         return self.response.text
 
 
@@ -103,6 +105,11 @@ class TrainingSample:
     def to_dict(self, annotated: bool, pipeline_commit: str | None = None) -> dict[str, Any]:
         row: dict[str, Any] = {"id": self.id, "messages": self.messages}
         if annotated:
-            row.update(input_data=self.input_data, steps=self.steps, pipeline_commit=pipeline_commit,
-                       started_at=self.started_at, completed_at=self.completed_at)  # fmt: skip
+            row.update(
+                input_data=self.input_data,
+                steps=self.steps,
+                pipeline_commit=pipeline_commit,
+                started_at=self.started_at,
+                completed_at=self.completed_at,
+            )
         return row

@@ -65,8 +65,14 @@ class Pipeline:
     def file_dep(path: str) -> FileDep:
         return FileDep(path)
 
-    def __init__(self, config: Config | None = None, *, output_dir: str | Path | None = None,
-                 limit: int | None = None, annotate: bool | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        output_dir: str | Path | None = None,
+        limit: int | None = None,
+        annotate: bool | None = None,
+    ) -> None:
         self.root = find_repo_root()
         self.config = config if config is not None else compose()
         self.limit = limit if limit is not None else self.config.synth.limit
@@ -96,8 +102,11 @@ class Pipeline:
     # calls ---------------------------------------------------------------------------------
     def query(self, model: ModelDep | str, messages: list[dict[str, str]], **options: Any) -> ModelResponse:
         """One blocking model call (setup and extraction steps)."""
-        request = ModelRequest(messages=[dict(m) for m in messages],
-                               model=model.name if isinstance(model, ModelDep) else model, options=options)  # fmt: skip
+        request = ModelRequest(
+            messages=[dict(m) for m in messages],
+            model=model.name if isinstance(model, ModelDep) else model,
+            options=options,
+        )
         return self._send([request])[0]
 
     def _prepare(self, request: ModelRequest) -> ChatRequest:
@@ -130,8 +139,10 @@ class Pipeline:
         for index, data in enumerate(chosen):
             outcome = method(data)
             if not isinstance(outcome, Generator):
-                raise PipelineError(f"{method.__name__} must be a generator (use `yield model_request(...)`)",
-                                    error_type="not_a_generator")  # fmt: skip
+                raise PipelineError(
+                    f"{method.__name__} must be a generator (use `yield model_request(...)`)",
+                    error_type="not_a_generator",
+                )
             record = _Record(index=index, data=data, gen=outcome)
             if self._advance(record, None, results):
                 active.append(record)
@@ -142,10 +153,16 @@ class Pipeline:
             responses = self._send([request for _, request in flat])
             answers: dict[int, list[ModelResponse]] = defaultdict(list)
             for (record, request), response in zip(flat, responses, strict=True):
-                record.steps.append({"model": request.model, "messages": request.messages,
-                                     "options": request.options, "response": response.response.text,
-                                     "error": response.response.error,
-                                     "finish_reason": response.response.finish_reason})  # fmt: skip
+                record.steps.append(
+                    {
+                        "model": request.model,
+                        "messages": self._prepare(request).messages,  # as sent, system prompt included
+                        "options": request.options,
+                        "response": response.response.text,
+                        "error": response.response.error,
+                        "finish_reason": response.response.finish_reason,
+                    }
+                )
                 answers[record.index].append(response)
             still: list[_Record] = []
             for record in active:
@@ -165,8 +182,11 @@ class Pipeline:
             yielded = record.gen.send(value)
         except StopIteration as stop:
             if not isinstance(stop.value, TrainingSample):
-                self._fail(record, "unexpected_error",
-                           f"task returned {type(stop.value).__name__}, expected a TrainingSample")  # fmt: skip
+                self._fail(
+                    record,
+                    "unexpected_error",
+                    f"task returned {type(stop.value).__name__}, expected a TrainingSample",
+                )
                 return False
             sample = stop.value
             sample.input_data, sample.steps = record.data, record.steps
@@ -177,21 +197,29 @@ class Pipeline:
             self._fail(record, err.error_type, err.message)
             return False
         except Exception as err:  # a bug in the task: keep the record and its steps to debug it
-            self._fail(record, "unexpected_error", f"{type(err).__name__}: {err}",
-                       traceback.format_exc(limit=5))  # fmt: skip
+            self._fail(
+                record, "unexpected_error", f"{type(err).__name__}: {err}", traceback.format_exc(limit=5)
+            )
             return False
         record.pending_is_list = isinstance(yielded, list)
         pending = yielded if isinstance(yielded, list) else [yielded]
         if not pending or not all(isinstance(r, ModelRequest) for r in pending):
-            self._fail(record, "unexpected_error", "a task may only yield model_request(...) or a list of them")
+            self._fail(
+                record, "unexpected_error", "a task may only yield model_request(...) or a list of them"
+            )
             return False
         record.pending = pending
         return True
 
     def _fail(self, record: _Record, error_type: str, message: str, trace: str | None = None) -> None:
-        error: dict[str, Any] = {"error": error_type, "message": message, "input_data": record.data,
-                                 "steps": record.steps, "pipeline_commit": git_commit(self.root),
-                                 "failed_at": _now()}  # fmt: skip
+        error: dict[str, Any] = {
+            "error": error_type,
+            "message": message,
+            "input_data": record.data,
+            "steps": record.steps,
+            "pipeline_commit": git_commit(self.root),
+            "failed_at": _now(),
+        }
         if trace:
             error["traceback"] = trace
         self.errors.append({"__ERROR__": error})
@@ -209,7 +237,7 @@ class Pipeline:
         manifest = {
             "pipeline": self.name,
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
-            "file_deps": {k: hash_inputs([d.resolve()]) for k, d in self.file_deps().items()},
+            "file_deps": {k: self._relative(hash_inputs([d.resolve()])) for k, d in self.file_deps().items()},
             "model_deps": {k: self._model_fingerprint(d.name) for k, d in self.model_deps().items()},
             "records": self.records_in,
             "samples": len(samples),
@@ -224,15 +252,26 @@ class Pipeline:
             "completed_at": _now(),
         }
         write_json(self.output_dir / "manifest.json", manifest)
-        log.info("%s: %d samples, %d errors %s", self.name, len(samples), len(self.errors), dict(by_type) or "")
-        return ExecuteResult(samples=len(samples), errors=len(self.errors), output=self.output_dir,
-                             manifest=manifest)  # fmt: skip
+        log.info(
+            "%s: %d samples, %d errors %s", self.name, len(samples), len(self.errors), dict(by_type) or ""
+        )
+        return ExecuteResult(
+            samples=len(samples), errors=len(self.errors), output=self.output_dir, manifest=manifest
+        )
+
+    def _relative(self, hashes: dict[str, str]) -> dict[str, str]:
+        return {Path(p).resolve().relative_to(self.root).as_posix(): h for p, h in hashes.items()}
 
     def _model_fingerprint(self, name: str) -> dict[str, Any]:
         spec = self.registry.spec(name)
-        return {"backend": spec.backend, "model": spec.model, "sysprompt_file": spec.sysprompt_file,
-                "temperature": spec.temperature, "top_p": spec.top_p,
-                "max_new_tokens": spec.max_new_tokens}  # fmt: skip
+        return {
+            "backend": spec.backend,
+            "model": spec.model,
+            "sysprompt_file": spec.sysprompt_file,
+            "temperature": spec.temperature,
+            "top_p": spec.top_p,
+            "max_new_tokens": spec.max_new_tokens,
+        }
 
 
 def vars_all(cls: type) -> dict[str, Any]:

@@ -16,9 +16,20 @@ from typing import Any
 from shaping.io import write_json
 
 TRACKED_LIBRARIES = (
-    "shaping", "torch", "transformers", "tokenizers", "peft", "trl", "datasets",
-    "accelerate", "bitsandbytes", "dvc", "dvclive", "hydra-core", "omegaconf",
-)  # fmt: skip
+    "shaping",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "peft",
+    "trl",
+    "datasets",
+    "accelerate",
+    "bitsandbytes",
+    "dvc",
+    "dvclive",
+    "hydra-core",
+    "omegaconf",
+)
 
 
 def sha256_file(path: str | Path) -> str:

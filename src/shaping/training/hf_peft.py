@@ -6,7 +6,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from datasets import Dataset
 from peft import LoraConfig as PeftLoraConfig
@@ -14,6 +14,7 @@ from transformers.integrations import DVCLiveCallback
 from trl import SFTConfig, SFTTrainer
 
 from shaping.config.schema import Config
+from shaping.errors import ShapingError
 from shaping.training.hardware import (
     pick_device,
     resolve_gradient_checkpointing,
@@ -23,6 +24,7 @@ from shaping.training.hardware import (
 from shaping.training.models import load_base_model, load_tokenizer
 
 log = logging.getLogger(__name__)
+LORA_BIAS = ("none", "all", "lora_only")
 
 
 @dataclass
@@ -36,9 +38,19 @@ def peft_config(cfg: Config) -> PeftLoraConfig | None:
     lora = cfg.lora
     if not lora.enabled:
         return None
+    if lora.bias not in LORA_BIAS:
+        raise ShapingError(f"lora.bias={lora.bias!r}: choose one of {', '.join(LORA_BIAS)}")
+    bias = cast(Literal["none", "all", "lora_only"], lora.bias)
     targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
-    return PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                          use_dora=lora.dora, bias=lora.bias, task_type="CAUSAL_LM")  # fmt: skip
+    return PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        use_dora=lora.dora,
+        bias=bias,
+        task_type="CAUSAL_LM",
+    )
 
 
 def sft_config(cfg: Config, output_dir: Path, precision: str, checkpointing: bool, device: str) -> SFTConfig:
@@ -77,8 +89,14 @@ def train(cfg: Config, rows: list[dict[str, Any]], output_dir: Path, live_dir: P
     device = pick_device()
     precision, why_precision = resolve_precision(cfg.train.precision, device)
     checkpointing, why_ckpt = resolve_gradient_checkpointing(cfg.train.gradient_checkpointing, device)
-    log.info("device %s, precision %s (%s), gradient checkpointing %s (%s)",
-             device, precision, why_precision, checkpointing, why_ckpt)  # fmt: skip
+    log.info(
+        "device %s, precision %s (%s), gradient checkpointing %s (%s)",
+        device,
+        precision,
+        why_precision,
+        checkpointing,
+        why_ckpt,
+    )
 
     tokenizer = load_tokenizer(cfg.model)
     # fp32 master weights on CPU; on GPU load in the training dtype (autocast handles the rest)
@@ -86,11 +104,24 @@ def train(cfg: Config, rows: list[dict[str, Any]], output_dir: Path, live_dir: P
     dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
     args = sft_config(cfg, output_dir / "trainer", precision, checkpointing, device)
     live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config(cfg), callbacks=[DVCLiveCallback(live=live)])  # fmt: skip
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in trainer.model.parameters())
-    log.info("training %d of %d parameters (%.2f%%) on %d rows", trainable, total, 100 * trainable / total, len(rows))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(cfg),
+        callbacks=[DVCLiveCallback(live=live)],
+    )
+    params = list(model.parameters()) if trainer.model is None else list(trainer.model.parameters())
+    trainable = sum(int(p.numel()) for p in params if p.requires_grad)
+    total = sum(int(p.numel()) for p in params)
+    log.info(
+        "training %d of %d parameters (%.2f%%) on %d rows",
+        trainable,
+        total,
+        100 * trainable / total,
+        len(rows),
+    )
     t0 = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - t0

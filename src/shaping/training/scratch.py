@@ -30,13 +30,20 @@ from shaping.training.tokenizer import END_OF_TEXT, IM_END
 log = logging.getLogger(__name__)
 
 
+def token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
+    found = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(found, int):
+        raise ValueError(f"tokenizer has no single id for {token!r}")
+    return found
+
+
 def build_model(arch: ArchitectureConfig, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
     """A randomly initialised transformers model of `arch.family` sized for `tokenizer`."""
-    eos_id = tokenizer.convert_tokens_to_ids(IM_END)
-    pad_id = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+    eos_id, pad_id = token_id(tokenizer, IM_END), token_id(tokenizer, END_OF_TEXT)
     if arch.hidden_size % arch.num_heads:
         raise ShapingError(
-            f"model.architecture: hidden_size={arch.hidden_size} is not divisible by num_heads={arch.num_heads}"
+            f"model.architecture: hidden_size={arch.hidden_size} is not divisible by "
+            f"num_heads={arch.num_heads}"
         )
     model: PreTrainedModel
     if arch.family == "llama":
@@ -86,7 +93,9 @@ class PretrainReport:
     seconds: float
 
 
-def _windows(tokens: list[int], starts: list[int], block: int, batch: int, rng: random.Random) -> torch.Tensor:
+def _windows(
+    tokens: list[int], starts: list[int], block: int, batch: int, rng: random.Random
+) -> torch.Tensor:
     rows = []
     for _ in range(batch):
         start = rng.choice(starts)
@@ -137,7 +146,9 @@ def pretrain(
         else:
             batch = _windows(prose_ids, prose_starts, block, cfg.batch_size, rng)
         logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1)
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -155,8 +166,12 @@ def pretrain(
         parameters=sum(p.numel() for p in model.parameters()),
         seconds=round(seconds, 2),
     )
-    log.info("pretrained %d params: loss %.3f, %.0f tokens/s", report.parameters, report.final_loss,
-             report.tokens_per_second)  # fmt: skip
+    log.info(
+        "pretrained %d params: loss %.3f, %.0f tokens/s",
+        report.parameters,
+        report.final_loss,
+        report.tokens_per_second,
+    )
     return report
 
 
@@ -181,8 +196,10 @@ def load_corpus(corpus_dir: str) -> tuple[list[str], list[list[dict[str, str]]]]
                 raise ShapingError(f"{file}:{lineno}: expected a non-empty 'messages' list")
             dialogues.append(messages)
     if not prose or not dialogues:
-        raise ShapingError(f"{folder}: needs prose (*.txt) and dialogues (*.jsonl); found "
-                           f"{len(prose)} paragraphs, {len(dialogues)} dialogues")  # fmt: skip
+        raise ShapingError(
+            f"{folder}: needs prose (*.txt) and dialogues (*.jsonl); found "
+            f"{len(prose)} paragraphs, {len(dialogues)} dialogues"
+        )
     return prose, dialogues
 
 
@@ -190,7 +207,7 @@ def encode_streams(
     tokenizer: PreTrainedTokenizerFast, prose: list[str], dialogues: list[list[dict[str, str]]]
 ) -> tuple[list[int], list[int], list[int]]:
     """Token streams for pretraining: (prose ids, dialogue ids, offsets where dialogues start)."""
-    eot = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+    eot = token_id(tokenizer, END_OF_TEXT)
     prose_ids: list[int] = []
     for ids in tokenizer(prose, add_special_tokens=False)["input_ids"]:
         prose_ids.extend([*ids, eot])

@@ -1,0 +1,80 @@
+"""User mistakes give one clear message naming the key, file or line, and no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from shaping.config import compose_raw
+
+from .conftest import REPO
+
+ROW = '{"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def write_params(tmp_path: Path, *overrides: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(OmegaConf.to_yaml(compose_raw(["+experiment=smoke", *overrides])))
+    return path
+
+
+def assert_clear_failure(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output
+    assert "Traceback" not in output, output
+    for needle in needles:
+        assert needle in output, output
+
+
+def test_bad_override_names_the_key(tmp_path: Path) -> None:
+    proc = run_script("src/train.py", "lora.rr=4", f"hydra.run.dir={tmp_path}")
+    assert_clear_failure(proc, "rr")
+
+
+def test_bad_value_type_names_the_key(tmp_path: Path) -> None:
+    proc = run_script("src/train.py", "+lora.rank=4", f"hydra.run.dir={tmp_path}")
+    assert_clear_failure(proc, "lora.rank")
+
+
+def test_missing_data_file_is_named(tmp_path: Path) -> None:
+    params = write_params(tmp_path, f"paths.validated_dir={tmp_path}/nothing")
+    proc = run_script("src/train.py", "--params", str(params))
+    assert_clear_failure(proc, f"{tmp_path}/nothing/train.jsonl: file not found")
+    assert (tmp_path / "nothing" / "run.json").is_file() is False  # the adapter dir holds the record
+
+
+def test_malformed_jsonl_line_is_named(tmp_path: Path) -> None:
+    data = tmp_path / "validated"
+    data.mkdir()
+    (data / "train.jsonl").write_text(ROW + "\n" + '{"id": "b", "messages": [\n')
+    params = write_params(tmp_path, f"paths.validated_dir={data}", f"paths.adapter_dir={tmp_path}/adapter")
+    proc = run_script("src/train.py", "--params", str(params))
+    assert_clear_failure(proc, f"{data}/train.jsonl:2: malformed JSON")
+    record = (tmp_path / "adapter" / "run.json").read_text()
+    assert '"exit_status": "failed"' in record and "malformed JSON" in record
+
+
+def test_validate_gate_stops_on_bad_rows(tmp_path: Path) -> None:
+    synth = tmp_path / "synth" / "identity_distillation"
+    synth.mkdir(parents=True)
+    rows = [ROW.replace('"a"', f'"{i}"') for i in range(30)]
+    rows[4] = rows[4].replace('"yo"', '""')
+    (synth / "samples.jsonl").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "validated"
+    params = write_params(tmp_path, f"paths.synth_dir={tmp_path}/synth", f"paths.validated_dir={out}")
+    proc = run_script("src/validate.py", "--params", str(params))
+    assert_clear_failure(proc, "samples.jsonl:5: messages[1].content: empty")
+    report = OmegaConf.load(out / "report.json")
+    assert report.passed is False and report.checks.invalid_rows.value == 1
+    assert not (out / "train.jsonl").exists(), "no training split from data that failed the gate"
