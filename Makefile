@@ -7,6 +7,9 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.shaping-installed
 
+# e.g. make demo REPRO_FLAGS=--force to rebuild every stage
+REPRO_FLAGS ?=
+
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -22,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	PATH="$(abspath $(BIN)):$$PATH" dvc repro
+	PATH="$(abspath $(BIN)):$$PATH" dvc repro $(REPRO_FLAGS)
 	PATH="$(abspath $(BIN)):$$PATH" dvc metrics show
 
 test: setup lint typecheck pytest

@@ -3,7 +3,6 @@
     python src/train.py                              # by hand: writes under outputs/<date>/<time>/
     python src/train.py backend=hf_peft lora.r=16    # Hydra overrides
     python src/train.py -m lora.r=8,16,32            # a sweep: one multirun/<...>/<n>/ folder per run
-    accelerate launch --config_file conf/accelerate/fsdp.yaml src/train.py model=llama-3.1-8b-instruct
     dvc exp run -S lora.r=16                         # as an experiment: params.yaml, then dvc repro
 
 Writes the adapter and tokenizer to <paths.adapter_dir> and DVCLive metrics to dvclive/train.
