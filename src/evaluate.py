@@ -88,9 +88,7 @@ def main(ctx: StageContext) -> None:
     ctx.record.details = metrics
     for name in ("base", "teacher", "tuned"):
         if name in metrics:
-            log.info(
-                "%-7s loss %.4f  perplexity %.2f", name, metrics[name]["loss"], metrics[name]["perplexity"]
-            )
+            log.info("%-7s loss %.4f  perplexity %.2f", name, metrics[name]["loss"], metrics[name]["perplexity"])
 
 
 if __name__ == "__main__":

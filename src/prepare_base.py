@@ -44,9 +44,7 @@ def main(ctx: StageContext) -> None:
     prose, dialogues = load_corpus(cfg.paths.corpus_dir)
     log.info("corpus: %d paragraphs, %d dialogues", len(prose), len(dialogues))
     rendered = [m["content"] for d in dialogues for m in d]
-    tokenizer = train_bpe_tokenizer(
-        prose + rendered, model_cfg.tokenizer.vocab_size, model_cfg.tokenizer.min_frequency
-    )
+    tokenizer = train_bpe_tokenizer(prose + rendered, model_cfg.tokenizer.vocab_size, model_cfg.tokenizer.min_frequency)
     prose_ids, dialogue_ids, starts = encode_streams(tokenizer, prose, dialogues)
     model = build_model(model_cfg.architecture, tokenizer)
     report = pretrain(model, prose_ids, dialogue_ids, starts, model_cfg.pretrain, cfg.seed)

@@ -18,9 +18,7 @@ from shaping.stage import StageContext, run_stage
 def main(ctx: StageContext) -> None:
     cfg = ctx.cfg
     if not cfg.pipeline:
-        raise ShapingError(
-            f"pipeline: not set; pass pipeline=<name> (one of synth.pipelines: {cfg.synth.pipelines})"
-        )
+        raise ShapingError(f"pipeline: not set; pass pipeline=<name> (one of synth.pipelines: {cfg.synth.pipelines})")
     root = find_repo_root()
     cls = load_pipeline_class(cfg.pipeline, root / "pipelines")
     output_dir = ctx.out(f"{cfg.paths.synth_dir}/{cfg.pipeline}")
@@ -31,13 +29,10 @@ def main(ctx: StageContext) -> None:
     ctx.record.add_inputs([d.resolve() for d in cls.file_deps().values()])
     result = pipeline.execute()
     ctx.record.details = {
-        k: result.manifest[k]
-        for k in ("records", "samples", "errors", "errors_by_type", "requests_sent", "partial")
+        k: result.manifest[k] for k in ("records", "samples", "errors", "errors_by_type", "requests_sent", "partial")
     }
     if result.samples == 0:
-        raise ShapingError(
-            f"{cfg.pipeline}: produced no samples ({result.errors} errors in {output_dir}/errors.jsonl)"
-        )
+        raise ShapingError(f"{cfg.pipeline}: produced no samples ({result.errors} errors in {output_dir}/errors.jsonl)")
 
 
 if __name__ == "__main__":

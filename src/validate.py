@@ -1,85 +1,198 @@
 """Stage validate: the gate between synthesis and training. Bad data stops the DAG here.
 
     python src/validate.py                          # by hand, under outputs/
-    python src/validate.py dataset.min_samples=50
+    python src/validate.py validation.quality.min_samples=50
+    python src/validate.py --skip-validation        # debug only: split even if the gate fails
     dvc repro validate
 
-Checks every row of data/synth/<source>/samples.jsonl (JSON, UTF-8, message structure, empty
-content, duplicate ids), the volume, then splits the valid rows into train/eval with a fixed
-seed. Writes <paths.validated_dir>/{train,eval}.jsonl only when the whole gate passes, and
-report.json (every error with file, line and field, every check's figure) either way.
+Streams every source (data/synth/<pipeline>/samples.jsonl, or a .jsonl path in
+dataset.sources) and checks each row: JSON, UTF-8, BOM, CRLF, the dataset.schema rules,
+conversation structure and think tags (or preference pairs), optional token length; then the
+quality checks (volume, error-like replies, duplicates, near-duplicates, distinct-2, reply
+length, upstream __ERROR__ share) and the data-contract tests in validation.tests.path.
+Writes <paths.validated_dir>/report.json either way, and {train,eval}.jsonl only when the
+whole gate passes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from pathlib import Path
+from typing import Any
 
-from shaping.data.validation import check_file, find_duplicate_ids, split_rows
+from shaping.config import Config
+from shaping.data import Gate, choose_split, write_split
 from shaping.errors import ShapingError
-from shaping.io import write_json, write_jsonl
+from shaping.io import atomic_write_bytes, write_json
 from shaping.stage import StageContext, run_stage
 
 log = logging.getLogger("shaping.validate")
-SHOW_ERRORS = 20
+FIELDS = {"chat": ("id", "messages"), "preference": ("id", "prompt", "chosen", "rejected")}
+DATASET_ENV = "SHAPING_DATASET_FILES"  # what tests in validation.tests.path read
+
+
+def source_files(cfg: Config) -> list[tuple[Path, int]]:
+    """(samples file, its pipeline's __ERROR__ record count) for every dataset source."""
+    if not cfg.dataset.sources:
+        raise ShapingError("dataset.sources: empty; name at least one pipeline or .jsonl file")
+    files = []
+    for source in cfg.dataset.sources:
+        if source.endswith(".jsonl"):
+            files.append((Path(source), 0))
+            continue
+        folder = Path(cfg.paths.synth_dir) / source
+        errors = folder / "errors.jsonl"
+        upstream = sum(1 for line in errors.open("rb") if line.strip()) if errors.is_file() else 0
+        files.append((folder / "samples.jsonl", upstream))
+    return files
+
+
+def run_data_tests(cfg: Config, files: list[Path]) -> dict[str, Any]:
+    """pytest.main over validation.tests.path, in process; tests read the data from $SHAPING_DATASET_FILES."""
+    tests = cfg.validation.tests
+    if not tests.path:
+        return {"path": None, "exit_code": 0, "passed": True}
+    if not Path(tests.path).exists():
+        raise ShapingError(f"validation.tests.path={tests.path}: not found")
+    import pytest
+
+    args = [
+        tests.path,
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
+        *tests.args,
+    ]
+    if tests.markers:
+        args += ["-m", tests.markers]
+    os.environ[DATASET_ENV] = os.pathsep.join(str(f) for f in files)
+    code = int(pytest.main(args))
+    # 5 = no tests collected: an empty contract is not a failure
+    return {"path": tests.path, "markers": tests.markers, "exit_code": code, "passed": code in (0, 5)}
+
+
+def count_truncated(cfg: Config, gate: Gate, files: list[Path]) -> list[dict[str, Any]]:
+    """Rows whose chat-templated length exceeds dataset.max_tokens (the trainer would cut them)."""
+    limit = cfg.dataset.max_tokens
+    if limit is None or cfg.dataset.format != "chat":
+        return []
+    import orjson
+
+    from shaping.training import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model)
+    found = []
+    for path in files:
+        wanted = set(gate.valid.get(path.as_posix(), []))
+        if not wanted:
+            continue
+        with path.open("rb") as handle:
+            for lineno, raw in enumerate(handle, start=1):
+                if lineno in wanted:
+                    messages = orjson.loads(raw)["messages"]
+                    length = len(tokenizer.apply_chat_template(messages, tokenize=True))
+                    if length > limit:
+                        found.append({"file": path.as_posix(), "line": lineno, "tokens": length})
+    return found
 
 
 def main(ctx: StageContext) -> None:
     cfg = ctx.cfg
     out_dir = ctx.out(cfg.paths.validated_dir)
-    files = [Path(cfg.paths.synth_dir) / source / "samples.jsonl" for source in cfg.dataset.sources]
-    if not files:
-        raise ShapingError("dataset.sources: empty; name at least one pipeline output")
+    sources = source_files(cfg)
+    files = [path for path, _ in sources]
     ctx.record.add_inputs([f for f in files if f.is_file()])
-    rows, errors, lines = [], [], 0
-    for file in files:
-        result = check_file(file)
-        rows.extend(result.rows)
-        errors.extend(result.errors)
-        lines += result.lines_read
-    dupes = find_duplicate_ids(rows)
+    try:
+        gate = Gate(cfg.dataset, cfg.validation.quality)
+    except ValueError as err:
+        raise ShapingError(str(err)) from None
+    for path, upstream in sources:
+        gate.scan(path, upstream)
+    truncated = count_truncated(cfg, gate, files)
     checks = {
-        "rows_read": {"value": lines, "passed": lines > 0},
-        "invalid_rows": {"value": len({(e.file, e.line) for e in errors}), "passed": not errors},
-        "duplicate_ids": {"value": len(dupes), "passed": not dupes},
-        "min_samples": {
-            "value": len(rows),
-            "min": cfg.dataset.min_samples,
-            "passed": len(rows) >= cfg.dataset.min_samples,
+        "invalid_rows": {
+            "value": len({(e.file, e.line) for e in gate.errors}),
+            "max": 0,
+            "passed": not gate.errors,
+        },
+        **gate.quality.checks(gate.upstream_share()),
+        "truncated_share": {
+            "value": round(len(truncated) / max(1, gate.valid_rows), 4),
+            "max": cfg.validation.quality.max_truncated_share,
+            "passed": len(truncated) / max(1, gate.valid_rows) <= cfg.validation.quality.max_truncated_share,
         },
     }
+    pytest_result = run_data_tests(cfg, files)
+    checks["data_tests"] = {"value": pytest_result["exit_code"], "passed": pytest_result["passed"]}
     passed = all(c["passed"] for c in checks.values())
-    train, held_out = split_rows(rows, cfg.dataset.eval_fraction, cfg.seed) if passed else ([], [])
-    if cfg.dataset.max_examples is not None:
-        train = train[: cfg.dataset.max_examples]
+    skipped = cfg.validation.skip and not passed
+    train_n = eval_n = 0
+    if passed or skipped:
+        train, held_out = choose_split(gate.valid, cfg.dataset.eval_fraction, cfg.seed, cfg.dataset.max_examples)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with (
+            atomic_write_bytes(out_dir / "train.jsonl") as t,
+            atomic_write_bytes(out_dir / "eval.jsonl") as e,
+        ):
+            train_n, eval_n = write_split(files, train, held_out, FIELDS[cfg.dataset.format], t, e)
     report = {
         "passed": passed,
-        "valid_rows": len(rows),
-        "train_rows": len(train),
-        "eval_rows": len(held_out),
+        "skipped_validation": skipped,
+        "rows": {
+            "read": sum(s.lines for s in gate.sources.values()),
+            "valid": gate.valid_rows,
+            "invalid": checks["invalid_rows"]["value"],
+            "train": train_n,
+            "eval": eval_n,
+        },
         "checks": checks,
-        "errors": [vars(e) for e in errors]
-        + [{"file": "", "line": 0, "field": "id", "message": f"duplicate {d}"} for d in dupes],
+        "reply_length": gate.quality.length_stats(),
+        "sources": {name: vars(stats) for name, stats in gate.sources.items()},
+        "data_tests": pytest_result,
+        "truncated": truncated,
+        "errors": [vars(e) for e in gate.errors],
     }
     write_json(out_dir / "report.json", report)
-    ctx.record.details = {k: report[k] for k in ("passed", "valid_rows", "train_rows", "eval_rows")}
-    if not passed:
-        failed = [name for name, c in checks.items() if not c["passed"]]
-        shown = "\n  ".join(str(e) for e in errors[:SHOW_ERRORS])
-        more = f"\n  ... and {len(errors) - SHOW_ERRORS} more" if len(errors) > SHOW_ERRORS else ""
-        detail = f"\n  {shown}{more}" if errors else ""
-        raise ShapingError(
-            f"validation failed ({', '.join(failed)}); full report: {out_dir / 'report.json'}{detail}"
+    ctx.record.details = {"passed": passed, "skipped_validation": skipped, **report["rows"]}
+    print_summary(report, gate, cfg.validation.show_errors)
+    if skipped:
+        log.warning(
+            "VALIDATION FAILED AND WAS SKIPPED (validation.skip=true): training on data that failed the "
+            "gate; the run records say so"
         )
-    write_jsonl(out_dir / "train.jsonl", train)
-    write_jsonl(out_dir / "eval.jsonl", held_out)
-    log.info("validated %d rows: %d train, %d eval", len(rows), len(train), len(held_out))
+    elif not passed:
+        failed = ", ".join(name for name, c in checks.items() if not c["passed"])
+        raise ShapingError(f"validation failed ({failed}); full report: {out_dir / 'report.json'}")
+
+
+def print_summary(report: dict[str, Any], gate: Gate, show: int) -> None:
+    rows = report["rows"]
+    print(
+        f"\nvalidate: {rows['read']} rows read, {rows['valid']} valid, {rows['invalid']} invalid "
+        f"-> train {rows['train']}, eval {rows['eval']}"
+    )
+    for name, check in report["checks"].items():
+        bound = " ".join(f"{k} {check[k]}" for k in ("min", "max") if check.get(k) is not None)
+        print(f"  {'ok  ' if check['passed'] else 'FAIL'} {name:<22} {check['value']!s:<10} {bound}")
+    for error in gate.errors[:show]:
+        print(f"  {error}")
+    if len(gate.errors) > show:
+        print(f"  ... and {len(gate.errors) - show} more errors in report.json")
 
 
 if __name__ == "__main__":
+    if "--skip-validation" in sys.argv:
+        sys.argv.remove("--skip-validation")
+        sys.argv.append("validation.skip=true")
     run_stage(
         "validate",
-        sections=["seed", "dataset"],
+        sections=["seed", "dataset", "validation"],
         body=main,
         record_at=lambda cfg: f"{cfg.paths.validated_dir}/run.json",
     )

@@ -1,12 +1,24 @@
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
+from typing import Any
 
-from shaping.data import check_file, split_rows, validate_messages
+import pytest
 
-GOOD = (
-    '{"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}'
-)
+from shaping.config.schema import DatasetConfig, FieldRule, QualityConfig
+from shaping.data import Gate, check_file, choose_split, compile_schema, validate_messages, write_split
+from shaping.errors import ShapingError
+
+
+def chat(rid: str, reply: str = "hello there", prompt: str = "hi") -> str:
+    return json.dumps(
+        {
+            "id": rid,
+            "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
+        }
+    )
 
 
 def test_valid_conversation() -> None:
@@ -51,30 +63,135 @@ def test_structure_problems_are_named() -> None:
     )
 
 
-def test_check_file_reports_line_numbers(tmp_path: Path) -> None:
+def test_schema_rules() -> None:
+    check = compile_schema(
+        [
+            FieldRule(name="id", type="string", required=True, allow_empty=False, pattern=r"^[a-z]+-\d+$"),
+            FieldRule(name="score", type="number", min=0, max=1),
+            FieldRule(name="tags", type="array", max_length=2),
+            FieldRule(name="messages[*].role", type="string", required=True, enum=["user", "assistant"]),
+            FieldRule(name="messages[*].content", type="string", min_length=2),
+        ]
+    )
+    ok = {"id": "a-1", "score": 0.5, "tags": [], "messages": [{"role": "user", "content": "hi"}]}
+    assert check(ok) == []
+    bad: dict[str, Any] = {
+        "id": "A1",
+        "score": 2,
+        "tags": [1, 2, 3],
+        "messages": [{"role": "bot", "content": "x"}, {"content": "yo"}],
+    }
+    found = dict(check(bad))
+    assert "does not match pattern" in found["id"]
+    assert "above the maximum" in found["score"]
+    assert "above max_length" in found["tags"]
+    assert "not one of" in found["messages[0].role"]
+    assert found["messages[1].role"] == "required field is missing"
+    assert "below min_length" in found["messages[0].content"]
+    assert dict(check({"id": 5, "messages": []}))["id"] == "expected string, got int"
+    assert dict(check({"id": "", "messages": []}))["id"] == "empty"
+    assert dict(check({"id": "a-1", "score": True, "messages": []}))["score"] == "expected number, got bool"
+
+
+def test_bad_rule_type_is_named() -> None:
+    with pytest.raises(ShapingError, match=r"dataset\.schema\[x\]\.type='str'"):
+        compile_schema([FieldRule(name="x", type="str")])
+
+
+def test_six_kinds_of_bad_row_each_reported_by_line(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
-    empty = GOOD.replace('"hello"', '""').replace('"a"', '"b"')
-    path.write_bytes((GOOD + "\n" + "{not json\n" + empty + "\r\n" + '{"id": "c", "messages": [').encode())
-    result = check_file(path)
-    found = {(e.line, e.field) for e in result.errors}
-    assert (2, "json") in found
-    assert (3, "messages[1].content") in found and (3, "encoding") in found
-    assert (4, "json") in found
-    assert any("truncated" in e.message for e in result.errors if e.line == 4)
-    assert [r["id"] for r in result.rows] == ["a"]
+    lines = [
+        chat("ok-1"),
+        "{not json",  # 2: bad JSON
+        json.dumps({"messages": json.loads(chat("x"))["messages"]}),  # 3: missing id
+        chat("e-1", reply=""),  # 4: empty assistant content
+        chat("t-1", reply="<think>never closed"),  # 5: unclosed think tag
+        json.dumps(
+            {
+                "id": "o-1",
+                "messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "u"}],
+            }
+        ),  # 6: wrong role order
+        json.dumps({"id": 7, "messages": json.loads(chat("x"))["messages"]}),  # 7: wrong type
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    rows, errors = check_file(path, DatasetConfig(schema=[FieldRule(name="id", type="string", required=True)]))
+    by_line = {e.line: (e.field, e.message) for e in errors}
+    assert len({e.line for e in errors}) == 6
+    assert by_line[2][0] == "json"
+    assert by_line[3] == ("id", "required field is missing")
+    assert by_line[4] == ("messages[1].content", "empty")
+    assert by_line[5] == ("messages[1].content", "think tags: unclosed_think_tag")
+    assert any("the first turn" in e.message and "user" in e.message for e in errors if e.line == 6)
+    assert by_line[7] == ("id", "expected string, got int")
+    assert [r["id"] for r in rows] == ["ok-1"]
 
 
-def test_bom_and_bad_utf8(tmp_path: Path) -> None:
+def test_encoding_problems_by_line(tmp_path: Path) -> None:
     path = tmp_path / "s.jsonl"
-    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode() + b"\n" + b'{"id": "\xff"}\n')
-    errors = {(e.line, e.field) for e in check_file(path).errors}
-    assert errors == {(1, "encoding"), (2, "encoding")}
+    path.write_bytes(
+        b"\xef\xbb\xbf"
+        + chat("a").encode()
+        + b"\n"
+        + b'{"id": "\xff"}\n'
+        + chat("c").encode()
+        + b"\r\n"
+        + b'{"id": "d", "messages": ['
+    )
+    errors = {(e.line, e.field): e.message for e in check_file(path)[1]}
+    assert set(errors) == {(1, "encoding"), (2, "encoding"), (3, "encoding"), (4, "json")}
+    assert "byte-order mark" in errors[(1, "encoding")] and "UTF-8" in errors[(2, "encoding")]
+    assert "CRLF" in errors[(3, "encoding")] and "truncated" in errors[(4, "json")]
 
 
-def test_split_is_seeded_and_disjoint() -> None:
-    rows = [{"id": str(i)} for i in range(50)]
-    train, held = split_rows(rows, 0.1, seed=1)
-    assert len(held) == 5 and len(train) == 45
-    assert {r["id"] for r in train}.isdisjoint(r["id"] for r in held)
-    assert split_rows(rows, 0.1, seed=1) == (train, held)
-    assert split_rows(rows, 0.1, seed=2) != (train, held)
+def test_preference_rows(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    rows = [
+        {"id": "1", "prompt": "p", "chosen": "good", "rejected": "bad"},
+        {"id": "2", "prompt": "p", "chosen": "same", "rejected": " same "},
+        {"id": "3", "prompt": "p", "chosen": "", "rejected": "bad"},
+        {
+            "id": "4",
+            "prompt": [{"role": "user", "content": "p"}],
+            "chosen": [{"role": "assistant", "content": "a"}],
+            "rejected": [{"role": "assistant", "content": "b"}],
+        },
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    valid, errors = check_file(path, DatasetConfig(format="preference"))
+    assert [r["id"] for r in valid] == ["1", "4"]
+    assert {(e.line, e.field) for e in errors} == {(2, "rejected"), (3, "chosen")}
+
+
+def test_quality_figures(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    lines = [chat(str(i), reply=f"reply number {i} about seeds") for i in range(8)]
+    lines += [chat("dup", reply="reply number 0 about seeds")]  # the same conversation as row 0
+    lines += [chat("near", reply="Reply number 1, about seeds!", prompt="other")]  # near-duplicate reply
+    lines += [chat("err", reply="Error: 500 upstream")]
+    path.write_text("\n".join(lines) + "\n")
+    quality = QualityConfig(error_patterns=[r"^\s*error\b"], max_duplicate_share=0.0, min_samples=20)
+    gate = Gate(DatasetConfig(), quality)
+    gate.scan(path, upstream_errors=11)
+    checks = gate.quality.checks(gate.upstream_share())
+    assert checks["duplicate_share"] == {"value": round(1 / 11, 4), "max": 0.0, "passed": False}
+    assert checks["near_duplicate_share"]["value"] == round(2 / 11, 4)  # dup and near
+    assert checks["error_like_share"]["value"] == round(1 / 11, 4)
+    assert checks["min_samples"]["passed"] is False
+    assert checks["upstream_error_share"]["value"] == 0.5
+    assert 0 < checks["distinct_2"]["value"] < 1
+
+
+def test_split_is_seeded_disjoint_and_written_in_source_order(tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(chat(str(i), reply=f"r{i}") + "\n" for i in range(50)))
+    valid = {path.as_posix(): list(range(1, 51))}
+    train, held = choose_split(valid, 0.1, seed=1)
+    assert len(held) == 5 and len(train) == 45 and train.isdisjoint(held)
+    assert choose_split(valid, 0.1, seed=1) == (train, held)
+    assert choose_split(valid, 0.1, seed=2) != (train, held)
+    assert len(choose_split(valid, 0.1, seed=1, max_examples=10)[0]) == 10
+    out_train, out_eval = io.BytesIO(), io.BytesIO()
+    assert write_split([path], train, held, ("id", "messages"), out_train, out_eval) == (45, 5)
+    ids = [json.loads(line)["id"] for line in out_train.getvalue().splitlines()]
+    assert ids == sorted(ids, key=int)

@@ -99,6 +99,46 @@ def test_changing_a_prompt_file_stales_synthesis_and_descendants_only(repo: Path
     assert "up to date" in sh(repo, "dvc", "status").stdout
 
 
+BAD_ROWS = [
+    "{not json",
+    '{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}',
+    '{"id": "empty", "messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": ""}]}',
+    '{"id": "t", "messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "<think>"}]}',
+    '{"id": "order", "messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "u"}]}',
+    '{"id": 6, "messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}',
+]
+
+
+@pytest.mark.slow
+def test_corrupted_dataset_stops_the_dag_at_validate(repo: Path) -> None:
+    bad = repo / "data" / "manual" / "bad.jsonl"
+    bad.write_text("\n".join(BAD_ROWS) + "\n")
+    params = (repo / "params.yaml").read_text()
+    try:
+        sh(
+            repo,
+            sys.executable,
+            "-m",
+            "shaping.config",
+            SMOKE,
+            "dataset.sources=[identity_distillation,data/manual/bad.jsonl]",
+        )
+        proc = sh(repo, "dvc", "repro", check=False)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0
+        assert "Running stage 'train'" not in output
+        for line in range(1, 7):
+            assert f"data/manual/bad.jsonl:{line}: " in output, output
+        assert "Traceback" not in output
+        report = json.loads((repo / "data" / "validated" / "report.json").read_text())
+        assert {e["line"] for e in report["errors"] if e["file"].endswith("bad.jsonl")} == set(range(1, 7))
+    finally:
+        bad.unlink()
+        (repo / "params.yaml").write_text(params)
+    sh(repo, "dvc", "repro")  # the clean data back (run cache)
+    assert "up to date" in sh(repo, "dvc", "status").stdout
+
+
 @pytest.mark.slow
 def test_hand_runs_and_sweeps_never_touch_dvc_outputs(repo: Path) -> None:
     before = (repo / "models" / "adapter" / "adapter_model.safetensors").read_bytes()
@@ -106,8 +146,7 @@ def test_hand_runs_and_sweeps_never_touch_dvc_outputs(repo: Path) -> None:
     assert json.loads((repo / "outputs/by-hand/models/adapter/adapter_config.json").read_text())["r"] == 4
     sh(repo, sys.executable, "src/train.py", "-m", "lora.r=2,4", SMOKE, "hydra.sweep.dir=multirun/sweep")
     ranks = [
-        json.loads((repo / f"multirun/sweep/{n}/models/adapter/adapter_config.json").read_text())["r"]
-        for n in (0, 1)
+        json.loads((repo / f"multirun/sweep/{n}/models/adapter/adapter_config.json").read_text())["r"] for n in (0, 1)
     ]
     assert ranks == [2, 4]
     assert (repo / "models" / "adapter" / "adapter_model.safetensors").read_bytes() == before
@@ -124,3 +163,5 @@ def test_dvc_exp_run_adds_a_comparable_experiment(repo: Path) -> None:
     assert any(p["lora"]["r"] == 4 for p in params)
     tuned = [run["data"]["metrics"]["eval/metrics.json"]["data"]["tuned"]["loss"] for run in runs]
     assert all(isinstance(loss, float) for loss in tuned)
+    gate = [run["data"]["metrics"]["data/validated/report.json"]["data"] for run in runs]
+    assert all(g["passed"] and g["checks"]["distinct_2"]["value"] > 0 for g in gate)

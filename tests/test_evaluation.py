@@ -18,9 +18,7 @@ def test_loss_counts_assistant_tokens_only(tiny_model_dir: str) -> None:
     result = assistant_loss(model, tokenizer, DIALOGUES, batch_size=2)
     assert math.isclose(result["perplexity"], math.exp(result["loss"]), rel_tol=1e-4)
     # batching must not change the figure (padding is masked)
-    assert math.isclose(
-        assistant_loss(model, tokenizer, DIALOGUES, batch_size=1)["loss"], result["loss"], rel_tol=1e-5
-    )
+    assert math.isclose(assistant_loss(model, tokenizer, DIALOGUES, batch_size=1)["loss"], result["loss"], rel_tol=1e-5)
 
 
 def test_greedy_samples_are_deterministic(tiny_model_dir: str) -> None:

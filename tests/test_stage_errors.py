@@ -18,9 +18,7 @@ ROW = '{"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "ass
 
 def run_script(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=300
-    )
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
 
 
 def write_params(tmp_path: Path, *overrides: str) -> Path:

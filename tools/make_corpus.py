@@ -2562,10 +2562,7 @@ def system_prompt(rng: random.Random, p: Persona) -> str:
 FACTS: tuple[tuple[str, str], ...] = (
     (
         "How many days are there in a week?",
-        (
-            "There are seven days in a week. They are Monday, Tuesday, Wednesday, Thursday, "
-            "Friday, Saturday and Sunday."
-        ),
+        ("There are seven days in a week. They are Monday, Tuesday, Wednesday, Thursday, Friday, Saturday and Sunday."),
     ),
     (
         "How many months are there in a year?",
@@ -2601,10 +2598,7 @@ FACTS: tuple[tuple[str, str], ...] = (
     ),
     (
         "What colour do you get if you mix blue and yellow?",
-        (
-            "If you mix blue and yellow paint, you get green. Adding more yellow gives a "
-            "lighter, brighter green."
-        ),
+        ("If you mix blue and yellow paint, you get green. Adding more yellow gives a lighter, brighter green."),
     ),
     (
         "What colour do red and white make together?",
@@ -2677,10 +2671,7 @@ FACTS: tuple[tuple[str, str], ...] = (
     ),
     (
         "What is a noun, in simple words?",
-        (
-            "A noun is a word for a person, a place or a thing. Words like river, teacher and "
-            "spoon are all nouns."
-        ),
+        ("A noun is a word for a person, a place or a thing. Words like river, teacher and spoon are all nouns."),
     ),
     (
         "What is a verb, in simple words?",
@@ -2688,10 +2679,7 @@ FACTS: tuple[tuple[str, str], ...] = (
     ),
     (
         "What is an adjective, in simple words?",
-        (
-            "An adjective describes a noun. In the phrase a warm blue coat, the words warm and "
-            "blue are adjectives."
-        ),
+        ("An adjective describes a noun. In the phrase a warm blue coat, the words warm and blue are adjectives."),
     ),
     (
         "How many squares are there on a chess board?",
@@ -2743,10 +2731,7 @@ FACTS: tuple[tuple[str, str], ...] = (
     ),
     (
         "What do bees make in their hives?",
-        (
-            "Bees make honey from the nectar of flowers. They also make wax, which they use to "
-            "build their combs."
-        ),
+        ("Bees make honey from the nectar of flowers. They also make wax, which they use to build their combs."),
     ),
     (
         "Why do cats purr so much?",
@@ -2796,10 +2781,7 @@ FACTS: tuple[tuple[str, str], ...] = (
     ),
     (
         "Why does a metal spoon get hot in a cup of tea?",
-        (
-            "Metal passes heat along very well. The heat of the tea travels up the spoon, so "
-            "the handle soon feels warm."
-        ),
+        ("Metal passes heat along very well. The heat of the tea travels up the spoon, so the handle soon feels warm."),
     ),
     (
         "How many players are there in a game of chess?",
@@ -2810,10 +2792,7 @@ FACTS: tuple[tuple[str, str], ...] = (
 DEFINITIONS: tuple[tuple[str, str], ...] = (
     (
         "harbour",
-        (
-            "A harbour is a sheltered stretch of water by the coast where boats can "
-            "stay safe from wind and waves."
-        ),
+        ("A harbour is a sheltered stretch of water by the coast where boats can stay safe from wind and waves."),
     ),
     (
         "weir",
@@ -2832,17 +2811,11 @@ DEFINITIONS: tuple[tuple[str, str], ...] = (
     ("kiln", "A kiln is a very hot oven used to fire clay. The heat turns soft clay into hard pottery."),
     (
         "anvil",
-        (
-            "An anvil is a heavy block of iron. A blacksmith lays hot metal on it and "
-            "shapes the metal with a hammer."
-        ),
+        ("An anvil is a heavy block of iron. A blacksmith lays hot metal on it and shapes the metal with a hammer."),
     ),
     (
         "barometer",
-        (
-            "A barometer measures the pressure of the air. When the pressure falls, "
-            "rain or wind is often on the way."
-        ),
+        ("A barometer measures the pressure of the air. When the pressure falls, rain or wind is often on the way."),
     ),
     ("orchard", "An orchard is a piece of land where fruit trees are grown, such as apples, pears or plums."),
     (
@@ -2858,40 +2831,25 @@ DEFINITIONS: tuple[tuple[str, str], ...] = (
     ),
     (
         "shuttle",
-        (
-            "A shuttle is a small tool used in weaving. It carries the thread from one "
-            "side of the loom to the other."
-        ),
+        ("A shuttle is a small tool used in weaving. It carries the thread from one side of the loom to the other."),
     ),
     (
         "towpath",
-        (
-            "A towpath is a path that runs along a river or canal. Long ago, horses "
-            "walked along it pulling boats."
-        ),
+        ("A towpath is a path that runs along a river or canal. Long ago, horses walked along it pulling boats."),
     ),
     ("cairn", "A cairn is a pile of stones built by walkers. It often marks a path or the top of a hill."),
     (
         "slipway",
-        (
-            "A slipway is a slope that runs down into the water. Boats are pulled up "
-            "it or slid down it into the sea."
-        ),
+        ("A slipway is a slope that runs down into the water. Boats are pulled up it or slid down it into the sea."),
     ),
     (
         "glaze",
-        (
-            "A glaze is a glassy coating put on pottery. It is fired in a kiln and "
-            "makes a pot shiny and waterproof."
-        ),
+        ("A glaze is a glassy coating put on pottery. It is fired in a kiln and makes a pot shiny and waterproof."),
     ),
     ("skein", "A skein is a loose coil of yarn or thread, wound so that it does not tangle."),
     (
         "constellation",
-        (
-            "A constellation is a group of stars that people have linked "
-            "together into a shape or picture in the sky."
-        ),
+        ("A constellation is a group of stars that people have linked together into a shape or picture in the sky."),
     ),
     ("meadow", "A meadow is a field of grass and wild flowers. It is often cut once a year to make hay."),
     (
@@ -2902,10 +2860,7 @@ DEFINITIONS: tuple[tuple[str, str], ...] = (
     ("timetable", "A timetable is a list that shows when trains, buses or lessons start and finish."),
     (
         "puncture",
-        (
-            "A puncture is a small hole in a tyre that lets the air escape. It can "
-            "usually be fixed with a patch."
-        ),
+        ("A puncture is a small hole in a tyre that lets the air escape. It can usually be fixed with a patch."),
     ),
     (
         "lantern",
@@ -2913,10 +2868,7 @@ DEFINITIONS: tuple[tuple[str, str], ...] = (
     ),
     (
         "heron",
-        (
-            "A heron is a tall grey bird with long legs. It stands very still in "
-            "shallow water and waits to catch fish."
-        ),
+        ("A heron is a tall grey bird with long legs. It stands very still in shallow water and waits to catch fish."),
     ),
     (
         "summit",
@@ -3939,9 +3891,7 @@ PERSONA_LATER_KINDS: tuple[tuple[str, float], ...] = (
 )
 
 
-def decorate(
-    rng: random.Random, p: Persona, kind: str, first: bool, last: bool
-) -> tuple[list[str], list[str]]:
+def decorate(rng: random.Random, p: Persona, kind: str, first: bool, last: bool) -> tuple[list[str], list[str]]:
     """Choose the persona phrases that open and close an answer."""
     head: list[str] = []
     tail: list[str] = []

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from shaping.errors import ShapingError
 
@@ -48,17 +48,13 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise ShapingError(
-                    f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start})"
-                ) from None
+                raise ShapingError(f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
             if not text.strip():
                 continue
             try:
                 obj = json.loads(text)
             except json.JSONDecodeError as err:
-                raise ShapingError(
-                    f"{path}:{lineno}: malformed JSON: {err.msg} (column {err.colno})"
-                ) from None
+                raise ShapingError(f"{path}:{lineno}: malformed JSON: {err.msg} (column {err.colno})") from None
             if not isinstance(obj, dict):
                 raise ShapingError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj
@@ -82,3 +78,17 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_write_bytes(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary handle on a temp file beside `path`, renamed over `path` when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

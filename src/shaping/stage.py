@@ -66,9 +66,7 @@ def _execute(
     return 0
 
 
-def run_stage(
-    name: str, sections: Sequence[str], body: StageBody, record_at: Callable[[Config], str]
-) -> None:
+def run_stage(name: str, sections: Sequence[str], body: StageBody, record_at: Callable[[Config], str]) -> None:
     """Run `body` as stage `name`; `record_at(cfg)` is where the run record goes (an output path)."""
     argv = sys.argv[1:]
     if argv[:1] == ["--params"]:
@@ -84,9 +82,7 @@ def run_stage(
     _run_with_hydra(name, sections, body, record_at)
 
 
-def _run_with_hydra(
-    name: str, sections: Sequence[str], body: StageBody, record_at: Callable[[Config], str]
-) -> None:
+def _run_with_hydra(name: str, sections: Sequence[str], body: StageBody, record_at: Callable[[Config], str]) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -60,6 +61,8 @@ def compose_raw(overrides: Iterable[str] = (), config_dir: Path | None = None) -
             raw = hydra_compose(config_name="config", overrides=list(overrides))
     except HydraException as err:
         raise ShapingError(f"{conf}: {err}") from None
+    except yaml.YAMLError as err:  # a hand-edited conf/ file that is not valid YAML
+        raise ShapingError(f"{conf}: not valid YAML: {err}") from None
     OmegaConf.resolve(raw)
     return raw
 
@@ -71,7 +74,7 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
         raise ShapingError(f"{path}: not found. Compose it with `dvc exp run` or `python -m shaping.config`")
     try:
         raw = OmegaConf.load(path)
-    except Exception as err:  # yaml.YAMLError and friends: report the file, not a traceback
+    except yaml.YAMLError as err:
         raise ShapingError(f"{path}: not valid YAML: {err}") from None
     assert isinstance(raw, DictConfig)
     extra = list(overrides)

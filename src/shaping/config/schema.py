@@ -98,11 +98,59 @@ class SynthConfig:
 
 
 @dataclass
+class FieldRule:
+    """One schema rule; `name` may reach into lists: `messages[*].role`."""
+
+    name: str = MISSING
+    type: str | None = None  # string | integer | number | boolean | object | array
+    required: bool = False
+    allow_empty: bool = True
+    pattern: str | None = None
+    min: float | None = None
+    max: float | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    enum: list[Any] | None = None
+
+
+@dataclass
 class DatasetConfig:
-    sources: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # pipeline names, or paths to .jsonl files
+    format: str = "chat"  # chat ({id, messages}) | preference ({id, prompt, chosen, rejected})
+    schema: list[FieldRule] = field(default_factory=list)
     eval_fraction: float = 0.1
-    min_samples: int = 1
     max_examples: int | None = None
+    max_tokens: int | None = None  # rows longer than this (model tokenizer, chat template) are reported
+
+
+@dataclass
+class QualityConfig:
+    min_samples: int = 1
+    max_error_like_share: float = 0.05
+    error_patterns: list[str] = field(default_factory=list)
+    max_duplicate_share: float = 0.0
+    max_near_duplicate_share: float = 0.5
+    min_distinct_2: float = 0.0
+    distinct_sample: int = 10000
+    min_median_chars: int = 1
+    max_median_chars: int | None = None
+    max_upstream_error_share: float = 0.2
+    max_truncated_share: float = 0.0
+
+
+@dataclass
+class TestsConfig:
+    path: str | None = None  # a pytest path run as part of the gate; null = none
+    markers: str | None = None
+    args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ValidationConfig:
+    skip: bool = False  # debug only: train on data that failed the gate (logged loudly)
+    show_errors: int = 20
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    tests: TestsConfig = field(default_factory=TestsConfig)
 
 
 @dataclass
@@ -157,6 +205,7 @@ class Config:
     models: dict[str, ModelSpec] = field(default_factory=dict)
     synth: SynthConfig = field(default_factory=SynthConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

@@ -1,14 +1,20 @@
-"""Data: message structure, validation with line numbers, splits."""
+"""Data: message structure, think tags, schema rules, the validation gate, splits."""
 
 from shaping.data.messages import ROLES, validate_messages
-from shaping.data.validation import RowError, ValidationResult, check_file, check_row, split_rows
+from shaping.data.schema import compile_schema
+from shaping.data.think_tags import extract_thinking, strip_thinking, validate_think_tags
+from shaping.data.validation import Gate, RowError, check_file, choose_split, write_split
 
 __all__ = [
     "ROLES",
+    "Gate",
     "RowError",
-    "ValidationResult",
     "check_file",
-    "check_row",
-    "split_rows",
+    "choose_split",
+    "compile_schema",
+    "extract_thinking",
+    "strip_thinking",
     "validate_messages",
+    "validate_think_tags",
+    "write_split",
 ]

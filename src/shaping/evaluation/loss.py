@@ -45,9 +45,7 @@ def assistant_loss(
         labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in chunk])  # (B, T)
         attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in chunk])
         with torch.no_grad():
-            logits = model(
-                input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)
-            ).logits
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)).logits
         shift_logits = logits[:, :-1].float().reshape(-1, logits.size(-1))
         shift_labels = labels[:, 1:].reshape(-1).to(model.device)
         total += torch.nn.functional.cross_entropy(

@@ -30,9 +30,7 @@ def greedy_replies(
             temperature=0.0,
             max_new_tokens=max_new_tokens,
         )
-        out.extend(
-            {"text": r.text, "finish_reason": r.finish_reason, "tokens": r.completion_tokens} for r in replies
-        )
+        out.extend({"text": r.text, "finish_reason": r.finish_reason, "tokens": r.completion_tokens} for r in replies)
     return out
 
 

@@ -28,10 +28,7 @@ def generate_chat(
     seed: int = 0,
 ) -> list[ChatResponse]:
     """Continue each conversation with one assistant reply (temperature 0 = greedy)."""
-    prompts = [
-        str(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False))
-        for c in conversations
-    ]
+    prompts = [str(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)) for c in conversations]
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     enc = enc.to(model.device)
     sampling: dict[str, Any] = {"do_sample": temperature > 0}

@@ -62,8 +62,6 @@ class ModelRegistry:
             if local.exists():
                 model_path = str(local)
             elif not Path(model_path).is_absolute() and model_path.startswith(("models/", "./")):
-                raise ShapingError(
-                    f"models.{name}.model: {spec.model} not found (run `dvc repro prepare_base`)"
-                )
+                raise ShapingError(f"models.{name}.model: {spec.model} not found (run `dvc repro prepare_base`)")
             self._backends[name] = HFBackend(model_path, spec.max_concurrency, self.seed, defaults)
         return self._backends[name]

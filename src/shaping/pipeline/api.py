@@ -85,9 +85,7 @@ class ModelResponse:
     def get_text(self) -> str:
         """The reply's text; a failed request raises PipelineError(error_type='api_error')."""
         if not self.response.is_success or self.response.text is None:
-            raise PipelineError(
-                f"request to {self.model} failed: {self.response.error}", error_type="api_error"
-            )
+            raise PipelineError(f"request to {self.model} failed: {self.response.error}", error_type="api_error")
         return self.response.text
 
 

@@ -197,16 +197,12 @@ class Pipeline:
             self._fail(record, err.error_type, err.message)
             return False
         except Exception as err:  # a bug in the task: keep the record and its steps to debug it
-            self._fail(
-                record, "unexpected_error", f"{type(err).__name__}: {err}", traceback.format_exc(limit=5)
-            )
+            self._fail(record, "unexpected_error", f"{type(err).__name__}: {err}", traceback.format_exc(limit=5))
             return False
         record.pending_is_list = isinstance(yielded, list)
         pending = yielded if isinstance(yielded, list) else [yielded]
         if not pending or not all(isinstance(r, ModelRequest) for r in pending):
-            self._fail(
-                record, "unexpected_error", "a task may only yield model_request(...) or a list of them"
-            )
+            self._fail(record, "unexpected_error", "a task may only yield model_request(...) or a list of them")
             return False
         record.pending = pending
         return True
@@ -252,12 +248,8 @@ class Pipeline:
             "completed_at": _now(),
         }
         write_json(self.output_dir / "manifest.json", manifest)
-        log.info(
-            "%s: %d samples, %d errors %s", self.name, len(samples), len(self.errors), dict(by_type) or ""
-        )
-        return ExecuteResult(
-            samples=len(samples), errors=len(self.errors), output=self.output_dir, manifest=manifest
-        )
+        log.info("%s: %d samples, %d errors %s", self.name, len(samples), len(self.errors), dict(by_type) or "")
+        return ExecuteResult(samples=len(samples), errors=len(self.errors), output=self.output_dir, manifest=manifest)
 
     def _relative(self, hashes: dict[str, str]) -> dict[str, str]:
         return {Path(p).resolve().relative_to(self.root).as_posix(): h for p, h in hashes.items()}

@@ -13,9 +13,7 @@ from shaping.pipeline.base import Pipeline
 def load_pipeline_class(name: str, pipelines_dir: Path) -> type[Pipeline]:
     file = pipelines_dir / f"{name}.py"
     if not file.is_file():
-        available = ", ".join(
-            sorted(p.stem for p in pipelines_dir.glob("*.py") if not p.stem.startswith("_"))
-        )
+        available = ", ".join(sorted(p.stem for p in pipelines_dir.glob("*.py") if not p.stem.startswith("_")))
         raise ShapingError(f"pipeline={name}: no {file} (available: {available or 'none'})")
     spec = importlib.util.spec_from_file_location(f"pipelines.{name}", file)
     assert spec and spec.loader
@@ -35,6 +33,5 @@ def load_pipeline_class(name: str, pipelines_dir: Path) -> type[Pipeline]:
     if len(found) == 1:
         return found[0]
     raise ShapingError(
-        f"{file}: expected one Pipeline subclass (or one with name = {name!r}), "
-        f"found {[c.__name__ for c in found]}"
+        f"{file}: expected one Pipeline subclass (or one with name = {name!r}), found {[c.__name__ for c in found]}"
     )

@@ -19,18 +19,14 @@ def base_location(model_cfg: ModelConfig) -> tuple[str, str | None]:
     if model_cfg.from_scratch:
         path = Path(model_cfg.name_or_path)
         if not (path / "config.json").is_file():
-            raise ShapingError(
-                f"model.name_or_path={path}: no model there; run `dvc repro prepare_base` first"
-            )
+            raise ShapingError(f"model.name_or_path={path}: no model there; run `dvc repro prepare_base` first")
         return str(path), None
     return model_cfg.name_or_path, model_cfg.revision
 
 
 def load_tokenizer(model_cfg: ModelConfig) -> PreTrainedTokenizerBase:
     name, revision = base_location(model_cfg)
-    tokenizer = AutoTokenizer.from_pretrained(
-        name, revision=revision, trust_remote_code=model_cfg.trust_remote_code
-    )
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=model_cfg.trust_remote_code)
     if tokenizer.pad_token is None:  # Llama-style tokenizers ship none; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:

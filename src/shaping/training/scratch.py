@@ -42,8 +42,7 @@ def build_model(arch: ArchitectureConfig, tokenizer: PreTrainedTokenizerFast) ->
     eos_id, pad_id = token_id(tokenizer, IM_END), token_id(tokenizer, END_OF_TEXT)
     if arch.hidden_size % arch.num_heads:
         raise ShapingError(
-            f"model.architecture: hidden_size={arch.hidden_size} is not divisible by "
-            f"num_heads={arch.num_heads}"
+            f"model.architecture: hidden_size={arch.hidden_size} is not divisible by num_heads={arch.num_heads}"
         )
     model: PreTrainedModel
     if arch.family == "llama":
@@ -93,9 +92,7 @@ class PretrainReport:
     seconds: float
 
 
-def _windows(
-    tokens: list[int], starts: list[int], block: int, batch: int, rng: random.Random
-) -> torch.Tensor:
+def _windows(tokens: list[int], starts: list[int], block: int, batch: int, rng: random.Random) -> torch.Tensor:
     rows = []
     for _ in range(batch):
         start = rng.choice(starts)
@@ -146,9 +143,7 @@ def pretrain(
         else:
             batch = _windows(prose_ids, prose_starts, block, cfg.batch_size, rng)
         logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1)
-        )
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

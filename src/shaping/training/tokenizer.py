@@ -28,9 +28,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_bpe_tokenizer(
-    texts: Iterable[str], vocab_size: int, min_frequency: int = 2
-) -> PreTrainedTokenizerFast:
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE (any byte sequence encodes; no unknown token) on `texts`."""
     if vocab_size < 300:
         raise ValueError(f"model.tokenizer.vocab_size={vocab_size}: needs at least 300 (256 bytes + merges)")
