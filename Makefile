@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro $(REPRO_FLAGS)
-	PATH="$(abspath $(BIN)):$$PATH" dvc metrics show
+	PATH="$(abspath $(BIN)):$$PATH" dvc metrics show --md eval/metrics.json
 
 test: setup lint typecheck pytest
 
