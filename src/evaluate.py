@@ -1,28 +1,30 @@
 """Stage evaluate: base vs tuned (both without the system prompt) vs teacher (base with it).
 
     python src/evaluate.py                     # by hand, under outputs/
-    python src/evaluate.py eval.samples.num_prompts=16
+    python src/evaluate.py eval.samples.num_prompts=16 'eval.metrics=[loss]'
+    python src/evaluate.py 'eval.guards=[{metric: tuned.loss, max: 2.5}]'
     dvc repro evaluate
 
-Writes eval/metrics.json ({"base": {"loss", "perplexity"}, "tuned": {...}, "teacher": {...}})
-and eval/samples.jsonl (greedy replies of base and tuned to the first held-out prompts).
+Runs the metrics named in eval.metrics (shaping.evaluation's registry: loss, samples,
+think_tags) and writes eval/metrics.json, e.g. {"base": {"loss", "perplexity"}, "tuned":
+{...}, "teacher": {...}, "samples": {...}, "think_tags": {...}}, and eval/samples.jsonl.
+Then checks eval.guards: a metric past its bound fails the stage, naming metric, bound and
+value (metrics.json is written first, so nothing is lost).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 from shaping.errors import ShapingError
-from shaping.evaluation import assistant_loss, greedy_replies, prompts_of, sample_stats
+from shaping.evaluation import EvalContext, check_guards, run_metrics
 from shaping.inference import ModelRegistry
-from shaping.io import read_jsonl, write_json, write_jsonl
+from shaping.io import read_jsonl, write_json
 from shaping.stage import StageContext, run_stage
 from shaping.training import load_base_model, load_tokenizer
 
 log = logging.getLogger("shaping.evaluate")
-KNOWN_METRICS = ("loss", "samples")
 
 
 def main(ctx: StageContext) -> None:
@@ -30,9 +32,6 @@ def main(ctx: StageContext) -> None:
     from transformers import AutoModelForCausalLM
 
     cfg = ctx.cfg
-    unknown = [m for m in cfg.eval.metrics if m not in KNOWN_METRICS]
-    if unknown:
-        raise ShapingError(f"eval.metrics: unknown {unknown}; available: {', '.join(KNOWN_METRICS)}")
     eval_file = f"{cfg.paths.validated_dir}/eval.jsonl"
     adapter_dir = Path(cfg.paths.adapter_dir)
     rows = read_jsonl(eval_file)
@@ -42,53 +41,35 @@ def main(ctx: StageContext) -> None:
         raise ShapingError(f"{adapter_dir}: no trained model; run `dvc repro train` first")
     ctx.record.add_inputs([eval_file])
     ctx.record.backend = cfg.backend.name
-    system = ModelRegistry(cfg.models).system_prompt("teacher") if "teacher" in cfg.models else None
 
     tokenizer = load_tokenizer(cfg.model)
-    conversations = [[m for m in r["messages"] if m["role"] != "system"] for r in rows]
-    with_system = [[{"role": "system", "content": system}, *c] for c in conversations] if system else []
-    prompts = prompts_of(rows, cfg.eval.samples.num_prompts)
-    batch, new = cfg.eval.batch_size, cfg.eval.samples.max_new_tokens
-    metrics: dict[str, Any] = {}
-    replies: dict[str, list[dict[str, Any]]] = {}
-
-    model = load_base_model(cfg.model)
-    max_len = int(getattr(model.config, "max_position_embeddings", 4096))  # score whole conversations
-    if "loss" in cfg.eval.metrics:
-        metrics["base"] = assistant_loss(model, tokenizer, conversations, batch, max_len)
-        if with_system:
-            # the teacher scores its own held-out replies with the identity in its prompt
-            metrics["teacher"] = assistant_loss(model, tokenizer, with_system, batch, max_len)
-    if "samples" in cfg.eval.metrics:
-        replies["base"] = greedy_replies(model, tokenizer, prompts, new, batch)
-
-    if cfg.lora.enabled:
-        tuned = PeftModel.from_pretrained(model, str(adapter_dir))
+    base = load_base_model(cfg.model)
+    if cfg.lora.enabled:  # one copy in memory: base = the tuned model with adapters disabled
+        tuned, separate_base = PeftModel.from_pretrained(base, str(adapter_dir)), None
     else:
-        tuned = AutoModelForCausalLM.from_pretrained(str(adapter_dir))
-    if "loss" in cfg.eval.metrics:
-        metrics["tuned"] = assistant_loss(tuned, tokenizer, conversations, batch, max_len)
-    if "samples" in cfg.eval.metrics:
-        replies["tuned"] = greedy_replies(tuned, tokenizer, prompts, new, batch)
-        metrics["samples"] = {name: sample_stats(r) for name, r in replies.items()}
-        write_jsonl(
-            ctx.out(f"{cfg.paths.eval_dir}/samples.jsonl"),
-            (
-                {
-                    "id": row["id"],
-                    "prompt": prompt[-1]["content"],
-                    "reference": row["messages"][-1]["content"],
-                    **{name: r[i]["text"] for name, r in replies.items()},
-                    **{f"{name}_finish": r[i]["finish_reason"] for name, r in replies.items()},
-                }
-                for i, (row, prompt) in enumerate(zip(rows, prompts, strict=False))
-            ),
-        )
+        tuned, separate_base = AutoModelForCausalLM.from_pretrained(str(adapter_dir)), base
+    system = ModelRegistry(cfg.models).system_prompt("teacher") if "teacher" in cfg.models else None
+    eval_ctx = EvalContext(
+        cfg=cfg,
+        tokenizer=tokenizer,
+        rows=rows,
+        tuned=tuned,
+        base=separate_base,
+        system_prompt=system,
+        out_dir=ctx.out(cfg.paths.eval_dir),
+    )
+    metrics = run_metrics(eval_ctx, list(cfg.eval.metrics))
+    guards = check_guards(metrics, list(cfg.eval.guards))
+    if guards:
+        metrics["guards"] = {"failed": sum(not g["passed"] for g in guards), "total": len(guards)}
     write_json(ctx.out(f"{cfg.paths.eval_dir}/metrics.json"), metrics)
-    ctx.record.details = metrics
+    ctx.record.details = {"metrics": metrics, "guards": guards}
     for name in ("base", "teacher", "tuned"):
-        if name in metrics:
+        if name in metrics and "loss" in metrics[name]:
             log.info("%-7s loss %.4f  perplexity %.2f", name, metrics[name]["loss"], metrics[name]["perplexity"])
+    failed = [g["message"] for g in guards if not g["passed"]]
+    if failed:
+        raise ShapingError("guard failed: " + "; ".join(failed))
 
 
 if __name__ == "__main__":

@@ -10,11 +10,17 @@ Writes the adapter and tokenizer to <paths.adapter_dir> and DVCLive metrics to d
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
+from pathlib import Path
+from typing import Any
 
 from shaping.errors import ShapingError
 from shaping.io import atomic_dir, read_jsonl
 from shaping.stage import StageContext, run_stage
+
+log = logging.getLogger("shaping.train")
 
 
 def main(ctx: StageContext) -> None:
@@ -31,11 +37,23 @@ def main(ctx: StageContext) -> None:
         raise ShapingError(f"{train_file}: no rows to train on")
     ctx.record.backend = cfg.backend.name
     ctx.record.add_inputs([train_file])
+    gate = validation_status(Path(cfg.paths.validated_dir) / "report.json")
     live_dir = ctx.out("dvclive/train")
     with atomic_dir(ctx.out(cfg.paths.adapter_dir)) as tmp:
         report = hf_peft.train(cfg, rows, tmp, live_dir)
         shutil.rmtree(tmp / "trainer", ignore_errors=True)  # no checkpoints kept (save_strategy=no)
-    ctx.record.details = report.metrics
+    ctx.record.details = {**report.metrics, "validation": gate}
+
+
+def validation_status(report: Path) -> dict[str, Any]:
+    """What the gate said about the data being trained on; a skipped gate is shouted about."""
+    if not report.is_file():
+        return {"report": None}
+    saved = json.loads(report.read_text(encoding="utf-8"))
+    status = {"passed": saved.get("passed"), "skipped_validation": saved.get("skipped_validation", False)}
+    if status["skipped_validation"]:
+        log.warning("TRAINING ON DATA THAT FAILED VALIDATION (validation.skip=true): see %s", report)
+    return status
 
 
 if __name__ == "__main__":

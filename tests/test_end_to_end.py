@@ -64,6 +64,7 @@ def test_repro_builds_every_stage(repo: Path) -> None:
     metrics = json.loads((repo / "eval" / "metrics.json").read_text())
     for name in ("base", "tuned", "teacher"):
         assert set(metrics[name]) >= {"loss", "perplexity"}
+    assert set(metrics["think_tags"]["tuned"]) == {"valid_share", "with_tags_share"}
     assert metrics["tuned"]["loss"] < metrics["base"]["loss"]
     samples = [json.loads(line) for line in (repo / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 and {"prompt", "base", "tuned"} <= set(samples[0])
@@ -136,6 +137,28 @@ def test_corrupted_dataset_stops_the_dag_at_validate(repo: Path) -> None:
         bad.unlink()
         (repo / "params.yaml").write_text(params)
     sh(repo, "dvc", "repro")  # the clean data back (run cache)
+    assert "up to date" in sh(repo, "dvc", "status").stdout
+
+
+@pytest.mark.slow
+def test_guards_fail_evaluate_just_past_the_achieved_value(repo: Path) -> None:
+    achieved = json.loads((repo / "eval" / "metrics.json").read_text())["tuned"]["loss"]
+    params = (repo / "params.yaml").read_text()
+    try:
+        guard = f"eval.guards=[{{metric: tuned.loss, max: {achieved - 1e-4}}}]"
+        sh(repo, sys.executable, "-m", "shaping.config", SMOKE, guard)
+        proc = sh(repo, "dvc", "repro", check=False)
+        output = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and "Traceback" not in output
+        assert "Running stage 'evaluate'" in output and "Running stage 'train'" not in output
+        assert f"guard failed: tuned.loss = {achieved:g} is above the guard's max {achieved - 1e-4:g}" in output
+        guard = f"eval.guards=[{{metric: tuned.loss, max: {achieved + 1e-4}}}]"
+        sh(repo, sys.executable, "-m", "shaping.config", SMOKE, guard)
+        sh(repo, "dvc", "repro")
+        assert json.loads((repo / "eval" / "metrics.json").read_text())["guards"] == {"failed": 0, "total": 1}
+    finally:
+        (repo / "params.yaml").write_text(params)
+    sh(repo, "dvc", "repro")
     assert "up to date" in sh(repo, "dvc", "status").stdout
 
 

@@ -179,10 +179,20 @@ class SamplesConfig:
 
 
 @dataclass
+class GuardConfig:
+    """A bound on one metric (dotted path into eval/metrics.json, e.g. tuned.loss)."""
+
+    metric: str = MISSING
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass
 class EvalConfig:
-    metrics: list[str] = field(default_factory=lambda: ["loss", "samples"])
+    metrics: list[str] = field(default_factory=lambda: ["loss", "samples", "think_tags"])
     batch_size: int = 16
     samples: SamplesConfig = field(default_factory=SamplesConfig)
+    guards: list[GuardConfig] = field(default_factory=list)
 
 
 @dataclass

@@ -69,8 +69,9 @@ def _value_checks(rule: FieldRule) -> Callable[[str, Any, list[tuple[str, str]]]
         if kinds is not None and (not isinstance(value, kinds) or (strict_bool and isinstance(value, bool))):
             problems.append((path, f"expected {rule.type}, got {type(value).__name__}"))
             return
-        if not rule.allow_empty and (not value if isinstance(value, list | dict) else
-                                     isinstance(value, str) and not value.strip()):  # fmt: skip
+        if not rule.allow_empty and (
+            not value if isinstance(value, list | dict) else isinstance(value, str) and not value.strip()
+        ):
             problems.append((path, "empty"))
             return
         if bounded and isinstance(value, int | float) and not isinstance(value, bool):

@@ -35,9 +35,21 @@ def greedy_replies(
 
 
 def sample_stats(replies: list[dict[str, Any]]) -> dict[str, float]:
+    """eos_rate: share that stopped on EOS; distinct_n: distinct n-grams / n-grams over all
+    replies (words); repetition_rate: mean share of each reply's word trigrams that repeat."""
     if not replies:
-        return {"eos_rate": 0.0, "mean_tokens": 0.0}
+        return {"eos_rate": 0.0, "mean_tokens": 0.0, "distinct_1": 0.0, "distinct_2": 0.0, "repetition_rate": 0.0}
+    words = [(r["text"] or "").split() for r in replies]
+    grams = {n: [tuple(w[i : i + n]) for w in words for i in range(len(w) - n + 1)] for n in (1, 2)}
+    repeats = []
+    for w in words:
+        trigrams = [tuple(w[i : i + 3]) for i in range(len(w) - 2)]
+        if trigrams:
+            repeats.append(1 - len(set(trigrams)) / len(trigrams))
     return {
         "eos_rate": round(sum(r["finish_reason"] == "stop" for r in replies) / len(replies), 4),
         "mean_tokens": round(sum(r["tokens"] for r in replies) / len(replies), 2),
+        "distinct_1": round(len(set(grams[1])) / len(grams[1]), 4) if grams[1] else 0.0,
+        "distinct_2": round(len(set(grams[2])) / len(grams[2]), 4) if grams[2] else 0.0,
+        "repetition_rate": round(sum(repeats) / len(repeats), 4) if repeats else 0.0,
     }

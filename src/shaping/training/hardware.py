@@ -22,8 +22,9 @@ def pick_device() -> str:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AMX tiles do bf16 matmuls in hardware; without them bf16 autocast is emulated and slow
-    (measured ~16x slower than fp32 for LoRA on a 2.4M-param Llama on 2 AVX-512 cores)."""
+    """AMX tiles do bf16 matmuls in hardware. Without them bf16 autocast gains nothing on a CPU
+    (parity with fp32 on an AVX512-BF16 EPYC, bench/train_throughput.py) and was reported ~16x
+    slower on CPUs without any bf16 support, so `auto` keeps fp32 there."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(probe and probe())
 
