@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 from shaping.errors import ShapingError
-from shaping.evaluation import EvalContext, check_guards, run_metrics
+from shaping.evaluation import EvalContext, check_guards, check_metric_names, run_metrics
 from shaping.inference import ModelRegistry
 from shaping.io import read_jsonl, write_json
 from shaping.stage import StageContext, run_stage
@@ -32,6 +32,7 @@ def main(ctx: StageContext) -> None:
     from transformers import AutoModelForCausalLM
 
     cfg = ctx.cfg
+    check_metric_names(list(cfg.eval.metrics))
     eval_file = f"{cfg.paths.validated_dir}/eval.jsonl"
     adapter_dir = Path(cfg.paths.adapter_dir)
     rows = read_jsonl(eval_file)

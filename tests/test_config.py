@@ -62,3 +62,9 @@ def test_every_config_group_option_composes() -> None:
     for group in ("model", "lora", "backend", "models", "synth", "dataset", "train", "eval"):
         for option in sorted((REPO / "conf" / group).glob("*.yaml")):
             compose([f"{group}={option.stem}"])
+
+
+def test_malformed_conf_yaml_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text('seed: "unclosed\n')
+    with pytest.raises(ShapingError, match=r"not valid YAML"):
+        compose(config_dir=tmp_path)

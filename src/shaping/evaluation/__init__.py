@@ -2,7 +2,7 @@
 
 from shaping.evaluation.guards import check_guards
 from shaping.evaluation.loss import assistant_loss, encode_for_loss
-from shaping.evaluation.registry import METRICS, EvalContext, metric, run_metrics
+from shaping.evaluation.registry import METRICS, EvalContext, check_metric_names, metric, run_metrics
 from shaping.evaluation.samples import greedy_replies, prompts_of, sample_stats
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "EvalContext",
     "assistant_loss",
     "check_guards",
+    "check_metric_names",
     "encode_for_loss",
     "greedy_replies",
     "metric",

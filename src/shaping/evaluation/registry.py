@@ -76,12 +76,17 @@ class EvalContext:
         return self._replies[name]
 
 
-def run_metrics(ctx: EvalContext, names: list[str]) -> dict[str, Any]:
+def check_metric_names(names: list[str]) -> None:
+    """Fail early (before any model loads) on a metric name the registry does not know."""
     from shaping.evaluation import metrics as _builtin  # noqa: F401  registers the built-in metrics
 
     unknown = [n for n in names if n not in METRICS]
     if unknown:
         raise ShapingError(f"eval.metrics: unknown {unknown}; available: {', '.join(sorted(METRICS))}")
+
+
+def run_metrics(ctx: EvalContext, names: list[str]) -> dict[str, Any]:
+    check_metric_names(names)
     results: dict[str, Any] = {}
     for name in names:
         for key, value in METRICS[name](ctx).items():
