@@ -36,25 +36,15 @@ def _pretrain(seed: int) -> tuple[float, torch.Tensor]:
         tokenizer,
     )
     prose, dialogue, starts = encode_streams(tokenizer, PROSE, DIALOGUES * 10)
-    report = pretrain(
-        model,
-        prose,
-        dialogue,
-        starts,
-        PretrainConfig(steps=1, batch_size=4, block_size=16, warmup_steps=1),
-        seed=seed,
-    )
-    first = report.final_loss
-    report = pretrain(
-        model,
-        prose,
-        dialogue,
-        starts,
-        PretrainConfig(steps=40, batch_size=4, block_size=16, warmup_steps=1),
-        seed=seed,
-    )
-    assert report.final_loss < first, "pretraining should lower the loss"
-    return report.final_loss, next(model.parameters()).detach().clone()
+
+    def train(steps: int) -> float:
+        config = PretrainConfig(steps=steps, batch_size=4, block_size=16, warmup_steps=1)
+        return pretrain(model, prose, dialogue, starts, config, seed=seed).final_loss
+
+    first = train(1)
+    final = train(40)
+    assert final < first, "pretraining should lower the loss"
+    return final, next(model.parameters()).detach().clone()
 
 
 def test_pretraining_lowers_loss_and_is_seeded() -> None:
