@@ -22,7 +22,7 @@ from shaping.evaluation import EvalContext, check_guards, check_metric_names, ru
 from shaping.inference import ModelRegistry
 from shaping.io import read_jsonl, write_json
 from shaping.stage import StageContext, run_stage
-from shaping.training import load_base_model, load_tokenizer
+from shaping.training import load_base_model, load_tokenizer, pick_device
 
 log = logging.getLogger("shaping.evaluate")
 
@@ -44,11 +44,11 @@ def main(ctx: StageContext) -> None:
     ctx.record.backend = cfg.backend.name
 
     tokenizer = load_tokenizer(cfg.model)
-    base = load_base_model(cfg.model)
+    base = load_base_model(cfg.model).to(pick_device())
     if cfg.lora.enabled:  # one copy in memory: base = the tuned model with adapters disabled
         tuned, separate_base = PeftModel.from_pretrained(base, str(adapter_dir)), None
     else:
-        tuned, separate_base = AutoModelForCausalLM.from_pretrained(str(adapter_dir)), base
+        tuned, separate_base = AutoModelForCausalLM.from_pretrained(str(adapter_dir)).to(base.device), base
     system = ModelRegistry(cfg.models).system_prompt("teacher") if "teacher" in cfg.models else None
     eval_ctx = EvalContext(
         cfg=cfg,

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from shaping.inference.types import ChatRequest, ChatResponse
+from shaping.training.hardware import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class HFBackend:
     ) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_name_or_path)
+        self.model.to(pick_device())  # type: ignore[arg-type]  # transformers types .to() through a decorator
         self.model.eval()
         self.batch_size = max(1, batch_size)
         self.seed = seed
