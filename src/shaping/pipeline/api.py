@@ -73,6 +73,7 @@ class ModelResponse:
 
     model: str
     response: ChatResponse
+    messages: list[dict[str, str]] = field(default_factory=list)  # as sent, system prompt included
 
     @property
     def is_success(self) -> bool:

@@ -123,10 +123,11 @@ class Pipeline:
         out: list[ModelResponse | None] = [None] * len(requests)
         for model, indices in by_model.items():
             backend = self.registry.backend(model)
-            replies = backend.generate([self._prepare(requests[i]) for i in indices])
+            prepared = [self._prepare(requests[i]) for i in indices]
+            replies = backend.generate(prepared)
             self.requests_sent += len(indices)
-            for i, reply in zip(indices, replies, strict=True):
-                out[i] = ModelResponse(model=model, response=reply)
+            for i, sent, reply in zip(indices, prepared, replies, strict=True):
+                out[i] = ModelResponse(model=model, response=reply, messages=sent.messages)
         return [r for r in out if r is not None]
 
     def run_task(self, method: Task, records: Sequence[dict[str, Any]]) -> list[TrainingSample]:
@@ -156,7 +157,7 @@ class Pipeline:
                 record.steps.append(
                     {
                         "model": request.model,
-                        "messages": self._prepare(request).messages,  # as sent, system prompt included
+                        "messages": response.messages,
                         "options": request.options,
                         "response": response.response.text,
                         "error": response.response.error,
