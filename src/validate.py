@@ -24,6 +24,7 @@ from typing import Any
 
 from shaping.config import Config
 from shaping.data import Gate, choose_split, write_split
+from shaping.data.validation import iter_rows
 from shaping.errors import ShapingError
 from shaping.io import atomic_write_bytes, write_json
 from shaping.stage import StageContext, run_stage
@@ -82,23 +83,16 @@ def count_truncated(cfg: Config, gate: Gate, files: list[Path]) -> list[dict[str
     limit = cfg.dataset.max_tokens
     if limit is None or cfg.dataset.format != "chat":
         return []
-    import orjson
-
     from shaping.training import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model)
     found = []
     for path in files:
-        wanted = set(gate.valid.get(path.as_posix(), []))
-        if not wanted:
-            continue
-        with path.open("rb") as handle:
-            for lineno, raw in enumerate(handle, start=1):
-                if lineno in wanted:
-                    messages = orjson.loads(raw)["messages"]
-                    length = len(tokenizer.apply_chat_template(messages, tokenize=True))
-                    if length > limit:
-                        found.append({"file": path.as_posix(), "line": lineno, "tokens": length})
+        valid = set(gate.valid.get(path.as_posix(), []))
+        for lineno, row in iter_rows(path, valid) if valid else ():
+            length = len(tokenizer.apply_chat_template(row["messages"], tokenize=True))
+            if length > limit:
+                found.append({"file": path.as_posix(), "line": lineno, "tokens": length})
     return found
 
 

@@ -138,7 +138,9 @@ def test_encoding_problems_by_line(tmp_path: Path) -> None:
         + b"\r\n"
         + b'{"id": "d", "messages": ['
     )
-    errors = {(e.line, e.field): e.message for e in check_file(path)[1]}
+    rows, found = check_file(path)
+    assert [r["id"] for r in rows] == ["a", "c"]  # read back without the BOM and the CR
+    errors = {(e.line, e.field): e.message for e in found}
     assert set(errors) == {(1, "encoding"), (2, "encoding"), (3, "encoding"), (4, "json")}
     assert "byte-order mark" in errors[(1, "encoding")] and "UTF-8" in errors[(2, "encoding")]
     assert "CRLF" in errors[(3, "encoding")] and "truncated" in errors[(4, "json")]

@@ -1,7 +1,6 @@
 """Configs: typed schema, params.yaml loading, conf/ composition."""
 
 from shaping.config.loading import (
-    as_dict,
     compose,
     compose_raw,
     find_repo_root,
@@ -31,7 +30,6 @@ __all__ = [
     "PathsConfig",
     "SynthConfig",
     "TrainConfig",
-    "as_dict",
     "compose",
     "compose_raw",
     "find_repo_root",

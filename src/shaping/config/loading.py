@@ -90,10 +90,3 @@ def section_fingerprint(cfg: Config, sections: Iterable[str]) -> str:
     chosen = {name: container.get(name) for name in sorted(sections)}
     blob = json.dumps(chosen, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
-
-
-def as_dict(cfg: Any) -> dict[str, Any]:
-    """A plain dict of a config dataclass (for logging and metadata)."""
-    container = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
-    assert isinstance(container, dict)
-    return {str(k): v for k, v in container.items()}

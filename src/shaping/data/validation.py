@@ -13,7 +13,7 @@ import random
 import re
 import statistics
 import string
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -144,6 +144,14 @@ def iter_lines(handle: BinaryIO) -> Iterator[tuple[int, bytes, bool]]:
             yield lineno, raw[:-1], True
         else:
             yield lineno, raw, False
+
+
+def iter_rows(path: Path, lines: Container[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) for the given lines of `path` (lines pass 1 found valid), BOM and CR removed."""
+    with path.open("rb") as handle:
+        for lineno, raw, _ in iter_lines(handle):
+            if lineno in lines:
+                yield lineno, orjson.loads(raw.removeprefix(BOM).rstrip(b"\r"))
 
 
 class Gate:
@@ -286,18 +294,15 @@ def write_split(
     counts = [0, 0]
     for path in files:
         name = path.as_posix()
-        if not path.is_file():
+        chosen = {line for file, line in train | held_out if file == name}
+        if not chosen:
             continue
-        with path.open("rb") as handle:
-            for lineno, raw, _ in iter_lines(handle):
-                key = (name, lineno)
-                target = 0 if key in train else 1 if key in held_out else None
-                if target is None:
-                    continue
-                row = orjson.loads(raw.removeprefix(BOM).rstrip(b"\r"))
-                line = orjson.dumps({k: row[k] for k in fields if k in row}) + b"\n"
-                (train_out if target == 0 else eval_out).write(line)
-                counts[target] += 1
+        for lineno, row in iter_rows(path, chosen):
+            target = 0 if (name, lineno) in train else 1
+            (train_out if target == 0 else eval_out).write(
+                orjson.dumps({k: row[k] for k in fields if k in row}) + b"\n"
+            )
+            counts[target] += 1
     return counts[0], counts[1]
 
 
@@ -305,11 +310,6 @@ def check_file(path: Path, dataset: DatasetConfig | None = None) -> tuple[list[d
     """Small-file convenience: (valid rows, errors) for one file with the default chat rules."""
     gate = Gate(dataset or DatasetConfig(), QualityConfig())
     gate.scan(path)
-    rows = []
-    if path.is_file():
-        wanted = set(gate.valid.get(path.as_posix(), []))
-        with path.open("rb") as handle:
-            for lineno, raw, _ in iter_lines(handle):
-                if lineno in wanted:
-                    rows.append(orjson.loads(raw.removeprefix(BOM).rstrip(b"\r")))
+    valid = set(gate.valid.get(path.as_posix(), []))
+    rows = [row for _, row in iter_rows(path, valid)] if valid else []
     return rows, gate.errors
