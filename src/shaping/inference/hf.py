@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from shaping.inference.types import ChatRequest, ChatResponse
 from shaping.training.hardware import pick_device
@@ -15,6 +24,53 @@ from shaping.training.hardware import pick_device
 log = logging.getLogger(__name__)
 
 SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "min_new_tokens")
+CHATML_MARKERS = ("<|im_start|>", "<|im_end|>")
+
+
+@dataclass
+class Completion(ChatResponse):
+    """One generated reply, with the prompt's length so a server can report usage."""
+
+    prompt_tokens: int = 0
+
+
+def end_of_turn_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Token ids that end an assistant turn: the tokenizer's and the generation config's eos, and the
+    ChatML markers where the vocabulary has them (a small model may open a new turn with <|im_start|>
+    instead of closing its own with <|im_end|>)."""
+    ids: set[int] = set()
+    config_eos = getattr(model.generation_config, "eos_token_id", None)
+    for eos in (tokenizer.eos_token_id, config_eos):
+        ids.update([eos] if isinstance(eos, int) else list(eos or []))
+    for marker in CHATML_MARKERS:
+        token_id = tokenizer.convert_tokens_to_ids(marker)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return sorted(ids)
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """`text` up to the earliest of the `stop` strings, and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+class StopOnStrings(StoppingCriteria):
+    """Ends a row once its reply contains one of `stop`. transformers' own `stop_strings` matches
+    token strings and fires on lone byte tokens of a byte-level BPE, so this decodes the tail."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], prompt_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.stop = list(stop)
+        self.prompt_length = prompt_length
+        # a character is at most 4 byte tokens, so a stop string lies within this many last tokens
+        self.window = 4 * max(len(s) for s in stop) + 4
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        tails = input_ids[:, max(self.prompt_length, input_ids.shape[1] - self.window) :].tolist()  # (B, <=window)
+        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        done = [any(s in text for s in self.stop) for text in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
 def generate_chat(
@@ -26,34 +82,56 @@ def generate_chat(
     top_p: float = 1.0,
     max_new_tokens: int = 64,
     min_new_tokens: int = 0,
-    seed: int = 0,
-) -> list[ChatResponse]:
-    """Continue each conversation with one assistant reply (temperature 0 = greedy)."""
+    seed: int | None = 0,
+    n: int = 1,
+    stop: Sequence[str] = (),
+) -> list[Completion]:
+    """Continue each conversation with `n` assistant replies (temperature 0 = greedy).
+
+    Replies come grouped by conversation: conversation i's are at [i * n, (i + 1) * n). A reply
+    ends at the first end-of-turn token (finish_reason "stop"), at the first of the `stop`
+    strings, which is cut off ("stop"), or after `max_new_tokens` ("length"). `seed` reseeds
+    torch's global generator before sampling, so the same batch and seed give the same replies;
+    None keeps the generator's state.
+    """
     prompts = [str(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)) for c in conversations]
+    prompts = [p for p in prompts for _ in range(n)]
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     enc = enc.to(model.device)
     sampling: dict[str, Any] = {"do_sample": temperature > 0}
     if temperature > 0:
         sampling.update(temperature=temperature, top_p=top_p, top_k=0)
-    torch.manual_seed(seed)
+    stop = [s for s in stop if s]
+    if stop:  # end each row as soon as it has produced a stop string; the text is cut below
+        prompt_length = enc["input_ids"].shape[1]
+        sampling["stopping_criteria"] = StoppingCriteriaList([StopOnStrings(tokenizer, stop, prompt_length)])
+    end_ids = end_of_turn_ids(model, tokenizer)
+    if seed is not None:
+        torch.manual_seed(seed)
     with torch.no_grad():
         out = model.generate(  # type: ignore[operator]  # transformers types generate loosely
             **enc,
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=end_ids,
             pad_token_id=tokenizer.pad_token_id,
             **sampling,
         )
-    new_tokens = out[:, enc["input_ids"].shape[1] :]  # (B, new)
+    new_tokens = out[:, enc["input_ids"].shape[1] :]  # (B * n, new)
+    prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()  # (B * n,)
     responses = []
-    for row in new_tokens.tolist():
-        ended = tokenizer.eos_token_id in row
-        kept = row[: row.index(tokenizer.eos_token_id)] if ended else row
+    for row, prompt_tokens in zip(new_tokens.tolist(), prompt_lengths, strict=True):
+        end = next((i for i, t in enumerate(row) if t in end_ids), None)
+        kept = row if end is None else row[:end]
         kept = [t for t in kept if t != tokenizer.pad_token_id]
-        text = str(tokenizer.decode(kept, skip_special_tokens=True))
+        text, stopped = truncate_at_stop(str(tokenizer.decode(kept, skip_special_tokens=True)), stop)
         responses.append(
-            ChatResponse(text=text, finish_reason="stop" if ended else "length", completion_tokens=len(kept))
+            Completion(
+                text=text,
+                finish_reason="stop" if end is not None or stopped else "length",
+                completion_tokens=len(kept),
+                prompt_tokens=int(prompt_tokens),
+            )
         )
     return responses
 
