@@ -1,0 +1,6 @@
+"""An OpenAI-compatible server over a base model and its LoRA adapters (`python -m shaping.serve`)."""
+
+from shaping.serve.app import create_app
+from shaping.serve.models import SamplingOptions, ServedModels
+
+__all__ = ["SamplingOptions", "ServedModels", "create_app"]

@@ -1,0 +1,112 @@
+"""Serve a local model and its LoRA adapters over an OpenAI-compatible API.
+
+    python -m shaping.serve --model models/base --adapter tuned=models/adapter
+    python -m shaping.serve --model models/base --adapter a=runs/a --adapter b=runs/b --port 0
+    SERVE_KEY=... python -m shaping.serve --model models/base --api-key-env SERVE_KEY
+
+A request's `model` picks what answers: the served base name (the model folder's name unless
+--served-model-name) runs the base with adapters disabled, an adapter's name runs that adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+import torch
+import uvicorn
+
+from shaping.errors import ShapingError
+from shaping.serve.app import create_app
+from shaping.serve.models import ServedModels
+from shaping.training.hardware import pick_device
+
+
+def parse_adapter(value: str) -> tuple[str, str]:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected name=PATH, e.g. tuned=models/adapter")
+    return name, path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m shaping.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, metavar="PATH", help="base model folder (or hub id)")
+    parser.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        type=parse_adapter,
+        metavar="NAME=PATH",
+        help="a PEFT adapter folder served as model NAME (repeatable)",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on start)")
+    parser.add_argument("--served-model-name", help="the base model's name in requests (default: its folder name)")
+    parser.add_argument(
+        "--max-batch-size", type=int, default=16, help="most rows (requests x n) in one generate() call"
+    )
+    parser.add_argument(
+        "--batch-window-ms", type=float, default=10.0, help="how long a batch waits for more requests to join it"
+    )
+    parser.add_argument(
+        "--default-max-tokens", type=int, default=256, help="reply length when a request sets no max_tokens"
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--api-key-env", metavar="NAME", help="require 'Authorization: Bearer <$NAME>' on /v1 routes")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    args = parser.parse_args(argv)
+    names = [name for name, _ in args.adapter]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        parser.error(f"--adapter: name(s) given twice: {', '.join(duplicates)}")
+    if args.max_batch_size < 1:
+        parser.error("--max-batch-size: must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            sys.exit(f"shaping.serve: error: --api-key-env {args.api_key_env}: that environment variable is empty")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("shaping.serve: error: --device cuda: no CUDA device here; use --device auto or cpu")
+    base_name = args.served_model_name or (Path(args.model).name if Path(args.model).exists() else args.model)
+    try:
+        models = ServedModels(
+            args.model,
+            dict(args.adapter),
+            base_name=base_name,
+            device=pick_device() if args.device == "auto" else args.device,
+        )
+    except ShapingError as err:
+        sys.exit(f"shaping.serve: error: {err}")
+    app = create_app(
+        models,
+        max_batch_size=args.max_batch_size,
+        batch_window_s=args.batch_window_ms / 1000,
+        default_max_tokens=args.default_max_tokens,
+        api_key=api_key,
+    )
+    # bind and listen before announcing the port, so a client that reads the line can connect at once
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    sock.listen(128)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"shaping.serve: listening on http://{shown}:{port}/v1 (models: {', '.join(models.names)})", flush=True)
+    config = uvicorn.Config(app, log_level=args.log_level)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()
