@@ -1,0 +1,212 @@
+"""shaping.serve as a user runs it: a real server process on 127.0.0.1, spoken to with the openai SDK."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from .conftest import REPO
+
+API_KEY = "test-key-not-secret"
+PROMPT = [{"role": "user", "content": "Who are you?"}]
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter with random weights (init_lora_weights=False), so it changes the replies."""
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tuned = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    out = tmp_path_factory.mktemp("adapter")
+    tuned.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python -m shaping.serve` on a free port with the tiny model as `base` and the adapter as
+    `tuned`; yields the base URL (…/v1). The API key is required, so every client passes it."""
+    log_path = tmp_path_factory.mktemp("serve") / "server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SERVE_TEST_KEY": API_KEY}
+    command = [
+        sys.executable,
+        "-m",
+        "shaping.serve",
+        "--model",
+        str(tiny_model_dir),
+        "--served-model-name",
+        "base",
+        "--adapter",
+        f"tuned={adapter_dir}",
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        "--api-key-env",
+        "SERVE_TEST_KEY",
+        "--log-level",
+        "warning",
+    ]
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    try:
+        url = _wait_for_url(process, log_path)
+        assert httpx.get(url.removesuffix("/v1") + "/health").json()["status"] == "ok"
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_for_url(process: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 120) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in log_path.read_text().splitlines():
+            if line.startswith("shaping.serve: listening on "):
+                return line.split()[3]
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
+        time.sleep(0.1)
+    pytest.fail(f"server did not start in {timeout_s}s:\n{log_path.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server, api_key=API_KEY, max_retries=0)
+
+
+def _reply(client: openai.OpenAI, model: str = "tuned", **options: object) -> tuple[str, str]:
+    options = {"temperature": 0, "max_tokens": 12, **options}
+    completion = client.chat.completions.create(model=model, messages=PROMPT, **options)
+    choice = completion.choices[0]
+    return choice.message.content, choice.finish_reason
+
+
+def _health(server: str) -> dict[str, object]:
+    return dict(httpx.get(server.removesuffix("/v1") + "/health").json())
+
+
+def test_lists_base_and_adapters(client: openai.OpenAI) -> None:
+    models = {m.id: m for m in client.models.list()}
+    assert list(models) == ["base", "tuned"]
+    assert models["base"].object == "model"
+
+
+def test_completion_has_openai_shape_and_usage(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(model="base", messages=PROMPT, max_tokens=8, temperature=0)
+    assert completion.object == "chat.completion" and completion.model == "base"
+    assert completion.id.startswith("chatcmpl-")
+    [choice] = completion.choices
+    assert choice.index == 0 and choice.message.role == "assistant"
+    assert isinstance(choice.message.content, str) and choice.finish_reason in ("stop", "length")
+    usage = completion.usage
+    assert usage is not None and usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 8
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+def test_greedy_is_deterministic_and_seed_reproduces_sampling(client: openai.OpenAI) -> None:
+    assert _reply(client) == _reply(client)
+    sampled = [_reply(client, temperature=0.8, seed=seed)[0] for seed in (7, 7, 8)]
+    assert sampled[0] == sampled[1]
+    assert sampled[0] != sampled[2]
+
+
+def test_n_gives_n_choices(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(model="tuned", messages=PROMPT, n=3, max_tokens=6, temperature=0.8)
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    assert len({c.message.content for c in completion.choices}) > 1  # sampled rows draw apart
+    assert completion.usage is not None and 3 <= completion.usage.completion_tokens <= 18
+
+
+def test_max_tokens_ends_with_length(client: openai.OpenAI) -> None:
+    text, finish = _reply(client, max_tokens=3)
+    assert finish == "length"
+    longer, _ = _reply(client, max_completion_tokens=12)
+    assert longer.startswith(text) and len(longer) > len(text)
+
+
+def test_stop_string_truncates(client: openai.OpenAI) -> None:
+    text, _ = _reply(client)
+    stop = text[3:5]
+    expected = text[: text.find(stop)]
+    assert _reply(client, stop=[stop, "never-generated"]) == (expected, "stop")
+
+
+def test_adapter_changes_the_reply(client: openai.OpenAI) -> None:
+    assert _reply(client, model="base")[0] != _reply(client, model="tuned")[0]
+
+
+def test_streaming_reassembles_the_reply(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="tuned",
+        messages=PROMPT,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert (text, finish[0]) == _reply(client)
+    assert len(chunks) > 3 and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_unknown_model_is_404_naming_it(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError, match="no-such-model") as caught:
+        client.chat.completions.create(model="no-such-model", messages=PROMPT)
+    assert caught.value.code == "model_not_found"
+
+
+def test_bad_bodies_are_400_naming_the_field(server: str) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    cases = {
+        "messages.0.role": {"model": "base", "messages": [{"content": "hi"}]},
+        "max_tokens": {"model": "base", "messages": PROMPT, "max_tokens": 0},
+        "stop": {"model": "base", "messages": PROMPT, "stop": ["a", "b", "c", "d", "e"]},
+    }
+    for field, body in cases.items():
+        response = httpx.post(f"{server}/chat/completions", json=body, headers=headers)
+        assert response.status_code == 400, field
+        error = response.json()["error"]
+        assert error["type"] == "invalid_request_error" and field in error["message"]
+    too_long = httpx.post(
+        f"{server}/chat/completions", json={"model": "base", "messages": PROMPT, "max_tokens": 10_000}, headers=headers
+    )
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_api_key_is_required(server: str) -> None:
+    intruder = openai.OpenAI(base_url=server, api_key="wrong-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        intruder.models.list()
+    assert httpx.get(f"{server}/models").status_code == 401  # no key at all
+    assert httpx.get(f"{server}/models", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+
+
+def test_concurrent_requests_share_batches(server: str, client: openai.OpenAI) -> None:
+    before = _health(server)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        replies = list(pool.map(lambda _: _reply(client, max_tokens=8), range(8)))
+    after = _health(server)
+    assert len(replies) == 8 and all(isinstance(text, str) for text, _ in replies)
+    assert len(set(replies)) == 1  # greedy, same prompt: batching (left padding) changes nothing
+    requests = int(after["requests"]) - int(before["requests"])
+    batches = int(after["batches"]) - int(before["batches"])
+    assert requests == 8 and batches < requests
