@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -17,7 +14,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from .conftest import REPO
+from shaping.serve.launch import running_server
 
 API_KEY = "test-key-not-secret"
 PROMPT = [{"role": "user", "content": "Who are you?"}]
@@ -38,52 +35,15 @@ def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 def server(tiny_model_dir: Path, adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python -m shaping.serve` on a free port with the tiny model as `base` and the adapter as
     `tuned`; yields the base URL (…/v1). The API key is required, so every client passes it."""
-    log_path = tmp_path_factory.mktemp("serve") / "server.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SERVE_TEST_KEY": API_KEY}
-    command = [
-        sys.executable,
-        "-m",
-        "shaping.serve",
-        "--model",
-        str(tiny_model_dir),
-        "--served-model-name",
-        "base",
-        "--adapter",
-        f"tuned={adapter_dir}",
-        "--port",
-        "0",
-        "--device",
-        "cpu",
-        "--api-key-env",
-        "SERVE_TEST_KEY",
-        "--log-level",
-        "warning",
-    ]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    try:
-        url = _wait_for_url(process, log_path)
-        assert httpx.get(url.removesuffix("/v1") + "/health").json()["status"] == "ok"
+    with running_server(
+        tiny_model_dir,
+        {"tuned": adapter_dir},
+        args=["--served-model-name", "base", "--device", "cpu", "--api-key-env", "SERVE_TEST_KEY"],
+        env={"HF_HUB_OFFLINE": "1", "SERVE_TEST_KEY": API_KEY},
+        log_path=tmp_path_factory.mktemp("serve") / "server.log",
+    ) as url:
+        assert _health(url)["status"] == "ok"
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_for_url(process: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 120) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for line in log_path.read_text().splitlines():
-            if line.startswith("shaping.serve: listening on "):
-                return line.split()[3]
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-        time.sleep(0.1)
-    pytest.fail(f"server did not start in {timeout_s}s:\n{log_path.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +58,7 @@ def _reply(client: openai.OpenAI, model: str = "tuned", **options: object) -> tu
     return choice.message.content, choice.finish_reason
 
 
-def _health(server: str) -> dict[str, object]:
+def _health(server: str) -> dict[str, Any]:
     return dict(httpx.get(server.removesuffix("/v1") + "/health").json())
 
 
@@ -201,12 +161,15 @@ def test_api_key_is_required(server: str) -> None:
 
 
 def test_concurrent_requests_share_batches(server: str, client: openai.OpenAI) -> None:
+    """8 requests at once, half to the base and half to the adapter: each gets the reply it gets
+    alone, and fewer generate() calls than requests ran."""
+    expected = {model: _reply(client, model=model, max_tokens=8) for model in ("base", "tuned")}
+    models = ["base", "tuned"] * 4
     before = _health(server)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        replies = list(pool.map(lambda _: _reply(client, max_tokens=8), range(8)))
+        replies = list(pool.map(lambda model: _reply(client, model=model, max_tokens=8), models))
     after = _health(server)
-    assert len(replies) == 8 and all(isinstance(text, str) for text, _ in replies)
-    assert len(set(replies)) == 1  # greedy, same prompt: batching (left padding) changes nothing
+    assert replies == [expected[model] for model in models]
     requests = int(after["requests"]) - int(before["requests"])
     batches = int(after["batches"]) - int(before["batches"])
     assert requests == 8 and batches < requests

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"shaping.serve: error: --api-key-env {args.api_key_env}: that environment variable is empty")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("shaping.serve: error: --device cuda: no CUDA device here; use --device auto or cpu")
-    base_name = args.served_model_name or (Path(args.model).name if Path(args.model).exists() else args.model)
+    base_name = args.served_model_name or (Path(args.model).resolve().name if Path(args.model).exists() else args.model)
     try:
         models = ServedModels(
             args.model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,9 @@ class ServedModels:
             raise ShapingError(f"--model {model_path}: cannot load a model and tokenizer there ({err})") from err
         if self.tokenizer.pad_token is None:  # batches are left-padded; Llama-style tokenizers have no pad
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        # the event loop counts prompt tokens while the worker thread generates; a fast tokenizer
+        # used from two threads at once can fail ("Already borrowed"), so counting has its own
+        self._counting_tokenizer = copy.deepcopy(self.tokenizer)
         model: PreTrainedModel | PeftModel = base
         for name, path in adapters.items():
             if isinstance(model, PeftModel):
@@ -67,8 +71,9 @@ class ServedModels:
 
     def prompt_tokens(self, conversation: list[dict[str, str]]) -> int:
         """The length of the prompt generate_chat builds for `conversation`."""
-        prompt = str(self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False))
-        return len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        tokenizer = self._counting_tokenizer
+        prompt = str(tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False))
+        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
     def generate(
         self, name: str, conversations: list[list[dict[str, str]]], options: SamplingOptions
