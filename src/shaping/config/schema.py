@@ -15,20 +15,33 @@ MISSING: Any = "???"
 
 @dataclass
 class ArchitectureConfig:
-    family: str = "llama"
+    family: str = "llama"  # llama | gpt2 (transformers) | char-lstm (plain PyTorch, not a fine-tuning base)
     hidden_size: int = 128
     num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 4
-    intermediate_size: int = 352
-    max_position_embeddings: int = 512
+    num_heads: int = 4  # transformers families only
+    num_kv_heads: int = 4  # llama only
+    intermediate_size: int = 352  # transformers families only
+    max_position_embeddings: int = 512  # transformers families only
     tie_word_embeddings: bool = True
+    dropout: float = 0.0
+    embedding_size: int | None = None  # char-lstm: None = hidden_size
 
 
 @dataclass
 class TokenizerConfig:
+    """The top-level `tokenizer` group: how the `tokenizer` stage trains the from-scratch tokenizer."""
+
+    method: str = "bpe"  # bpe (HF tokenizers, byte-level) | sentencepiece_unigram | sentencepiece_bpe
     vocab_size: int = 4096
-    min_frequency: int = 2
+    min_frequency: int = 2  # bpe only
+    special_tokens: list[str] = field(default_factory=lambda: ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    lowercase: bool = False
+    unicode_normalization: str = "none"  # none | nfc | nfkc
+    character_coverage: float = 0.9995  # sentencepiece only: rarer characters fall back to bytes
+    holdout_fraction: float = 0.05  # documents held out (seeded) for tokenizer stats and validation loss
+    threads: int = 0  # 0 = every core
+    corpus: str = "data/corpus"  # a folder of *.txt / *.jsonl, or one such file
+    out_dir: str = "models/tokenizer"
 
 
 @dataclass
@@ -40,6 +53,17 @@ class PretrainConfig:
     warmup_steps: int = 40
     weight_decay: float = 0.1
     dialogue_weight: float = 0.7
+    grad_clip: float = 1.0
+    device: str = "auto"  # auto | cuda | cpu
+    precision: str = "auto"  # auto | fp16 | bf16 | fp32
+    num_workers: int | None = None  # DataLoader workers; None = by device (CUDA: min(4, cores), CPU: 0)
+    cuda_min_batch_size: int = 16  # on CUDA, smaller batch_size values are raised to this
+    eval_interval: int = 50
+    eval_batches: int = 4
+    checkpoint_interval: int = 100
+    keep_checkpoints: int = 1
+    sample_prompts: int = 4
+    sample_max_new_tokens: int = 40
 
 
 @dataclass
@@ -52,8 +76,8 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     chat_template: str = "own"
     trust_remote_code: bool = False
+    pretrain_dir: str = "models/pretrain"  # the `pretrain` stage's run folder
     architecture: ArchitectureConfig | None = None
-    tokenizer: TokenizerConfig | None = None
     pretrain: PretrainConfig | None = None
 
 
@@ -210,6 +234,7 @@ class PathsConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     models: dict[str, ModelSpec] = field(default_factory=dict)
