@@ -1,26 +1,26 @@
 """Stage prepare_base: the base model every later stage tunes and compares against.
 
-    python src/prepare_base.py                                # by hand: writes under outputs/<date>/<time>/
-    python src/prepare_base.py model.pretrain.steps=100 model.tokenizer.vocab_size=2048
-    dvc repro prepare_base                                    # as DVC runs it: --params params.yaml
+    python src/prepare_base.py                    # by hand: writes under outputs/<date>/<time>/
+    dvc repro prepare_base                        # as DVC runs it: --params params.yaml
 
-model.from_scratch=true (model=tiny): train a byte-level BPE tokenizer and a small Llama on
-paths.corpus_dir. A hub model (model=qwen2.5-0.5b-instruct): write only a reference file
-(id + revision), never the weights, so DVC tracks which model without copying it.
+The gate between the from-scratch stages (tokenizer -> pretrain) and fine-tuning. For a
+from-scratch model it copies the pretrain run's best model and tokenizer (not its
+checkpoints) to paths.base_dir, which train/evaluate load with AutoModelForCausalLM. LoRA
+needs a transformers model, so a family that is not one (char-lstm) stops here with a
+message. A hub model (model=qwen2.5-0.5b-instruct): write only a reference file (id +
+revision), never the weights, so DVC tracks which model without copying it.
 """
 
 from __future__ import annotations
 
 import logging
-import random
+import shutil
 from pathlib import Path
 
-import torch
-
+from shaping.errors import ShapingError
 from shaping.io import atomic_dir, write_json
 from shaping.stage import StageContext, run_stage
-from shaping.training.scratch import build_model, encode_streams, load_corpus, pretrain
-from shaping.training.tokenizer import train_bpe_tokenizer
+from shaping.training.families import get_family
 
 log = logging.getLogger("shaping.prepare_base")
 
@@ -35,38 +35,33 @@ def main(ctx: StageContext) -> None:
             write_json(tmp / "reference.json", reference)
         log.info("hub model: wrote reference %s", reference)
         return
-    assert model_cfg.architecture and model_cfg.tokenizer and model_cfg.pretrain, "tiny model config"
+    if model_cfg.architecture is None:
+        raise ShapingError("model.architecture is required when model.from_scratch=true")
+    family = get_family(model_cfg.architecture.family)
+    if not family.is_transformers:
+        raise ShapingError(
+            f"model={model_cfg.name} (architecture.family={family.name}) is not a transformers model, so it "
+            "cannot be a fine-tuning base (LoRA and the train/evaluate stages need one). Run only the "
+            f"from-scratch stages: `dvc exp run -S model={model_cfg.name} pretrain`, then "
+            f"`python src/generate.py {model_cfg.pretrain_dir} --prompt ...`"
+        )
+    source = Path(model_cfg.pretrain_dir)
+    if not (source / "config.json").is_file():
+        raise ShapingError(f"{source}: no pretrained model there; run `dvc repro pretrain` first")
     ctx.record.backend = "scratch"
-    ctx.record.add_inputs([cfg.paths.corpus_dir])
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-
-    prose, dialogues = load_corpus(cfg.paths.corpus_dir)
-    log.info("corpus: %d paragraphs, %d dialogues", len(prose), len(dialogues))
-    rendered = [m["content"] for d in dialogues for m in d]
-    tokenizer = train_bpe_tokenizer(prose + rendered, model_cfg.tokenizer.vocab_size, model_cfg.tokenizer.min_frequency)
-    prose_ids, dialogue_ids, starts = encode_streams(tokenizer, prose, dialogues)
-    model = build_model(model_cfg.architecture, tokenizer)
-    report = pretrain(model, prose_ids, dialogue_ids, starts, model_cfg.pretrain, cfg.seed)
-
+    ctx.record.add_inputs([source])
     with atomic_dir(base_dir) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    metrics = {
-        "pretrain": {
-            **vars(report),
-            "vocab_size": len(tokenizer),
-            "corpus_tokens": len(prose_ids) + len(dialogue_ids),
-        }
-    }
-    write_json(Path(ctx.out(cfg.paths.metrics_dir)) / "prepare_base.json", metrics)
-    ctx.record.details = metrics
+        for file in sorted(source.iterdir()):
+            if file.is_file() and file.name != "run.json":  # the pretrain run's own record stays with it
+                shutil.copy2(file, tmp / file.name)
+    ctx.record.details = {"source": str(source), "family": family.name}
+    log.info("base model: %s (%s) -> %s", source, family.name, base_dir)
 
 
 if __name__ == "__main__":
     run_stage(
         "prepare_base",
-        sections=["seed", "model"],
+        sections=["model"],
         body=main,
         record_at=lambda cfg: f"{cfg.paths.base_dir}/run.json",
     )

@@ -1,130 +1,201 @@
-"""Pretrain a small causal LM from scratch: the offline default base model.
+"""Pretrain a small causal LM from scratch: any family in `shaping.training.families`.
 
-A plain PyTorch loop (nanoGPT-style): random windows from a prose stream and a chat-dialogue
-stream, so the model learns both English-ish text and the turn format it will be tuned in.
+A plain PyTorch loop (nanoGPT-style) over random windows of two token streams, prose and
+chat dialogues (ChatML), so the model learns both English-ish text and the turn format it
+will be tuned in. Device and precision resolve from the config (fp16 with a grad scaler,
+bf16 without); the DataLoader's workers and pin_memory follow the device; the validation
+loss on fixed held-out windows is measured every `eval_interval` steps and the model ends
+as its best evaluation.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
-import random
+import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerFast,
-)
+from transformers import PreTrainedTokenizerBase
 
 from shaping.config.schema import ArchitectureConfig, PretrainConfig
 from shaping.errors import ShapingError
+from shaping.training.families import CharTokenizer, Vocab, forward, get_family
+from shaping.training.hardware import resolve_precision, torch_dtype
 from shaping.training.tokenizer import END_OF_TEXT, IM_END
 
 log = logging.getLogger(__name__)
 
+Codec = PreTrainedTokenizerBase | CharTokenizer  # what the LM code needs of a tokenizer
+Dialogue = list[dict[str, str]]
 
-def token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
+
+def token_id(tokenizer: Codec, token: str) -> int:
     found = tokenizer.convert_tokens_to_ids(token)
     if not isinstance(found, int):
-        raise ValueError(f"tokenizer has no single id for {token!r}")
+        raise ShapingError(f"tokenizer has no single id for {token!r}")
     return found
 
 
-def build_model(arch: ArchitectureConfig, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
-    """A randomly initialised transformers model of `arch.family` sized for `tokenizer`."""
-    eos_id, pad_id = token_id(tokenizer, IM_END), token_id(tokenizer, END_OF_TEXT)
-    if arch.hidden_size % arch.num_heads:
+def vocab_of(tokenizer: Codec) -> Vocab:
+    return Vocab(size=len(tokenizer), eos_id=token_id(tokenizer, IM_END), pad_id=token_id(tokenizer, END_OF_TEXT))
+
+
+def build_model(arch: ArchitectureConfig, tokenizer: Codec) -> torch.nn.Module:
+    """A randomly initialised model of `arch.family` sized for `tokenizer`."""
+    return get_family(arch.family).build(arch, vocab_of(tokenizer))
+
+
+def encode_streams(
+    tokenizer: Codec, prose: list[str], dialogues: list[Dialogue]
+) -> tuple[list[int], list[int], list[int]]:
+    """Token streams for pretraining: (prose ids, dialogue ids, offsets where dialogues start)."""
+    eot = token_id(tokenizer, END_OF_TEXT)
+    prose_ids: list[int] = []
+    for ids in tokenizer(prose, add_special_tokens=False)["input_ids"] if prose else []:
+        prose_ids.extend([*ids, eot])
+    rendered = [str(tokenizer.apply_chat_template(d, tokenize=False)) for d in dialogues]
+    dialogue_ids: list[int] = []
+    starts: list[int] = []
+    for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"] if rendered else []:
+        starts.append(len(dialogue_ids))
+        dialogue_ids.extend([*ids, eot])
+    return prose_ids, dialogue_ids, starts
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ShapingError("model.pretrain.device=cuda: no CUDA device here; use auto or cpu")
+    if requested not in ("cuda", "cpu"):
+        raise ShapingError(f"model.pretrain.device={requested!r}: choose auto, cuda or cpu")
+    return requested
+
+
+def resolve_pretrain_precision(requested: str, device: str) -> tuple[str, str]:
+    if requested not in ("auto", "fp16", "bf16", "fp32"):
+        raise ShapingError(f"model.pretrain.precision={requested!r}: choose auto, fp16, bf16 or fp32")
+    if requested == "fp16" and device != "cuda":
+        raise ShapingError("model.pretrain.precision=fp16 needs CUDA (autocast + grad scaler); use bf16 or fp32")
+    precision, reason = resolve_precision(requested, device)
+    return precision, reason.replace("train.precision", "model.pretrain.precision")
+
+
+class Windows(Dataset[torch.Tensor]):
+    """Windows of `block` tokens: item i starts at `starts[i]` in stream `which[i]`."""
+
+    def __init__(self, streams: list[torch.Tensor], which: torch.Tensor, starts: torch.Tensor, block: int) -> None:
+        self.streams, self.which, self.starts, self.block = streams, which, starts, block
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        start = int(self.starts[i])
+        return self.streams[int(self.which[i])][start : start + self.block]
+
+
+def eval_windows(ids: list[int], block: int, count: int) -> torch.Tensor:
+    """`count` evenly spaced windows of `block` tokens: the same ones at every evaluation."""
+    if len(ids) <= block:
         raise ShapingError(
-            f"model.architecture: hidden_size={arch.hidden_size} is not divisible by num_heads={arch.num_heads}"
+            f"model.pretrain.block_size={block - 1}: longer than the holdout ({len(ids)} tokens); "
+            "raise tokenizer.holdout_fraction or lower block_size"
         )
-    model: PreTrainedModel
-    if arch.family == "llama":
-        model = LlamaForCausalLM(
-            LlamaConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=arch.hidden_size,
-                intermediate_size=arch.intermediate_size,
-                num_hidden_layers=arch.num_layers,
-                num_attention_heads=arch.num_heads,
-                num_key_value_heads=arch.num_kv_heads,
-                max_position_embeddings=arch.max_position_embeddings,
-                tie_word_embeddings=arch.tie_word_embeddings,
-                bos_token_id=None,
-                eos_token_id=eos_id,
-                pad_token_id=pad_id,
-            )
-        )
-    elif arch.family == "gpt2":
-        model = GPT2LMHeadModel(
-            GPT2Config(
-                vocab_size=len(tokenizer),
-                n_embd=arch.hidden_size,
-                n_inner=arch.intermediate_size,
-                n_layer=arch.num_layers,
-                n_head=arch.num_heads,
-                n_positions=arch.max_position_embeddings,
-                tie_word_embeddings=arch.tie_word_embeddings,
-                bos_token_id=eos_id,
-                eos_token_id=eos_id,
-                pad_token_id=pad_id,
-            )
-        )
-    else:
-        raise ShapingError(f"model.architecture.family={arch.family!r}: choose llama or gpt2")
-    model.generation_config.eos_token_id = eos_id
-    model.generation_config.pad_token_id = pad_id
-    return model
+    last = len(ids) - block
+    starts = [round(i * last / max(1, count - 1)) for i in range(count)]
+    return torch.tensor([ids[s : s + block] for s in starts], dtype=torch.long)  # (N, T+1)
 
 
 @dataclass
 class PretrainReport:
     steps: int
-    final_loss: float
+    final_loss: float  # mean training loss over the last 20 steps
     tokens_per_second: float
+    samples_per_second: float
     parameters: int
-    seconds: float
-
-
-def _windows(tokens: list[int], starts: list[int], block: int, batch: int, rng: random.Random) -> torch.Tensor:
-    rows = []
-    for _ in range(batch):
-        start = rng.choice(starts)
-        window = tokens[start : start + block]
-        rows.append(window)
-    return torch.tensor(rows, dtype=torch.long)  # (B, T)
+    seconds: float  # training time (evaluations included)
+    device: str = "cpu"
+    precision: str = "fp32"
+    precision_reason: str = ""
+    batch_size: int = 0
+    num_workers: int = 0
+    pin_memory: bool = False
+    evals: list[dict[str, float]] = field(default_factory=list)  # {step, train_loss, eval_loss, eval_perplexity}
+    best_step: int | None = None
+    best_eval_loss: float | None = None
 
 
 def pretrain(
-    model: PreTrainedModel,
+    model: torch.nn.Module,
     prose_ids: list[int],
     dialogue_ids: list[int],
     dialogue_starts: list[int],
     cfg: PretrainConfig,
     seed: int,
+    *,
+    eval_ids: list[int] | None = None,
+    checkpoint: Callable[[torch.nn.Module, int], None] | None = None,
 ) -> PretrainReport:
-    """Train `model` in place for `cfg.steps` steps of next-token prediction."""
+    """Train `model` in place for `cfg.steps` steps; with `eval_ids`, it ends as its best evaluation."""
     block = cfg.block_size + 1  # inputs and shifted targets
-    if len(prose_ids) <= block or len(dialogue_ids) <= block:
+    device = resolve_device(cfg.device)
+    precision, precision_reason = resolve_pretrain_precision(cfg.precision, device)
+    batch_size = cfg.batch_size
+    if device == "cuda" and batch_size < cfg.cuda_min_batch_size:
+        log.info("CUDA: batch_size %d raised to cuda_min_batch_size=%d", batch_size, cfg.cuda_min_batch_size)
+        batch_size = cfg.cuda_min_batch_size
+    workers = (
+        cfg.num_workers if cfg.num_workers is not None else (min(4, os.cpu_count() or 1) if device == "cuda" else 0)
+    )
+
+    # Every window start in prose; dialogue windows start at a dialogue, so the model sees turns whole.
+    prose_starts = list(range(max(0, len(prose_ids) - block + 1)))
+    dialogue_starts = [s for s in dialogue_starts if s + block <= len(dialogue_ids)]
+    if not prose_starts and not dialogue_starts:
         raise ShapingError(f"model.pretrain.block_size={cfg.block_size}: longer than the corpus streams")
-    rng = random.Random(seed)
-    prose_starts = list(range(len(prose_ids) - block))
-    dialogue_starts = [s for s in dialogue_starts if s + block <= len(dialogue_ids)] or [0]
+    share = cfg.dialogue_weight if prose_starts and dialogue_starts else (1.0 if dialogue_starts else 0.0)
+    weights = [(1 - share) / max(1, len(prose_starts))] * len(prose_starts) + [
+        share / max(1, len(dialogue_starts))
+    ] * len(dialogue_starts)
+    dataset = Windows(
+        [torch.tensor(prose_ids or [0], dtype=torch.long), torch.tensor(dialogue_ids or [0], dtype=torch.long)],
+        torch.tensor([0] * len(prose_starts) + [1] * len(dialogue_starts)),
+        torch.tensor(prose_starts + dialogue_starts),
+        block,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    sampler = WeightedRandomSampler(weights, num_samples=cfg.steps * batch_size, replacement=True, generator=generator)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device == "cuda",
+        drop_last=True,
+    )
+    held_out = eval_windows(eval_ids, block, cfg.eval_batches * batch_size) if eval_ids is not None else None
+
     torch.manual_seed(seed)
+    model.to(device)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.learning_rate,
         betas=(0.9, 0.95),
     )
+    autocast_dtype = torch_dtype(precision)
+    use_autocast = precision in ("fp16", "bf16")
+    scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")  # fp16 gradients underflow unscaled
 
     def lr_at(step: int) -> float:  # linear warmup, cosine decay to 10%
         if step < cfg.warmup_steps:
@@ -132,84 +203,80 @@ def pretrain(
         progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
         return cfg.learning_rate * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
+    def loss_of(batch: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device, dtype=autocast_dtype, enabled=use_autocast):
+            logits, _ = forward(model, batch[:, :-1])  # (B, T, V)
+        return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        assert held_out is not None
+        model.eval()
+        losses = [loss_of(chunk.to(device)).item() for chunk in held_out.split(batch_size)]
+        model.train()
+        return sum(losses) / len(losses)
+
     recent: list[float] = []
+    evals: list[dict[str, float]] = []
+    best: tuple[float, int, dict[str, Any]] | None = None
     t0 = time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc="pretrain", unit="step", mininterval=2.0)
-    for step in bar:
+    bar = tqdm(loader, total=cfg.steps, desc="pretrain", unit="step", mininterval=2.0)
+    for step, batch in enumerate(bar, start=1):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
-        if rng.random() < cfg.dialogue_weight:
-            batch = _windows(dialogue_ids, dialogue_starts, block, cfg.batch_size, rng)
-        else:
-            batch = _windows(prose_ids, prose_starts, block, cfg.batch_size, rng)
-        logits = model(input_ids=batch[:, :-1]).logits  # (B, T, V)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), batch[:, 1:].reshape(-1))
+            group["lr"] = lr_at(step - 1)
+        loss = loss_of(batch.to(device, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
         recent = [*recent[-19:], loss.item()]
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(recent) / len(recent):.3f}")
+        if held_out is not None and (step % cfg.eval_interval == 0 or step == cfg.steps):
+            eval_loss = evaluate()
+            evals.append(
+                {
+                    "step": step,
+                    "train_loss": round(sum(recent) / len(recent), 4),
+                    "eval_loss": round(eval_loss, 4),
+                    "eval_perplexity": round(math.exp(eval_loss), 3),
+                }
+            )
+            log.info("step %d: eval loss %.4f (perplexity %.2f)", step, eval_loss, math.exp(eval_loss))
+            if best is None or eval_loss < best[0]:
+                best = (eval_loss, step, copy.deepcopy(model.state_dict()))
+        if checkpoint is not None and step % cfg.checkpoint_interval == 0 and step < cfg.steps:
+            checkpoint(model, step)
     seconds = time.perf_counter() - t0
+    if best is not None:
+        model.load_state_dict(best[2])
     model.eval()
-    tokens = cfg.steps * cfg.batch_size * cfg.block_size
+    model.to("cpu")
     report = PretrainReport(
         steps=cfg.steps,
         final_loss=round(sum(recent) / max(1, len(recent)), 4),
-        tokens_per_second=round(tokens / seconds, 1),
+        tokens_per_second=round(cfg.steps * batch_size * cfg.block_size / seconds, 1),
+        samples_per_second=round(cfg.steps * batch_size / seconds, 2),
         parameters=sum(p.numel() for p in model.parameters()),
         seconds=round(seconds, 2),
+        device=device,
+        precision=precision,
+        precision_reason=precision_reason,
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=device == "cuda",
+        evals=evals,
+        best_step=best[1] if best else None,
+        best_eval_loss=round(best[0], 4) if best else None,
     )
     log.info(
-        "pretrained %d params: loss %.3f, %.0f tokens/s",
+        "pretrained %d params on %s (%s): loss %.3f, %.1f samples/s",
         report.parameters,
+        device,
+        precision,
         report.final_loss,
-        report.tokens_per_second,
+        report.samples_per_second,
     )
     return report
-
-
-def load_corpus(corpus_dir: str) -> tuple[list[str], list[list[dict[str, str]]]]:
-    """Prose paragraphs from *.txt and chat dialogues from *.jsonl under `corpus_dir`."""
-    from pathlib import Path
-
-    from shaping.io import iter_jsonl
-
-    folder = Path(corpus_dir)
-    if not folder.is_dir():
-        raise ShapingError(f"{folder}: corpus folder not found (paths.corpus_dir)")
-    prose: list[str] = []
-    for file in sorted(folder.glob("*.txt")):
-        text = file.read_text(encoding="utf-8")
-        prose.extend(p.strip() for p in text.split("\n\n") if p.strip())
-    dialogues: list[list[dict[str, str]]] = []
-    for file in sorted(folder.glob("*.jsonl")):
-        for lineno, row in iter_jsonl(file):
-            messages = row.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise ShapingError(f"{file}:{lineno}: expected a non-empty 'messages' list")
-            dialogues.append(messages)
-    if not prose or not dialogues:
-        raise ShapingError(
-            f"{folder}: needs prose (*.txt) and dialogues (*.jsonl); found "
-            f"{len(prose)} paragraphs, {len(dialogues)} dialogues"
-        )
-    return prose, dialogues
-
-
-def encode_streams(
-    tokenizer: PreTrainedTokenizerFast, prose: list[str], dialogues: list[list[dict[str, str]]]
-) -> tuple[list[int], list[int], list[int]]:
-    """Token streams for pretraining: (prose ids, dialogue ids, offsets where dialogues start)."""
-    eot = token_id(tokenizer, END_OF_TEXT)
-    prose_ids: list[int] = []
-    for ids in tokenizer(prose, add_special_tokens=False)["input_ids"]:
-        prose_ids.extend([*ids, eot])
-    rendered = [str(tokenizer.apply_chat_template(d, tokenize=False)) for d in dialogues]
-    dialogue_ids: list[int] = []
-    starts: list[int] = []
-    for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]:
-        starts.append(len(dialogue_ids))
-        dialogue_ids.extend([*ids, eot])
-    return prose_ids, dialogue_ids, starts
