@@ -197,3 +197,106 @@ def test_split_is_seeded_disjoint_and_written_in_source_order(tmp_path: Path) ->
     assert write_split([path], train, held, ("id", "messages"), out_train, out_eval) == (45, 5)
     ids = [json.loads(line)["id"] for line in out_train.getvalue().splitlines()]
     assert ids == sorted(ids, key=int)
+
+
+TWO_TURNS = b'[{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}'
+
+
+def mixed_rows() -> list[bytes]:
+    """Good rows with duplicates and near-duplicates among them, and every kind of bad row."""
+    good = [chat(f"g-{i}", reply=f"Reply {i % 40} about seeds, roots and rain.").encode() for i in range(300)]
+    bad = [
+        b"{not json",
+        b"",
+        b"   ",
+        b"[1, 2]",
+        b'{"id": "\xff"}',
+        chat("crlf").encode() + b"\r",
+        json.dumps({"messages": json.loads(chat("x"))["messages"]}).encode(),
+        chat("e-1", reply="").encode(),
+        chat("w-1", reply="   ").encode(),
+        chat("t-1", reply="<think>never closed").encode(),
+        chat("t-2", reply="<think>a</think> fine").encode(),
+        chat(" ", reply="blank id").encode(),
+        json.dumps({"id": 7, "messages": json.loads(chat("x"))["messages"]}).encode(),
+        json.dumps(
+            {"id": "o", "messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "u"}]}
+        ).encode(),
+        json.dumps(
+            {"id": "s", "messages": [{"role": "system", "content": "s"}, *json.loads(chat("x"))["messages"]]}
+        ).encode(),
+        json.dumps({"id": "big", "extra": 10**400, "messages": json.loads(chat("x"))["messages"]}).encode(),
+        json.dumps({"id": "exp", "extra": 1.5, "messages": json.loads(chat("y"))["messages"]}).encode(),
+        b'{"id": "inf", "extra": 1e400, "messages": ' + TWO_TURNS,
+        b'{"id": "esc", "messages": [{"role": "user", "content": "u"}, '
+        b'{"role": "assistant", "content": "\\u0045rror: x"}]}',
+        b'{"id": "bad8", "note": "\xc3\x28", "messages": ' + TWO_TURNS,
+        chat("err", reply="Error: 500 upstream").encode(),
+        chat("x" * 300).encode(),
+    ]
+    rows = list(good)
+    for i, line in enumerate(bad):
+        rows.insert(7 + i * 13, line)
+    return rows
+
+
+def gate_result(gate: Gate) -> tuple[Any, ...]:
+    return (
+        [vars(e) for e in gate.errors],
+        gate.valid,
+        {name: vars(s) for name, s in gate.sources.items()},
+        gate.quality.checks(gate.upstream_share()),
+        gate.quality.length_stats(),
+    )
+
+
+def test_fast_path_and_detailed_checks_agree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shaping.data.validation as validation
+
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(mixed_rows()) + b'\n{"id": "cut", "messages": [')
+    dataset = DatasetConfig(
+        schema=[
+            FieldRule(name="id", type="string", required=True, allow_empty=False, max_length=200),
+            FieldRule(name="messages", type="array", required=True, allow_empty=False),
+            FieldRule(name="messages[*].role", type="string", required=True, enum=["system", "user", "assistant"]),
+            FieldRule(name="messages[*].content", type="string", required=True, allow_empty=False),
+        ]
+    )
+    quality = QualityConfig(error_patterns=[r"^\s*error\b", "__ERROR__"], distinct_sample=50)
+    monkeypatch.setattr(validation, "BLOCK_BYTES", 1024)  # many blocks, each refused one split in halves
+    fast = Gate(dataset, quality)
+    assert fast.fast is not None
+    fast.scan(path)
+    slow = Gate(dataset, quality)
+    slow.fast = None  # every line through the detailed checks
+    slow.scan(path)
+    assert gate_result(fast) == gate_result(slow)
+    lines = {e.line for e in fast.errors}
+    assert len(fast.errors) >= 20 and 1 in lines  # the BOM
+    assert fast.quality.duplicates > 0 and fast.quality.error_like == 2
+
+
+def test_schema_beyond_the_fast_path_uses_the_detailed_checks() -> None:
+    assert Gate(DatasetConfig(schema=[FieldRule(name="meta.source", type="string")]), QualityConfig()).fast is None
+    assert Gate(DatasetConfig(format="preference"), QualityConfig()).fast is None
+    rules = [FieldRule(name="score", type="number", min=0, max=1), FieldRule(name="tags", type="array", max_length=2)]
+    assert Gate(DatasetConfig(schema=rules), QualityConfig()).fast is not None
+
+
+def test_workers_split_a_file_and_merge_the_same_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shaping.data.validation as validation
+
+    path = tmp_path / "mixed.jsonl"
+    rows = mixed_rows()
+    path.write_bytes(b"\n".join(rows + rows[:40]) + b"\n")  # duplicates across the two halves
+    monkeypatch.setattr(validation, "MIN_SHARD_BYTES", 1000)
+    monkeypatch.setattr(validation, "BLOCK_BYTES", 2048)
+    quality = QualityConfig(error_patterns=[r"^\s*error\b"], distinct_sample=100)
+    one = Gate(DatasetConfig(), quality)
+    one.scan(path, upstream_errors=3)
+    two = Gate(DatasetConfig(), quality, workers=2)
+    assert len(validation._line_ranges(path, 2)) == 2
+    two.scan(path, upstream_errors=3)
+    assert gate_result(two) == gate_result(one)
+    assert one.quality.duplicates >= 40

@@ -1,33 +1,54 @@
 """The validate stage's gate: stream every source file once, check every row, measure quality.
 
-Pass 1 (`Gate.scan`) reads each JSONL file line by line with orjson, so a file larger than
+Pass 1 (`Gate.scan`) reads each JSONL file in blocks of whole lines, so a file larger than
 memory is fine: it keeps only line numbers of valid rows and the small figures quality
-checks need. Pass 2 (`write_split`) reads the files again and writes the valid rows of the
-seeded train/eval split. Every problem is a RowError naming file, line and field.
+checks need. For chat rows a fast path (`shaping.data.fastpath`) decodes a whole block with
+msgspec types compiled from `dataset.schema`; a block it refuses is split until the refused
+lines are found, and those go through the detailed line-by-line checks (orjson, the schema
+rules, conversation structure, think tags), so each problem is reported exactly as they word
+it. With `workers` > 1 a large file is cut into byte ranges at line boundaries, scanned in
+forked processes and merged (line numbers and duplicates across ranges included). Pass 2
+(`write_split`) reads the files again and writes the valid rows of the seeded train/eval
+split. Every problem is a RowError naming file, line and field.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import multiprocessing
+import os
 import random
 import re
 import statistics
 import string
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter, not_
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import msgspec
 import orjson
 
 from shaping.config.schema import DatasetConfig, QualityConfig
+from shaping.data.fastpath import ChatMessage, FastPath, block_is_plain, compile_chat_fast_path, roles_are_valid
 from shaping.data.messages import validate_messages
 from shaping.data.schema import compile_schema
 from shaping.data.think_tags import validate_think_tags
 
+log = logging.getLogger(__name__)
+
 BOM = b"\xef\xbb\xbf"
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
-_NORMALISE = str.maketrans("", "", string.punctuation + string.whitespace)  # near-duplicate key
+# near-duplicate key: the reply lowercased, without punctuation and whitespace (all ASCII, so the
+# same characters can be dropped from its UTF-8 bytes, and ASCII text lowercased as bytes)
+_DROP = (string.punctuation + string.whitespace).encode()
+_LOWER = bytes.maketrans(string.ascii_uppercase.encode(), string.ascii_lowercase.encode())
+_HEAD = 300  # error patterns look at the first characters of each reply
+BLOCK_BYTES = 1 << 16  # read and decoded at a time
+SLOW_LINES = 8  # a refused block this small is checked line by line
+MIN_SHARD_BYTES = 4 << 20  # smaller files are not worth a process
 
 
 @dataclass
@@ -48,9 +69,20 @@ class SourceStats:
     upstream_errors: int = 0
 
 
+def near_key(reply: str) -> int:
+    """Equal for replies equal after lowercasing and dropping punctuation and whitespace."""
+    if reply.isascii():
+        return hash(reply.encode().translate(_LOWER, _DROP))
+    return hash(reply.lower().encode().translate(None, _DROP))
+
+
 @dataclass
 class Quality:
-    """Running figures for the quality checks, O(1) memory per row (one hash, one length)."""
+    """Running figures for the quality checks, O(1) memory per row (two hashes, one length).
+
+    Duplicates are counted as rows minus distinct keys, so figures from separate parts of the
+    data merge exactly (`merge`); the distinct-n sample is the first `distinct_sample` replies.
+    """
 
     cfg: QualityConfig
     rows: int = 0
@@ -60,41 +92,74 @@ class Quality:
     near_duplicates: int = 0
     error_like: int = 0
     lengths: list[int] = field(default_factory=list)
-    unigrams: set[str] = field(default_factory=set)
-    bigrams: set[tuple[str, str]] = field(default_factory=set)
-    unigram_total: int = 0
-    bigram_total: int = 0
+    sample: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # one regex each: an alternation would defeat the fast paths for anchored and literal patterns
         self._error_like = [re.compile(p, re.IGNORECASE) for p in self.cfg.error_patterns]
 
-    def add(self, whole: Any, reply: str) -> None:
-        """`whole`: a hashable form of the row's training content; `reply`: the text to judge."""
-        self.rows += 1
-        key = hash(whole)
-        if key in self.exact:
-            self.duplicates += 1
-        self.exact.add(key)
-        near_key = hash(reply.lower().translate(_NORMALISE))
-        if near_key in self.near:
-            self.near_duplicates += 1
-        self.near.add(near_key)
-        self.lengths.append(len(reply))
-        head = reply[:300]
-        if any(pattern.search(head) for pattern in self._error_like):
-            self.error_like += 1
-        if self.rows <= self.cfg.distinct_sample:
+    def add(self, key: int, reply: str) -> None:
+        """`key`: a hash of the row's training content; `reply`: the text to judge."""
+        self.add_many([key], [reply])
+
+    def add_many(self, keys: list[int], replies: list[str]) -> None:
+        """Many rows at once: the same figures as `add` for each in turn, at C speed."""
+        self.rows += len(keys)
+        before = len(self.exact)
+        self.exact.update(keys)
+        self.duplicates += len(keys) - (len(self.exact) - before)
+        if all(map(str.isascii, replies)):
+            near = map(
+                hash, map(bytes.translate, map(str.encode, replies), itertools.repeat(_LOWER), itertools.repeat(_DROP))
+            )
+        else:
+            near = map(near_key, replies)
+        before = len(self.near)
+        self.near.update(near)
+        self.near_duplicates += len(keys) - (len(self.near) - before)
+        self.lengths.extend(map(len, replies))
+        left = replies
+        for pattern in self._error_like:  # counts replies matching any pattern, each once
+            found = list(map(pattern.search, left, itertools.repeat(0), itertools.repeat(_HEAD)))
+            hits = len(found) - found.count(None)
+            if hits:
+                self.error_like += hits
+                left = list(itertools.compress(left, map(not_, found)))
+        room = self.cfg.distinct_sample - len(self.sample)
+        if room > 0:
+            self.sample.extend(replies[:room])
+
+    def merge(self, other: Quality) -> None:
+        """Fold in the figures of rows that come after this one's (another part of the data)."""
+        self.rows += other.rows
+        self.exact |= other.exact
+        self.duplicates = self.rows - len(self.exact)
+        self.near |= other.near
+        self.near_duplicates = self.rows - len(self.near)
+        self.error_like += other.error_like
+        self.lengths.extend(other.lengths)
+        room = self.cfg.distinct_sample - len(self.sample)
+        if room > 0:
+            self.sample.extend(other.sample[:room])
+
+    def _distinct(self) -> tuple[int, int, int, int]:
+        """(distinct unigrams, unigrams, distinct bigrams, bigrams) over the sample."""
+        unigrams: set[str] = set()
+        bigrams: set[tuple[str, str]] = set()
+        unigram_total = bigram_total = 0
+        for reply in self.sample:
             words = reply.lower().translate(_PUNCTUATION).split()
-            self.unigrams.update(words)
-            self.bigrams.update(itertools.pairwise(words))
-            self.unigram_total += len(words)
-            self.bigram_total += max(0, len(words) - 1)
+            unigrams.update(words)
+            bigrams.update(itertools.pairwise(words))
+            unigram_total += len(words)
+            bigram_total += max(0, len(words) - 1)
+        return len(unigrams), unigram_total, len(bigrams), bigram_total
 
     def checks(self, upstream_share: float) -> dict[str, dict[str, Any]]:
         q, n = self.cfg, max(1, self.rows)
         median = statistics.median(self.lengths) if self.lengths else 0
-        distinct_2 = len(self.bigrams) / self.bigram_total if self.bigram_total else 0.0
+        _, _, distinct_bigrams, bigram_total = self._distinct()
+        distinct_2 = distinct_bigrams / bigram_total if bigram_total else 0.0
 
         def at_most(value: float, bound: float | None) -> dict[str, Any]:
             return {"value": round(value, 4), "max": bound, "passed": bound is None or value <= bound}
@@ -123,6 +188,7 @@ class Quality:
         if not self.lengths:
             return {}
         ordered = sorted(self.lengths)
+        distinct_unigrams, unigram_total, _, _ = self._distinct()
 
         def pct(p: float) -> float:
             return float(ordered[min(len(ordered) - 1, int(p * len(ordered)))])
@@ -133,7 +199,7 @@ class Quality:
             "p50": pct(0.5),
             "p95": pct(0.95),
             "max": float(ordered[-1]),
-            "distinct_1": round(len(self.unigrams) / self.unigram_total, 4) if self.unigram_total else 0.0,
+            "distinct_1": round(distinct_unigrams / unigram_total, 4) if unigram_total else 0.0,
         }
 
 
@@ -155,39 +221,49 @@ def iter_rows(path: Path, lines: Container[int]) -> Iterator[tuple[int, dict[str
 
 
 class Gate:
-    """Checks rows of one dataset format against the schema, structure and think-tag rules."""
+    """Checks rows of one dataset format against the schema, structure and think-tag rules.
 
-    def __init__(self, dataset: DatasetConfig, quality: QualityConfig) -> None:
+    `workers`: processes for one large file (1: none; 0: one per CPU core). They are forked,
+    so they share this process's string hashes, which the duplicate checks compare.
+    """
+
+    def __init__(self, dataset: DatasetConfig, quality: QualityConfig, workers: int = 1) -> None:
         if dataset.format not in ("chat", "preference"):
             raise ValueError(f"dataset.format={dataset.format!r}: choose chat or preference")
+        if workers < 0:
+            raise ValueError(f"validation.workers={workers}: use 1 or more, or 0 for one per CPU core")
         self.dataset = dataset
+        self.workers = workers or os.cpu_count() or 1
         self.schema = compile_schema(dataset.schema)
         self.quality = Quality(quality)
         self.errors: list[RowError] = []
         self.sources: dict[str, SourceStats] = {}
         self.valid: dict[str, list[int]] = {}
-        self._row_check: Callable[[dict[str, Any]], tuple[list[tuple[str, str]], Any, str]] = (
+        self.fast: FastPath | None = compile_chat_fast_path(dataset.schema) if dataset.format == "chat" else None
+        self._message: type[ChatMessage] = self.fast.message_type if self.fast else ChatMessage
+        self._row_check: Callable[[dict[str, Any]], tuple[list[tuple[str, str]], int, str]] = (
             self._check_chat if dataset.format == "chat" else self._check_preference
         )
 
     # one row ---------------------------------------------------------------------------------
-    def _check_chat(self, row: dict[str, Any]) -> tuple[list[tuple[str, str]], Any, str]:
+    def _check_chat(self, row: dict[str, Any]) -> tuple[list[tuple[str, str]], int, str]:
         problems: list[tuple[str, str]] = []
         messages = row.get("messages")
         for message in validate_messages(messages):
             where, _, text = message.partition(": ")
             problems.append((where, text))
         if problems or not isinstance(messages, list):
-            return problems, None, ""
+            return problems, 0, ""
         for i, m in enumerate(messages):
             if m["role"] == "assistant":
                 ok, error = validate_think_tags(m["content"])
                 if not ok:
                     problems.append((f"messages[{i}].content", f"think tags: {error}"))
-        whole = tuple((m["role"], m["content"]) for m in messages)
-        return problems, whole, messages[-1]["content"]
+        message_type = self._message
+        key = hash(tuple(message_type(role=m["role"], content=m["content"]) for m in messages))
+        return problems, key, messages[-1]["content"]
 
-    def _check_preference(self, row: dict[str, Any]) -> tuple[list[tuple[str, str]], Any, str]:
+    def _check_preference(self, row: dict[str, Any]) -> tuple[list[tuple[str, str]], int, str]:
         problems: list[tuple[str, str]] = []
         texts: dict[str, str] = {}
         for key in ("prompt", "chosen", "rejected"):
@@ -205,7 +281,7 @@ class Gate:
                 ok, error = validate_think_tags(texts[key])
                 if not ok:
                     problems.append((key, f"think tags: {error}"))
-        whole = (texts.get("prompt"), texts.get("chosen"), texts.get("rejected"))
+        whole = hash((texts.get("prompt"), texts.get("chosen"), texts.get("rejected")))
         return problems, whole, texts.get("chosen", "")
 
     # one file --------------------------------------------------------------------------------
@@ -216,37 +292,157 @@ class Gate:
         if not path.is_file():
             self.errors.append(RowError(name, 0, "file", "not found (did its synthesize stage run?)"))
             return
-        errors, schema, row_check, quality = self.errors, self.schema, self._row_check, self.quality
+        ranges = _line_ranges(path, self.workers)
+        if len(ranges) == 1:
+            part = _Part(name, self.quality)
+            self._scan_range(path, 0, ranges[0][1], part)
+            parts = [part]
+        else:
+            parts = _scan_forked(self, path, ranges)
+        for part in parts:  # line numbers in each part count from its first line
+            offset = stats.lines
+            if offset:
+                self.errors.extend(RowError(e.file, e.line + offset, e.field, e.message) for e in part.errors)
+                valid.extend(line + offset for line in part.valid)
+            else:
+                self.errors.extend(part.errors)
+                valid.extend(part.valid)
+            stats.lines += part.lines
+            stats.valid += len(part.valid)
+            if part.quality is not self.quality:
+                self.quality.merge(part.quality)
+
+    def _scan_range(self, path: Path, start: int, end: int, part: _Part) -> None:
+        """Every line that starts in [start, end) of `path` (start is 0 or just after a newline)."""
+        carry = b""
         with path.open("rb") as handle:
-            for lineno, raw, had_newline in iter_lines(handle):
-                stats.lines += 1
-                if lineno == 1 and raw.startswith(BOM):
-                    errors.append(RowError(name, 1, "encoding", "starts with a UTF-8 byte-order mark; remove it"))
-                    raw = raw[3:]
-                if raw.endswith(b"\r"):
-                    errors.append(RowError(name, lineno, "encoding", "CRLF line ending; use \\n"))
-                    raw = raw[:-1]
-                if not raw.strip():
-                    errors.append(RowError(name, lineno, "line", "blank line"))
-                    continue
-                try:
-                    row = orjson.loads(raw)
-                except orjson.JSONDecodeError as err:
-                    errors.append(RowError(name, lineno, *_json_problem(raw, err, had_newline)))
-                    continue
-                if not isinstance(row, dict):
-                    errors.append(RowError(name, lineno, "row", f"expected an object, got {type(row).__name__}"))
-                    continue
-                problems = schema(row)
-                found, whole, reply = row_check(row)
-                seen = {where for where, _ in problems}
-                problems.extend(p for p in found if p[0] not in seen)  # one message per field
-                if problems:
-                    errors.extend(RowError(name, lineno, where, text) for where, text in problems)
-                    continue
-                stats.valid += 1
-                valid.append(lineno)
-                quality.add(whole, reply)
+            handle.seek(start)
+            left = end - start
+            while left > 0:
+                data = handle.read(min(BLOCK_BYTES, left))
+                if not data:
+                    break
+                left -= len(data)
+                data = carry + data if carry else data
+                if left > 0:
+                    cut = data.rfind(b"\n") + 1
+                    data, carry = data[:cut], data[cut:]
+                else:
+                    carry = b""
+                if data:
+                    self._block(data, part, file_start=start == 0 and part.lines == 0)
+        if carry:
+            self._block(carry, part, file_start=start == 0 and part.lines == 0)
+
+    def _block(self, block: bytes, part: _Part, file_start: bool) -> None:
+        """A run of whole lines (the last may lack its newline): fast path, else halves, else line by line."""
+        count = block.count(b"\n") + (not block.endswith(b"\n"))
+        fast = self.fast
+        # msgspec reads a trailing CR as whitespace; the detailed checks report CRLF and the BOM
+        if fast is not None and b"\r" not in block and not (file_start and block.startswith(BOM)):
+            rows = None
+            if part.try_strict and (not fast.strict_needs_plain or block_is_plain(block)):
+                rows = _decode_lines(fast.strict, block, count)
+                part.try_strict = rows is not None
+            if rows is None and block_is_plain(block):
+                rows = _decode_lines(fast.decoder, block, count)
+            if rows is not None:
+                self._fast_rows(rows, block, part)
+                return
+        if fast is None or count <= SLOW_LINES:
+            self._slow_lines(block, part, file_start)
+            return
+        mid = block.rfind(b"\n", 0, len(block) // 2) + 1 or block.find(b"\n") + 1
+        self._block(block[:mid], part, file_start)
+        self._block(block[mid:], part, False)
+
+    def _fast_rows(self, rows: list[Any], block: bytes, part: _Part) -> None:
+        """Rows that msgspec accepted: the remaining rules, then the quality figures, a block at a time."""
+        assert self.fast is not None
+        n = len(rows)
+        conversations = list(map(_MESSAGES, rows))
+        messages = list(itertools.chain.from_iterable(conversations))
+        roles = list(map(_ROLE, messages))
+        refused: set[int] = set()
+        if len(messages) == 2 * n and roles[0::2].count("user") == n and roles[1::2].count("assistant") == n:
+            replies = list(map(_CONTENT, messages[1::2]))
+            contents = [*map(_CONTENT, messages[0::2]), *replies]
+            replies_only = True
+        else:
+            signatures = list(map(tuple, map(map, itertools.repeat(_ROLE), conversations)))
+            wrong = [s for s in set(signatures) if not _roles_ok(s)]
+            if wrong:
+                refused.update(i for i, s in enumerate(signatures) if s in wrong)
+            contents = list(map(_CONTENT, messages))
+            replies = [m[-1].content for m in conversations]
+            replies_only = False
+        thinking = replies if replies_only else contents  # the assistant's are the replies
+        if any(map(str.isspace, contents)) or any(map(str.__contains__, thinking, itertools.repeat("think>"))):
+            for i, conversation in enumerate(conversations):
+                for m in conversation:
+                    if m.content.isspace() or (m.role == "assistant" and not validate_think_tags(m.content)[0]):
+                        refused.add(i)
+        for getter in self.fast.blank_fields:
+            values = list(map(getter, rows))
+            if any(map(str.isspace, filter(None, values))):
+                refused.update(i for i, v in enumerate(values) if v is not None and v.isspace())
+        first = part.lines + 1
+        if not refused:
+            part.lines += n
+            part.valid.extend(range(first, first + n))
+            part.quality.add_many(list(map(hash, map(tuple, conversations))), replies)
+            return
+        lines = block.split(b"\n")
+        done = 0
+        for i in [*sorted(refused), n]:
+            if i > done:  # rows done..i-1 passed
+                part.lines += i - done
+                part.valid.extend(range(first + done, first + i))
+                part.quality.add_many(list(map(hash, map(tuple, conversations[done:i]))), replies[done:i])
+            if i < n:
+                part.lines += 1
+                self._line(lines[i], i < len(lines) - 1, part)
+            done = i + 1
+
+    def _slow_lines(self, block: bytes, part: _Part, file_start: bool) -> None:
+        lines = block.split(b"\n")
+        last = len(lines) - 1
+        if lines[last] == b"":
+            lines.pop()
+            last -= 1
+        for i, raw in enumerate(lines):
+            part.lines += 1
+            if file_start and part.lines == 1 and raw.startswith(BOM):
+                part.errors.append(RowError(part.name, 1, "encoding", "starts with a UTF-8 byte-order mark; remove it"))
+                raw = raw[3:]
+            self._line(raw, i < last or block.endswith(b"\n"), part)
+
+    def _line(self, raw: bytes, had_newline: bool, part: _Part) -> None:
+        """The detailed checks for one line (its number is part.lines), each problem worded for people."""
+        name, lineno, errors = part.name, part.lines, part.errors
+        if raw.endswith(b"\r"):
+            errors.append(RowError(name, lineno, "encoding", "CRLF line ending; use \\n"))
+            raw = raw[:-1]
+        if not raw.strip():
+            errors.append(RowError(name, lineno, "line", "blank line"))
+            return
+        try:
+            row = orjson.loads(raw)
+        except orjson.JSONDecodeError as err:
+            errors.append(RowError(name, lineno, *_json_problem(raw, err, had_newline)))
+            return
+        if not isinstance(row, dict):
+            errors.append(RowError(name, lineno, "row", f"expected an object, got {type(row).__name__}"))
+            return
+        problems = self.schema(row)
+        found, key, reply = self._row_check(row)
+        seen = {where for where, _ in problems}
+        problems.extend(p for p in found if p[0] not in seen)  # one message per field
+        if problems:
+            errors.extend(RowError(name, lineno, where, text) for where, text in problems)
+            return
+        part.valid.append(lineno)
+        part.quality.add(key, reply)
 
     @property
     def valid_rows(self) -> int:
@@ -256,6 +452,79 @@ class Gate:
         produced = sum(s.lines + s.upstream_errors for s in self.sources.values())
         failed = sum(s.upstream_errors for s in self.sources.values())
         return failed / produced if produced else 0.0
+
+
+_ROLES_OK: dict[tuple[str, ...], bool] = {}
+_MESSAGES, _ROLE, _CONTENT = attrgetter("messages"), attrgetter("role"), attrgetter("content")
+
+
+def _decode_lines(decoder: msgspec.json.Decoder[Any], block: bytes, count: int) -> list[Any] | None:
+    """One row per line, or None if any line is refused (decode_lines skips blank lines: count them)."""
+    try:
+        rows = decoder.decode_lines(block)
+    except (msgspec.DecodeError, RecursionError):  # a ValidationError is a DecodeError
+        return None
+    return rows if len(rows) == count else None
+
+
+def _roles_ok(roles: tuple[str, ...]) -> bool:
+    ok = _ROLES_OK.get(roles)
+    if ok is None:
+        ok = _ROLES_OK[roles] = roles_are_valid(roles)
+    return ok
+
+
+@dataclass
+class _Part:
+    """What scanning some lines of one file found; line numbers count from the part's first line."""
+
+    name: str
+    quality: Quality
+    lines: int = 0
+    try_strict: bool = True  # the strict decoder until a block needs the lenient one
+    errors: list[RowError] = field(default_factory=list)
+    valid: list[int] = field(default_factory=list)
+
+
+def _line_ranges(path: Path, workers: int) -> list[tuple[int, int]]:
+    """[start, end) byte ranges of about equal size, each starting at a line."""
+    size = path.stat().st_size
+    n = min(workers, max(1, size // MIN_SHARD_BYTES))
+    if n <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [(0, size)]
+    starts = [0]
+    with path.open("rb") as handle:
+        for k in range(1, n):
+            handle.seek(max(starts[-1], size * k // n))
+            handle.readline()  # to the start of the next line
+            at = handle.tell()
+            if at < size and at > starts[-1]:
+                starts.append(at)
+    return list(zip(starts, [*starts[1:], size], strict=True))
+
+
+_FORKED: Gate | None = None  # the gate a forked worker scans with
+
+
+def _scan_part(job: tuple[str, int, int]) -> tuple[_Part, int]:
+    path, start, end = job
+    assert _FORKED is not None
+    part = _Part(Path(path).as_posix(), Quality(_FORKED.quality.cfg))
+    _FORKED._scan_range(Path(path), start, end, part)
+    return part, hash("shaping")
+
+
+def _scan_forked(gate: Gate, path: Path, ranges: list[tuple[int, int]]) -> list[_Part]:
+    global _FORKED
+    _FORKED = gate
+    try:
+        with multiprocessing.get_context("fork").Pool(len(ranges)) as pool:
+            results = pool.map(_scan_part, [(str(path), start, end) for start, end in ranges])
+    finally:
+        _FORKED = None
+    if any(probe != hash("shaping") for _, probe in results):  # forked workers share the hash seed
+        raise RuntimeError("validation workers hash strings differently; set validation.workers=1")
+    return [part for part, _ in results]
 
 
 def _json_problem(raw: bytes, err: orjson.JSONDecodeError, had_newline: bool) -> tuple[str, str]:
