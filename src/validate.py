@@ -103,7 +103,7 @@ def main(ctx: StageContext) -> None:
     files = [path for path, _ in sources]
     ctx.record.add_inputs([f for f in files if f.is_file()])
     try:
-        gate = Gate(cfg.dataset, cfg.validation.quality)
+        gate = Gate(cfg.dataset, cfg.validation.quality, cfg.validation.workers)
     except ValueError as err:
         raise ShapingError(str(err)) from None
     for path, upstream in sources:

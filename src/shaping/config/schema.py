@@ -173,6 +173,7 @@ class TestsConfig:
 class ValidationConfig:
     skip: bool = False  # debug only: train on data that failed the gate (logged loudly)
     show_errors: int = 20
+    workers: int = 1  # processes that scan one large file (0: one per CPU core); same results
     quality: QualityConfig = field(default_factory=QualityConfig)
     tests: TestsConfig = field(default_factory=TestsConfig)
 
