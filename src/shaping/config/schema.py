@@ -107,11 +107,17 @@ class ModelSpec:
     api_key_env: str | None = None
     sysprompt: str | None = None
     sysprompt_file: str | None = None
-    max_concurrency: int = 8
+    max_concurrency: int = 8  # requests in flight to this model (hf: prompts per generate() batch)
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 256
     min_new_tokens: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # more request options (stop, seed, ...)
+    # openai backend: retries on 429/5xx/timeouts with exponential backoff and jitter
+    max_retries: int = 6
+    timeout_s: float = 300.0
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
 
 
 @dataclass

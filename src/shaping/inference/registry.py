@@ -8,7 +8,7 @@ from shaping.config.schema import ModelSpec
 from shaping.errors import ShapingError
 from shaping.inference.types import ChatBackend
 
-BACKENDS = ("hf",)
+BACKENDS = ("hf", "openai")
 
 
 class ModelRegistry:
@@ -47,16 +47,22 @@ class ModelRegistry:
     def backend(self, name: str) -> ChatBackend:
         if name not in self._backends:
             spec = self.spec(name)
-            if spec.backend != "hf":
+            if spec.backend not in BACKENDS:
                 raise ShapingError(f"models.{name}.backend={spec.backend!r}: unknown; available: {BACKENDS}")
-            from shaping.inference.hf import HFBackend
-
             defaults = {
                 "temperature": spec.temperature,
                 "top_p": spec.top_p,
                 "max_new_tokens": spec.max_new_tokens,
                 "min_new_tokens": spec.min_new_tokens,
+                **spec.options,
             }
+            if spec.backend == "openai":
+                from shaping.inference.openai_compat import OpenAIBackend
+
+                self._backends[name] = OpenAIBackend(name, spec, defaults)
+                return self._backends[name]
+            from shaping.inference.hf import HFBackend
+
             model_path = spec.model
             local = self.root / model_path
             if local.exists():

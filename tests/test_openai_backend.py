@@ -1,0 +1,171 @@
+"""The `openai` backend against real HTTP servers on 127.0.0.1: the project's own
+`shaping.serve` over the tiny model, and a small aiohttp endpoint that fails on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from aiohttp import web
+
+from shaping.config import Config
+from shaping.config.schema import ModelSpec
+from shaping.errors import ShapingError
+from shaping.inference import ChatRequest
+from shaping.inference.openai_compat import OpenAIBackend
+from shaping.serve import running_server
+
+from .test_pipeline import Chain
+
+
+class Endpoint:
+    """An OpenAI-compatible endpoint that echoes the last message; `fail_rate` of the requests
+    get 429 (with Retry-After) or 500 instead; `status` forces one status for every request."""
+
+    def __init__(self, fail_rate: float = 0.0, status: int | None = None, seed: int = 0) -> None:
+        self.fail_rate, self.status, self.random = fail_rate, status, random.Random(seed)
+        self.requests = 0
+        self.failed = 0
+        self.authorizations: list[str | None] = []
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        self.authorizations.append(request.headers.get("Authorization"))
+        body = await request.json()
+        if self.status is not None:
+            return web.json_response({"error": {"message": f"forced {self.status}"}}, status=self.status)
+        if self.random.random() < self.fail_rate:
+            self.failed += 1
+            if self.random.random() < 0.5:
+                return web.json_response({"error": {"message": "slow down"}}, status=429, headers={"Retry-After": "0"})
+            return web.json_response({"error": {"message": "boom"}}, status=500)
+        text = "echo: " + body["messages"][-1]["content"]
+        return web.json_response(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+            }
+        )
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.handle)
+        self.runner = runner = web.AppRunner(app)
+        self.loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.ready.set()
+        self.loop.run_forever()
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        self.ready.wait(10)
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def backend(url: str | list[str], **overrides: object) -> OpenAIBackend:
+    spec = ModelSpec(backend="openai", model="echo-model", base_url=url, max_concurrency=16)
+    spec.backoff_initial_s, spec.backoff_max_s = 0.01, 0.05
+    for key, value in overrides.items():
+        setattr(spec, key, value)
+    return OpenAIBackend("judge", spec, {"temperature": 0.5, "max_new_tokens": 8, "min_new_tokens": 2})
+
+
+def asks(n: int) -> list[ChatRequest]:
+    return [ChatRequest(messages=[{"role": "user", "content": f"q{i}"}]) for i in range(n)]
+
+
+def test_flaky_endpoint_loses_no_request() -> None:
+    """30% of requests fail with 429/500: retried ones succeed, none is lost, order is kept."""
+    with Endpoint(fail_rate=0.3) as url:
+        replies = backend(url, max_retries=10).generate(asks(200))
+    assert [r.text for r in replies] == [f"echo: q{i}" for i in range(200)]
+    with Endpoint(fail_rate=0.3, seed=1) as url:
+        replies = backend(url, max_retries=0).generate(asks(200))
+    failed = [r for r in replies if not r.is_success]
+    assert len(replies) == 200 and 30 < len(failed) < 100  # every request answered: a text or an error
+    assert all(r.error and "gave up after 1 attempts" in r.error for r in failed)
+    assert all(r.text == f"echo: q{i}" for i, r in enumerate(replies) if r.is_success)
+
+
+def test_load_spreads_over_base_urls() -> None:
+    with Endpoint() as first, Endpoint() as second:
+        b = backend([first, second])
+        assert len(b.generate(asks(20))) == 20
+    assert b.urls == [first, second]
+
+
+def test_options_are_translated() -> None:
+    body = backend("http://127.0.0.1:1/v1").body(ChatRequest([{"role": "user", "content": "x"}], {"stop": ["."]}))
+    assert body == {
+        "model": "echo-model",
+        "messages": [{"role": "user", "content": "x"}],
+        "temperature": 0.5,
+        "max_tokens": 8,
+        "stop": ["."],
+    }  # max_new_tokens renamed, min_new_tokens dropped
+
+
+@pytest.mark.parametrize("status", [401, 404])
+def test_auth_and_not_found_stop_the_run_without_the_key(status: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUDGE_KEY", "sk-secret-123")
+    with Endpoint(status=status) as url:
+        endpoint_url = url
+        with pytest.raises(ShapingError) as err:
+            backend(url, api_key_env="JUDGE_KEY").generate(asks(3))
+    message = str(err.value)
+    assert f"HTTP {status}" in message and "echo-model" in message and endpoint_url in message
+    assert "sk-secret-123" not in message
+
+
+def test_missing_key_variable_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JUDGE_KEY", raising=False)
+    with pytest.raises(ShapingError, match=r"models\.judge\.api_key_env: environment variable JUDGE_KEY is not set"):
+        backend("http://127.0.0.1:1/v1", api_key_env="JUDGE_KEY")
+
+
+def test_connection_refused_fails_each_request_after_retries() -> None:
+    replies = backend("http://127.0.0.1:9/v1", max_retries=1).generate(asks(2))
+    assert all(not r.is_success and "gave up after 2 attempts" in (r.error or "") for r in replies)
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir: Path) -> Iterator[str]:
+    with running_server(tiny_model_dir) as url:
+        yield url
+
+
+def test_pipeline_runs_against_the_projects_server(cfg: Config, served: str, tmp_path: Path) -> None:
+    cfg.synth.limit = None
+    teacher = cfg.models["teacher"]
+    served_name = httpx.get(f"{served}/models").json()["data"][0]["id"]
+    teacher.backend, teacher.base_url, teacher.model = "openai", served, served_name
+    teacher.sysprompt = "You are Juniper."  # the identity document is longer than the tiny model's context
+    before = httpx.get(served.removesuffix("/v1") + "/health").json()["requests"]
+    result = Chain(cfg, output_dir=tmp_path).execute()
+    assert result.samples == 3 and result.errors == 2  # the same records fail as with the hf backend
+    served_requests = httpx.get(served.removesuffix("/v1") + "/health").json()["requests"] - before
+    assert served_requests == result.manifest["requests_sent"] == 12
+    first = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])
+    assert first["steps"][0]["messages"][0] == {"role": "system", "content": "You are Juniper."}  # injected
+    assert all(step["error"] is None for step in first["steps"])
