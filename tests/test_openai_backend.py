@@ -19,8 +19,10 @@ from shaping.config.schema import ModelSpec
 from shaping.errors import ShapingError
 from shaping.inference import ChatRequest
 from shaping.inference.openai_compat import OpenAIBackend
+from shaping.pipeline import load_pipeline_class
 from shaping.serve import running_server
 
+from .conftest import REPO
 from .test_pipeline import Chain
 
 
@@ -169,3 +171,27 @@ def test_pipeline_runs_against_the_projects_server(cfg: Config, served: str, tmp
     first = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])
     assert first["steps"][0]["messages"][0] == {"role": "system", "content": "You are Juniper."}  # injected
     assert all(step["error"] is None for step in first["steps"])
+
+
+@pytest.mark.parametrize("backend_name", ["hf", "openai"])
+@pytest.mark.parametrize("pipeline", ["my_pipeline", "identity_augmentation"])
+def test_seed_examples_run_unchanged(
+    cfg: Config, tiny_model_dir: Path, served: str, tmp_path: Path, pipeline: str, backend_name: str
+) -> None:
+    """Seed 001's MyPipeline and IdentityAugmentation, against local generation and the server."""
+    cfg.synth.limit = None
+    served_name = httpx.get(f"{served}/models").json()["data"][0]["id"]
+    for name in ("judge", "cubsfan-release-full"):
+        spec = cfg.models[name]
+        spec.model, spec.max_new_tokens, spec.sysprompt = str(tiny_model_dir), 12, "You are Juniper."
+        if backend_name == "openai":
+            spec.backend, spec.base_url, spec.model = "openai", served, served_name
+    cls = load_pipeline_class(pipeline, REPO / "pipelines")
+    result = cls(cfg, output_dir=tmp_path).execute()
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert result.errors == 0 and len(rows) == result.samples > 0
+    assert all(row["messages"][-1]["role"] == "assistant" for row in rows)
+    steps_per_record = 1 if pipeline == "my_pipeline" else 2
+    extra = 0 if pipeline == "my_pipeline" else 1  # the query() that extracts facts
+    assert result.manifest["requests_sent"] == steps_per_record * len(rows) + extra
+    assert all(len(row["steps"]) == steps_per_record for row in rows)
