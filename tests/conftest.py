@@ -76,9 +76,10 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def cfg(tiny_model_dir: Path) -> Config:
-    """The real composed config, shrunk and pointed at the test's tiny model."""
+def cfg(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """The real composed config, shrunk and pointed at the test's tiny model (response cache per test)."""
     config = compose(["+experiment=smoke"])
+    config.synth.cache_dir = str(tmp_path_factory.mktemp("synth_cache"))
     config.model.name_or_path = str(tiny_model_dir)
     config.models["teacher"].model = str(tiny_model_dir)
     return config

@@ -125,6 +125,8 @@ class SynthConfig:
     pipelines: list[str] = field(default_factory=list)
     limit: int | None = None
     annotate: bool | None = None
+    cache: bool = True  # False (--no-cache): send every request again (answers still refill the cache)
+    cache_dir: str | None = "data/synth_cache"  # <cache_dir>/<pipeline>.sqlite; None = no cache
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,7 +155,9 @@ class HFBackend:
         self.defaults = defaults or {}
         self._calls = 0
 
-    def generate(self, requests: list[ChatRequest]) -> list[ChatResponse]:
+    def generate(
+        self, requests: list[ChatRequest], on_response: Callable[[int, ChatResponse], None] | None = None
+    ) -> list[ChatResponse]:
         results: list[ChatResponse | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
@@ -177,4 +179,6 @@ class HFBackend:
                 )
                 for i, reply in zip(chunk, replies, strict=True):
                     results[i] = reply
+                    if on_response is not None:
+                        on_response(i, reply)
         return [r for r in results if r is not None]

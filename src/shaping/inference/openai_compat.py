@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from time import time
 from typing import Any
@@ -101,16 +102,27 @@ class OpenAIBackend:
             body[RENAMED.get(key, key)] = value
         return body
 
-    def generate(self, requests: list[ChatRequest]) -> list[ChatResponse]:
-        """One response per request, in order; sent concurrently."""
-        return asyncio.run(self._generate_all(requests))
+    def generate(
+        self, requests: list[ChatRequest], on_response: Callable[[int, ChatResponse], None] | None = None
+    ) -> list[ChatResponse]:
+        """One response per request, in order; sent concurrently; `on_response` as each arrives."""
+        return asyncio.run(self._generate_all(requests, on_response))
 
-    async def _generate_all(self, requests: list[ChatRequest]) -> list[ChatResponse]:
+    async def _generate_all(
+        self, requests: list[ChatRequest], on_response: Callable[[int, ChatResponse], None] | None
+    ) -> list[ChatResponse]:
         semaphore = asyncio.Semaphore(self.max_concurrency)
         connector = aiohttp.TCPConnector(limit=self.max_concurrency * len(self.urls))
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+
+        async def one(index: int, request: ChatRequest) -> ChatResponse:
+            response = await self._one(session, semaphore, request)
+            if on_response is not None:
+                on_response(index, response)
+            return response
+
         async with aiohttp.ClientSession(connector=connector, timeout=timeout, headers=self.headers) as session:
-            return list(await asyncio.gather(*(self._one(session, semaphore, r) for r in requests)))
+            return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
 
     def _wait(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
 from shaping.config.schema import ModelSpec
 from shaping.errors import ShapingError
@@ -44,18 +46,38 @@ class ModelRegistry:
             return path.read_text(encoding="utf-8").strip()
         return None
 
+    def defaults(self, name: str) -> dict[str, Any]:
+        """The request options every request to this model starts from."""
+        spec = self.spec(name)
+        return {
+            "temperature": spec.temperature,
+            "top_p": spec.top_p,
+            "max_new_tokens": spec.max_new_tokens,
+            "min_new_tokens": spec.min_new_tokens,
+            **spec.options,
+        }
+
+    def model_id(self, name: str) -> str:
+        """What identifies the model's answers in the response cache: backend and model, plus,
+        for a local folder, each file's name, size and mtime (a retrained base is a new model)."""
+        spec = self.spec(name)
+        ident = f"{spec.backend}:{spec.model}"
+        local = self.root / spec.model
+        if spec.backend == "hf" and local.is_dir():
+            stats = sorted(
+                (p.relative_to(local).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                for p in local.rglob("*")
+                if p.is_file()
+            )
+            ident += ":" + hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
+        return ident
+
     def backend(self, name: str) -> ChatBackend:
         if name not in self._backends:
             spec = self.spec(name)
             if spec.backend not in BACKENDS:
                 raise ShapingError(f"models.{name}.backend={spec.backend!r}: unknown; available: {BACKENDS}")
-            defaults = {
-                "temperature": spec.temperature,
-                "top_p": spec.top_p,
-                "max_new_tokens": spec.max_new_tokens,
-                "min_new_tokens": spec.min_new_tokens,
-                **spec.options,
-            }
+            defaults = self.defaults(name)
             if spec.backend == "openai":
                 from shaping.inference.openai_compat import OpenAIBackend
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ class ChatResponse:
     error: str | None = None
     finish_reason: str | None = None  # "stop" (eos) or "length"
     completion_tokens: int = 0
+    cached: bool = False  # answered from the pipeline's response cache, not sent
 
     @property
     def is_success(self) -> bool:
@@ -25,6 +27,9 @@ class ChatResponse:
 
 
 class ChatBackend(Protocol):
-    def generate(self, requests: list[ChatRequest]) -> list[ChatResponse]:
-        """One response per request, in order. A failed request gives a response with `error` set."""
+    def generate(
+        self, requests: list[ChatRequest], on_response: Callable[[int, ChatResponse], None] | None = None
+    ) -> list[ChatResponse]:
+        """One response per request, in order. A failed request gives a response with `error` set.
+        `on_response(index, response)` is called as each one arrives (the response cache)."""
         ...

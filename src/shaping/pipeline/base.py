@@ -14,15 +14,18 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
+import orjson
 from tqdm import tqdm
 
 from shaping.config import Config, compose, find_repo_root
-from shaping.inference import ChatRequest, ModelRegistry
+from shaping.inference import ChatRequest, ChatResponse, ModelRegistry
 from shaping.io import write_json, write_jsonl
 from shaping.pipeline.api import FileDep, ModelDep, ModelRequest, ModelResponse, PipelineError, TrainingSample
+from shaping.pipeline.cache import ResponseCache, request_key
 from shaping.tracking import git_commit, hash_inputs
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,16 @@ class _Record:
     started_at: str = field(default_factory=_now)
     steps: list[dict[str, Any]] = field(default_factory=list)
     pending: list[ModelRequest] = field(default_factory=list)
+    seen: Counter[bytes] = field(default_factory=Counter)  # identical requests so far: their sample index
     pending_is_list: bool = False
+
+
+def _sample_index(record: _Record, request: ModelRequest) -> int:
+    """0 for a request's first occurrence in a record, 1 for the same request again, ..."""
+    content = orjson.dumps([request.model, request.messages, request.options], option=orjson.OPT_SORT_KEYS)
+    index = record.seen[content]
+    record.seen[content] += 1
+    return index
 
 
 @dataclass
@@ -84,7 +96,14 @@ class Pipeline:
             dep.root = self.root
         self.errors: list[dict[str, Any]] = []
         self.requests_sent = 0
+        self.cache_hits = 0
         self.records_in = 0
+        synth = self.config.synth
+        self.cache: ResponseCache | None = None
+        if synth.cache_dir:
+            self.cache = ResponseCache(
+                self.root / synth.cache_dir / f"{self.name or type(self).__name__}.sqlite", synth.cache
+            )
 
     # dependencies --------------------------------------------------------------------------
     @classmethod
@@ -107,7 +126,7 @@ class Pipeline:
             model=model.name if isinstance(model, ModelDep) else model,
             options=options,
         )
-        return self._send([request])[0]
+        return self._send([request], [0])[0]
 
     def _prepare(self, request: ModelRequest) -> ChatRequest:
         messages = request.messages
@@ -116,19 +135,46 @@ class Pipeline:
             messages = [{"role": "system", "content": system}, *messages]
         return ChatRequest(messages=messages, options=request.options)
 
-    def _send(self, requests: Sequence[ModelRequest]) -> list[ModelResponse]:
+    def _send(self, requests: Sequence[ModelRequest], sample_indices: Sequence[int]) -> list[ModelResponse]:
+        """Answer each request: from the response cache, else from its model's backend (each
+        answer is cached as it arrives). `sample_indices` tell identical requests of one record apart."""
         by_model: dict[str, list[int]] = defaultdict(list)
         for i, request in enumerate(requests):
             by_model[request.model].append(i)
         out: list[ModelResponse | None] = [None] * len(requests)
         for model, indices in by_model.items():
-            backend = self.registry.backend(model)
-            prepared = [self._prepare(requests[i]) for i in indices]
-            replies = backend.generate(prepared)
-            self.requests_sent += len(indices)
-            for i, sent, reply in zip(indices, prepared, replies, strict=True):
-                out[i] = ModelResponse(model=model, response=reply, messages=sent.messages)
+            prepared = {i: self._prepare(requests[i]) for i in indices}
+            keys: dict[int, str] = {}
+            if self.cache is not None:
+                model_id, defaults = self.registry.model_id(model), self.registry.defaults(model)
+                for i in indices:
+                    options = {**defaults, **prepared[i].options}
+                    keys[i] = request_key(model_id, prepared[i].messages, options, sample_indices[i])
+                    hit = self.cache.get(keys[i])
+                    if hit is not None:
+                        out[i] = ModelResponse(model=model, response=hit, messages=prepared[i].messages)
+                        self.cache_hits += 1
+            missing = [i for i in indices if out[i] is None]
+            if not missing:
+                continue
+            # identical requests (same key) are sent once and share the answer, as the cache would
+            unique: dict[str | int, list[int]] = defaultdict(list)
+            for i in missing:
+                unique[keys.get(i, i)].append(i)
+            sent = [group[0] for group in unique.values()]
+            replies = self.registry.backend(model).generate(
+                [prepared[i] for i in sent], partial(self._store, [keys.get(i) for i in sent])
+            )
+            self.requests_sent += len(sent)
+            for group, reply in zip(unique.values(), replies, strict=True):
+                for i in group:
+                    out[i] = ModelResponse(model=model, response=reply, messages=prepared[i].messages)
         return [r for r in out if r is not None]
+
+    def _store(self, keys: list[str | None], position: int, reply: ChatResponse) -> None:
+        key = keys[position]
+        if self.cache is not None and key is not None:
+            self.cache.put(key, reply)
 
     def run_task(self, method: Task, records: Sequence[dict[str, Any]]) -> list[TrainingSample]:
         """Run generator `method` once per record, all records together; errors become records."""
@@ -151,7 +197,7 @@ class Pipeline:
                 bar.update(1)
         while active:
             flat = [(record, request) for record in active for request in record.pending]
-            responses = self._send([request for _, request in flat])
+            responses = self._send([request for _, request in flat], [_sample_index(r, q) for r, q in flat])
             answers: dict[int, list[ModelResponse]] = defaultdict(list)
             for (record, request), response in zip(flat, responses, strict=True):
                 record.steps.append(
@@ -162,6 +208,7 @@ class Pipeline:
                         "response": response.response.text,
                         "error": response.response.error,
                         "finish_reason": response.response.finish_reason,
+                        "cached": response.response.cached,
                     }
                 )
                 answers[record.index].append(response)
@@ -225,7 +272,11 @@ class Pipeline:
     def execute(self) -> ExecuteResult:
         """Run the pipeline; write samples.jsonl, errors.jsonl and manifest.json to the output folder."""
         started = _now()
-        samples = self.run()
+        try:
+            samples = self.run()
+        finally:
+            if self.cache is not None:
+                self.cache.close()
         commit = git_commit(self.root)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_jsonl(self.output_dir / "samples.jsonl", (s.to_dict(self.annotate, commit) for s in samples))
@@ -241,6 +292,7 @@ class Pipeline:
             "errors": len(self.errors),
             "errors_by_type": dict(by_type),
             "requests_sent": self.requests_sent,
+            "cache_hits": self.cache_hits,
             "limit": self.limit,
             "partial": self.limit is not None,
             "annotated": self.annotate,
@@ -249,7 +301,15 @@ class Pipeline:
             "completed_at": _now(),
         }
         write_json(self.output_dir / "manifest.json", manifest)
-        log.info("%s: %d samples, %d errors %s", self.name, len(samples), len(self.errors), dict(by_type) or "")
+        log.info(
+            "%s: %d samples, %d errors %s; %d requests sent, %d answered from the cache",
+            self.name,
+            len(samples),
+            len(self.errors),
+            dict(by_type) or "",
+            self.requests_sent,
+            self.cache_hits,
+        )
         return ExecuteResult(samples=len(samples), errors=len(self.errors), output=self.output_dir, manifest=manifest)
 
     def _relative(self, hashes: dict[str, str]) -> dict[str, str]:

@@ -1,0 +1,100 @@
+"""The response cache: a re-run re-sends nothing answered; SIGKILL halfway loses no answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from shaping.config import Config
+
+from .conftest import REPO
+from .test_openai_backend import Endpoint
+from .test_pipeline import Chain
+
+
+def test_rerun_answers_from_the_cache_and_no_cache_sends_again(cfg: Config, tmp_path: Path) -> None:
+    cfg.synth.limit = None
+    first = Chain(cfg, output_dir=tmp_path / "1").execute()
+    again = Chain(cfg, output_dir=tmp_path / "2").execute()
+    assert first.manifest["requests_sent"] == 6 and first.manifest["cache_hits"] == 0
+    assert again.manifest["requests_sent"] == 0 and again.manifest["cache_hits"] == 12
+    texts = [
+        [m["content"] for r in map(json.loads, (tmp_path / d / "samples.jsonl").open()) for m in r["messages"]]
+        for d in "12"
+    ]
+    assert texts[0] == texts[1]  # same answers, none sent
+    cfg.synth.cache = False  # --no-cache: fresh calls
+    fresh = Chain(cfg, output_dir=tmp_path / "3").execute()
+    assert fresh.manifest["requests_sent"] == 6 and fresh.manifest["cache_hits"] == 0
+
+
+SCRIPT = """
+import sys
+from shaping.config import compose
+from shaping.pipeline import Pipeline, TrainingSample, model_request
+
+class Many(Pipeline):
+    name = "many"
+    judge = Pipeline.model_dep("judge")
+
+    def run(self):
+        return self.run_task(self.task, records=[{"id": str(i)} for i in range(40)])
+
+    def task(self, record):
+        first = yield model_request([{"role": "user", "content": "q" + record["id"]}], model=self.judge)
+        second = yield model_request([{"role": "user", "content": first.get_text() + "!"}], model=self.judge)
+        return TrainingSample(id=record["id"], messages=[
+            {"role": "user", "content": "q" + record["id"]}, {"role": "assistant", "content": second.get_text()}])
+
+Many(compose(sys.argv[2:]), output_dir=sys.argv[1]).execute()
+"""
+
+
+def test_sigkill_halfway_then_rerun_resends_only_unanswered_requests(tmp_path: Path) -> None:
+    script = tmp_path / "many.py"
+    script.write_text(SCRIPT)
+    cache_dir = tmp_path / "cache"
+    with Endpoint(delay=0.03) as url:
+        endpoint = Endpoint.last  # type: ignore[attr-defined]
+        overrides = [
+            "+experiment=smoke",
+            "synth.limit=null",
+            f"synth.cache_dir={cache_dir}",
+            "models.judge.backend=openai",
+            f"models.judge.base_url={url}",
+            "models.judge.model=echo",
+            "models.judge.max_concurrency=4",
+        ]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        run = [sys.executable, str(script), str(tmp_path / "out1"), *overrides]
+        process = subprocess.Popen(run, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while len(endpoint.contents) < 60 and time.time() < deadline and process.poll() is None:
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert process.returncode == -signal.SIGKILL, process.stderr.read().decode() if process.stderr else ""
+        answered_before = list(endpoint.contents)
+        with sqlite3.connect(cache_dir / "many.sqlite") as db:
+            stored = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+        assert 40 < stored < 80  # killed during the second step
+        assert len(answered_before) - stored <= 4  # at most the requests in flight were lost
+
+        again = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "out2"), *overrides], cwd=REPO, env=env, capture_output=True
+        )
+        assert again.returncode == 0, again.stderr.decode()[-2000:]
+        resent = endpoint.contents[len(answered_before) :]
+    assert len(resent) == 80 - stored  # exactly the requests whose answers were not stored
+    assert len(set(resent) & set(answered_before)) == len(answered_before) - stored  # only those in flight at the kill
+    manifest = json.loads((tmp_path / "out2" / "manifest.json").read_text())
+    assert manifest["cache_hits"] == stored and manifest["requests_sent"] == 80 - stored
+    rows = [json.loads(line) for line in (tmp_path / "out2" / "samples.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [str(i) for i in range(40)]  # complete, in order, no duplicate
+    assert rows[7]["messages"][-1]["content"] == "echo: echo: q7!"
