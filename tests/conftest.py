@@ -10,6 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_DISABLED", "true")
 
 import pytest
+import torch
 
 from shaping.config import Config, compose
 from shaping.config.schema import ArchitectureConfig, PretrainConfig
@@ -60,6 +61,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         intermediate_size=64,
         max_position_embeddings=256,
     )
+    torch.manual_seed(0)  # the same tiny model every session (torch's default seed is random per process)
     model = build_model(arch, tokenizer)
     prose_ids, dialogue_ids, starts = encode_streams(tokenizer, PROSE, DIALOGUES * 10)
     pretrain(

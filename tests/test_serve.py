@@ -26,10 +26,6 @@ def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tuned = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
-    with torch.no_grad():  # large enough that greedy replies differ whatever the tiny base model learned
-        for name, param in tuned.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 1.0)
     out = tmp_path_factory.mktemp("adapter")
     tuned.save_pretrained(out)
     return out
@@ -102,18 +98,34 @@ def test_max_tokens_ends_with_length(client: openai.OpenAI) -> None:
     text, finish = _reply(client, max_tokens=3)
     assert finish == "length"
     longer, _ = _reply(client, max_completion_tokens=12)
-    assert longer.startswith(text) and len(longer) > len(text)
+    # a byte-level token can end mid-character: the shorter reply then ends in U+FFFD
+    assert longer.startswith(text.rstrip("\ufffd")) and len(longer) > len(text)
 
 
 def test_stop_string_truncates(client: openai.OpenAI) -> None:
     text, _ = _reply(client)
-    stop = text[3:5]
+    # two characters from the reply, away from the start and from partial (U+FFFD) characters
+    start = next(i for i in range(1, len(text) - 1) if "\ufffd" not in text[i - 1 : i + 3])
+    stop = text[start : start + 2]
     expected = text[: text.find(stop)]
     assert _reply(client, stop=[stop, "never-generated"]) == (expected, "stop")
 
 
 def test_adapter_changes_the_reply(client: openai.OpenAI) -> None:
-    assert _reply(client, model="base")[0] != _reply(client, model="tuned")[0]
+    # several prompts: the tiny base model's greedy reply can be all newlines, with or without the adapter
+    prompts = ["Who are you?", "Tell me about the river.", "What is in the jar?", "Hello"]
+    replies = {
+        model: [
+            client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": p}], max_tokens=12, temperature=0
+            )
+            .choices[0]
+            .message.content
+            for p in prompts
+        ]
+        for model in ("base", "tuned")
+    }
+    assert replies["base"] != replies["tuned"]
 
 
 def test_streaming_reassembles_the_reply(client: openai.OpenAI) -> None:
