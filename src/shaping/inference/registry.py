@@ -20,6 +20,7 @@ class ModelRegistry:
         self.root = root or Path.cwd()
         self._backends: dict[str, ChatBackend] = {}
         self._system_prompts: dict[str, str | None] = {}
+        self._model_ids: dict[str, str] = {}
 
     def spec(self, name: str) -> ModelSpec:
         if name not in self.specs:
@@ -59,7 +60,13 @@ class ModelRegistry:
 
     def model_id(self, name: str) -> str:
         """What identifies the model's answers in the response cache: backend and model, plus,
-        for a local folder, each file's name, size and mtime (a retrained base is a new model)."""
+        for a local folder, each file's name, size and mtime (a retrained base is a new model).
+        Read once per registry: the pipeline asks for it on every round of requests."""
+        if name not in self._model_ids:
+            self._model_ids[name] = self._read_model_id(name)
+        return self._model_ids[name]
+
+    def _read_model_id(self, name: str) -> str:
         spec = self.spec(name)
         ident = f"{spec.backend}:{spec.model}"
         local = self.root / spec.model
