@@ -10,6 +10,7 @@ Writes the adapter and tokenizer to <paths.adapter_dir> and DVCLive metrics to d
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import shutil
@@ -22,14 +23,17 @@ from shaping.stage import StageContext, run_stage
 
 log = logging.getLogger("shaping.train")
 
+# backend.name -> the module whose train(cfg, rows, output_dir, live_dir) -> TrainingReport runs it
+BACKENDS = {"hf_peft": "shaping.training.hf_peft"}
+
 
 def main(ctx: StageContext) -> None:
     cfg = ctx.cfg
-    if cfg.backend.name != "hf_peft":
-        raise ShapingError(f"backend={cfg.backend.name}: unknown training backend; available: hf_peft")
+    if cfg.backend.name not in BACKENDS:
+        raise ShapingError(f"backend={cfg.backend.name}: unknown training backend; available: {', '.join(BACKENDS)}")
     if cfg.train.method != "sft":
         raise ShapingError(f"train.method={cfg.train.method}: unknown; available: sft")
-    from shaping.training import hf_peft
+    backend = importlib.import_module(BACKENDS[cfg.backend.name])
 
     train_file = f"{cfg.paths.validated_dir}/train.jsonl"
     rows = read_jsonl(train_file)
@@ -40,7 +44,7 @@ def main(ctx: StageContext) -> None:
     gate = validation_status(Path(cfg.paths.validated_dir) / "report.json")
     live_dir = ctx.out("dvclive/train")
     with atomic_dir(ctx.out(cfg.paths.adapter_dir)) as tmp:
-        report = hf_peft.train(cfg, rows, tmp, live_dir)
+        report = backend.train(cfg, rows, tmp, live_dir)
         shutil.rmtree(tmp / "trainer", ignore_errors=True)  # no checkpoints kept (save_strategy=no)
     ctx.record.details = {**report.metrics, "validation": gate}
 
