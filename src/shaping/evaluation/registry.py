@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from shaping.config import Config
 from shaping.errors import ShapingError
 from shaping.evaluation.samples import greedy_replies, prompts_of
+from shaping.inference import ModelRegistry
 
 MetricFn = Callable[["EvalContext"], dict[str, Any]]
 METRICS: dict[str, MetricFn] = {}
@@ -43,6 +44,19 @@ class EvalContext:
     system_prompt: str | None
     out_dir: Path
     _replies: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    _registry: ModelRegistry | None = None
+
+    @property
+    def details_dir(self) -> Path:
+        """Per-sample records of the metrics that make them (judge.jsonl, claims.jsonl, ...)."""
+        return self.out_dir / "details"
+
+    @property
+    def registry(self) -> ModelRegistry:
+        """`models.<name>` (the judge, ...), built on first use: a local judge loads its own model."""
+        if self._registry is None:
+            self._registry = ModelRegistry(self.cfg.models, seed=self.cfg.seed)
+        return self._registry
 
     @property
     def conversations(self) -> list[list[dict[str, str]]]:
@@ -67,11 +81,18 @@ class EvalContext:
             raise ValueError(f"unknown model {name!r}: base or tuned")
 
     def replies(self, name: str) -> list[dict[str, Any]]:
-        """Greedy replies of `name` to the fixed prompts, generated once and shared by metrics."""
+        """Greedy replies of `name` (base, tuned, or teacher: base with the system prompt) to the
+        fixed prompts, generated once and shared by metrics."""
         if name not in self._replies:
-            with self.model(name) as model:
+            prompts = self.prompts
+            if name == "teacher":
+                if not self.system_prompt:
+                    raise ShapingError("the teacher's replies need models.teacher with a sysprompt or sysprompt_file")
+                system = {"role": "system", "content": self.system_prompt}
+                prompts = [[system, *(m for m in p if m["role"] != "system")] for p in prompts]
+            with self.model("base" if name == "teacher" else name) as model:
                 self._replies[name] = greedy_replies(
-                    model, self.tokenizer, self.prompts, self.cfg.eval.samples.max_new_tokens, self.cfg.eval.batch_size
+                    model, self.tokenizer, prompts, self.cfg.eval.samples.max_new_tokens, self.cfg.eval.batch_size
                 )
         return self._replies[name]
 

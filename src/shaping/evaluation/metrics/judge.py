@@ -1,0 +1,41 @@
+"""`judge`: a registry model (eval.judge.model) scores the base and tuned generations of `samples`
+against eval.judge.rubric; per model and criterion a mean with a bootstrap interval, and the
+count of unparseable judge replies. Every judgement goes to details/judge.jsonl."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from shaping.evaluation.judge import JudgeItem, check_rubric, judge_replies, summarize_judgements
+from shaping.evaluation.registry import EvalContext, metric
+from shaping.io import write_jsonl
+
+log = logging.getLogger(__name__)
+
+
+@metric("judge")
+def judge(ctx: EvalContext) -> dict[str, Any]:
+    cfg = ctx.cfg.eval.judge
+    check_rubric(cfg.rubric)
+    backend = ctx.registry.backend(cfg.model)  # an unknown name fails here, naming models.<name>
+    items = []
+    for model in ("base", "tuned"):
+        for row, prompt, reply in zip(ctx.rows, ctx.prompts, ctx.replies(model), strict=False):
+            reference = row["messages"][-1]["content"] if cfg.show_reference else None
+            items.append(
+                JudgeItem(model=model, id=str(row["id"]), prompt=prompt, reply=reply["text"], reference=reference)
+            )
+    records = judge_replies(backend, cfg, items)
+    write_jsonl(ctx.details_dir / "judge.jsonl", records)
+    summary = summarize_judgements(records, cfg, ctx.cfg.seed)
+    unparseable = sum(s["unparseable"] for s in summary.values())
+    if unparseable:
+        log.warning(
+            "judge: %d of %d replies of models.%s unparseable (see %s)",
+            unparseable,
+            len(records),
+            cfg.model,
+            ctx.details_dir / "judge.jsonl",
+        )
+    return {"judge": {"unparseable": unparseable, **summary}}
