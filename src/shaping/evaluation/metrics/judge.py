@@ -5,10 +5,11 @@ count of unparseable judge replies. Every judgement goes to details/judge.jsonl.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from shaping.evaluation.judge import JudgeItem, check_rubric, judge_replies, summarize_judgements
 from shaping.evaluation.registry import EvalContext, metric
+from shaping.inference import ChatBackend
 from shaping.io import write_jsonl
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,9 @@ log = logging.getLogger(__name__)
 def judge(ctx: EvalContext) -> dict[str, Any]:
     cfg = ctx.cfg.eval.judge
     check_rubric(cfg.rubric)
-    backend = ctx.registry.backend(cfg.model)  # an unknown name fails here, naming models.<name>
+    # an unknown name fails here, naming models.<name>; every registry backend (the async openai one
+    # too) also answers a whole list of requests through generate(), which is all the judge needs
+    backend = cast(ChatBackend, ctx.registry.backend(cfg.model))
     items = []
     for model in ("base", "tuned"):
         for row, prompt, reply in zip(ctx.rows, ctx.prompts, ctx.replies(model), strict=False):
