@@ -2,17 +2,27 @@
 
     python src/synthesize.py pipeline=identity_distillation               # by hand, under outputs/
     python src/synthesize.py pipeline=identity_distillation synth.limit=20 synth.annotate=false
+    python src/synthesize.py pipeline=identity_distillation --no-cache    # fresh calls, no resume
+    python src/synthesize.py --status                                     # CURRENT / STALE / PARTIAL, why
     dvc repro synthesize@identity_distillation                            # as DVC runs it
 
 Writes <paths.synth_dir>/<pipeline>/{samples.jsonl, errors.jsonl, manifest.json, run.json}.
+A run stopped halfway (Ctrl-C, SIGKILL) resumes when run again: finished records come from the
+journal, answered requests from the response cache (both under synth.cache_dir). Exits 1 when
+more than synth.max_failure_rate of the records failed.
 """
 
 from __future__ import annotations
 
-from shaping.config import find_repo_root
+import logging
+import sys
+
+from shaping.config import compose, find_repo_root
 from shaping.errors import ShapingError
-from shaping.pipeline import load_pipeline_class
+from shaping.pipeline import cli_overrides, load_pipeline_class, status_report
 from shaping.stage import StageContext, run_stage
+
+log = logging.getLogger("shaping")
 
 
 def main(ctx: StageContext) -> None:
@@ -29,13 +39,37 @@ def main(ctx: StageContext) -> None:
     ctx.record.add_inputs([d.resolve() for d in cls.file_deps().values()])
     result = pipeline.execute()
     ctx.record.details = {
-        k: result.manifest[k] for k in ("records", "samples", "errors", "errors_by_type", "requests_sent", "partial")
+        k: result.manifest[k]
+        for k in ("records", "samples", "errors", "errors_by_type", "requests_sent", "cache_hits", "resumed", "partial")
     }
     if result.samples == 0:
         raise ShapingError(f"{cfg.pipeline}: produced no samples ({result.errors} errors in {output_dir}/errors.jsonl)")
 
 
+def status(argv: list[str]) -> int:
+    """Print every synthesis run's state; overrides (key=value) compose the config compared against."""
+    try:
+        cfg = compose(cli_overrides(argv))
+        statuses = status_report(cfg, find_repo_root())
+    except ShapingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for entry in statuses:
+        print("\n".join(entry.lines()))
+    if not statuses:
+        print(f"no synthesis runs found (synth.pipelines: {cfg.synth.pipelines})")
+    return 0
+
+
 if __name__ == "__main__":
+    if "--status" in sys.argv[1:]:
+        sys.exit(status([a for a in sys.argv[1:] if a != "--status"]))
+    try:
+        # flags such as --no-cache become Hydra overrides, after --params <file> under DVC
+        head = sys.argv[1:3] if sys.argv[1:2] == ["--params"] else []
+        sys.argv[1:] = head + cli_overrides(sys.argv[1 + len(head) :])
+    except ShapingError as err:
+        sys.exit(f"error: {err}")
     run_stage(
         "synthesize",
         sections=["seed", "pipeline", "synth", "models"],

@@ -16,8 +16,14 @@ from .conftest import REPO
 
 
 class Chain(Pipeline):
+    """Five records: 3 raises a PipelineError at once, 4 a bug after its requests (2 of 5 fail on purpose)."""
+
     name = "chain"
     teacher = Pipeline.model_dep("teacher")
+
+    def __init__(self, config: Config, **kwargs: Any) -> None:
+        config.synth.max_failure_rate = 0.5
+        super().__init__(config, **kwargs)
 
     def run(self) -> list[TrainingSample]:
         return self.run_task(self.task, records=[{"id": str(i), "prompt": f"tell me {i}"} for i in range(5)])

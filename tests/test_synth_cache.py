@@ -56,6 +56,11 @@ Many(compose(sys.argv[2:]), output_dir=sys.argv[1]).execute()
 """
 
 
+def _record_id(content: str) -> str:
+    """The record a request belongs to: its first step asks "q<id>", its second "echo: q<id>!"."""
+    return content.removeprefix("echo: ").removeprefix("q").removesuffix("!")
+
+
 def test_sigkill_halfway_then_rerun_resends_only_unanswered_requests(tmp_path: Path) -> None:
     script = tmp_path / "many.py"
     script.write_text(SCRIPT)
@@ -86,6 +91,9 @@ def test_sigkill_halfway_then_rerun_resends_only_unanswered_requests(tmp_path: P
             stored = db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
         assert 40 < stored < 80  # killed during the second step
         assert len(answered_before) - stored <= 4  # at most the requests in flight were lost
+        (journal,) = cache_dir.glob("many.*.journal.jsonl")
+        finished = {json.loads(line)["sample"]["id"] for line in journal.read_text().splitlines()}
+        assert 10 <= len(finished) < 40  # records finished before the kill, appended as they finished
 
         again = subprocess.run(
             [sys.executable, str(script), str(tmp_path / "out2"), *overrides], cwd=REPO, env=env, capture_output=True
@@ -94,8 +102,12 @@ def test_sigkill_halfway_then_rerun_resends_only_unanswered_requests(tmp_path: P
         resent = endpoint.contents[len(answered_before) :]
     assert len(resent) == 80 - stored  # exactly the requests whose answers were not stored
     assert len(set(resent) & set(answered_before)) == len(answered_before) - stored  # only those in flight at the kill
+    assert not {_record_id(c) for c in resent} & finished  # nothing sent again for a finished record
     manifest = json.loads((tmp_path / "out2" / "manifest.json").read_text())
-    assert manifest["cache_hits"] == stored and manifest["requests_sent"] == 80 - stored
+    # finished records come from the journal, not recomputed: their 2 answers are not even looked up
+    assert manifest["resumed"] == len(finished)
+    assert manifest["cache_hits"] == stored - 2 * len(finished) and manifest["requests_sent"] == 80 - stored
     rows = [json.loads(line) for line in (tmp_path / "out2" / "samples.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [str(i) for i in range(40)]  # complete, in order, no duplicate
     assert rows[7]["messages"][-1]["content"] == "echo: echo: q7!"
+    assert not journal.exists()  # a finished run leaves no journal

@@ -118,6 +118,8 @@ class ModelSpec:
     timeout_s: float = 300.0
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
+    # vllm backend: keyword arguments of vllm.LLM(...) (tensor_parallel_size, gpu_memory_utilization, ...)
+    engine_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,8 +127,9 @@ class SynthConfig:
     pipelines: list[str] = field(default_factory=list)
     limit: int | None = None
     annotate: bool | None = None
-    cache: bool = True  # False (--no-cache): send every request again (answers still refill the cache)
-    cache_dir: str | None = "data/synth_cache"  # <cache_dir>/<pipeline>.sqlite; None = no cache
+    cache: bool = True  # False (--no-cache): ignore earlier answers and the journal; send every request again
+    cache_dir: str | None = "data/synth_cache"  # <cache_dir>/<pipeline>.sqlite and the resume journal
+    max_failure_rate: float = 0.2  # the run fails (exit 1) when more than this share of records fail
 
 
 @dataclass

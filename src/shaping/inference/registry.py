@@ -8,9 +8,9 @@ from typing import Any
 
 from shaping.config.schema import ModelSpec
 from shaping.errors import ShapingError
-from shaping.inference.types import ChatBackend
+from shaping.inference.types import AsyncChatBackend, ChatBackend
 
-BACKENDS = ("hf", "openai")
+BACKENDS = ("hf", "openai", "vllm")
 
 
 class ModelRegistry:
@@ -18,7 +18,8 @@ class ModelRegistry:
         self.specs = specs
         self.seed = seed
         self.root = root or Path.cwd()
-        self._backends: dict[str, ChatBackend] = {}
+        self._backends: dict[str, ChatBackend | AsyncChatBackend] = {}
+        self._async_backends: dict[str, AsyncChatBackend] = {}
         self._system_prompts: dict[str, str | None] = {}
         self._model_ids: dict[str, str] = {}
 
@@ -79,7 +80,29 @@ class ModelRegistry:
             ident += ":" + hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
         return ident
 
-    def backend(self, name: str) -> ChatBackend:
+    def async_backend(self, name: str) -> AsyncChatBackend:
+        """The model's backend as the engine drives it: one request at a time, concurrently. A
+        batch backend (hf, vllm) gets the requests that arrive together in one generate() call,
+        at most max_concurrency of them."""
+        if name not in self._async_backends:
+            backend = self.backend(name)
+            if isinstance(backend, AsyncChatBackend):
+                self._async_backends[name] = backend
+            else:
+                from shaping.inference.batching import BatchingBackend
+
+                self._async_backends[name] = BatchingBackend(backend, self.spec(name).max_concurrency, name)
+        return self._async_backends[name]
+
+    def close(self) -> None:
+        """Stop the batch backends' worker threads."""
+        from shaping.inference.batching import BatchingBackend
+
+        for backend in self._async_backends.values():
+            if isinstance(backend, BatchingBackend):
+                backend.shutdown()
+
+    def backend(self, name: str) -> ChatBackend | AsyncChatBackend:
         if name not in self._backends:
             spec = self.spec(name)
             if spec.backend not in BACKENDS:
@@ -90,13 +113,23 @@ class ModelRegistry:
 
                 self._backends[name] = OpenAIBackend(name, spec, defaults)
                 return self._backends[name]
+            model_path = self._local_model_path(name)
+            if spec.backend == "vllm":
+                from shaping.inference.vllm import VLLMBackend
+
+                self._backends[name] = VLLMBackend(name, spec, model_path, self.seed, defaults)
+                return self._backends[name]
             from shaping.inference.hf import HFBackend
 
-            model_path = spec.model
-            local = self.root / model_path
-            if local.exists():
-                model_path = str(local)
-            elif not Path(model_path).is_absolute() and model_path.startswith(("models/", "./")):
-                raise ShapingError(f"models.{name}.model: {spec.model} not found (run `dvc repro prepare_base`)")
             self._backends[name] = HFBackend(model_path, spec.max_concurrency, self.seed, defaults)
         return self._backends[name]
+
+    def _local_model_path(self, name: str) -> str:
+        """A folder under the repository, or a hub id as given."""
+        model_path = self.spec(name).model
+        local = self.root / model_path
+        if local.exists():
+            return str(local)
+        if not Path(model_path).is_absolute() and model_path.startswith(("models/", "./")):
+            raise ShapingError(f"models.{name}.model: {model_path} not found (run `dvc repro prepare_base`)")
+        return model_path

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass
@@ -27,9 +27,26 @@ class ChatResponse:
 
 
 class ChatBackend(Protocol):
+    """A batch backend (hf, vllm, tinker): the engine hands it the requests that arrive together
+    (`inference.batching.BatchingBackend`), in a worker thread."""
+
     def generate(
         self, requests: list[ChatRequest], on_response: Callable[[int, ChatResponse], None] | None = None
     ) -> list[ChatResponse]:
         """One response per request, in order. A failed request gives a response with `error` set.
         `on_response(index, response)` is called as each one arrives (the response cache)."""
+        ...
+
+
+@runtime_checkable
+class AsyncChatBackend(Protocol):
+    """A backend that takes requests one at a time, concurrently (openai; a batch backend behind
+    `BatchingBackend`). `order` sorts requests that arrive together (record index, position), so a
+    batch backend forms the same batches run after run."""
+
+    async def complete(self, request: ChatRequest, order: tuple[int, int] = (0, 0)) -> ChatResponse: ...
+
+    async def aclose(self) -> None:
+        """Release what belongs to the running event loop (sessions, tasks); the engine calls it
+        before the loop ends, and the backend may be used again from a new loop."""
         ...

@@ -9,8 +9,9 @@ from shaping.pipeline.api import (
     TrainingSample,
     model_request,
 )
-from shaping.pipeline.base import ExecuteResult, Pipeline
+from shaping.pipeline.base import ExecuteResult, Pipeline, cli_overrides
 from shaping.pipeline.loader import load_pipeline_class
+from shaping.pipeline.status import RunStatus, status_report
 
 __all__ = [
     "ExecuteResult",
@@ -20,7 +21,10 @@ __all__ = [
     "ModelResponse",
     "Pipeline",
     "PipelineError",
+    "RunStatus",
     "TrainingSample",
+    "cli_overrides",
     "load_pipeline_class",
     "model_request",
+    "status_report",
 ]

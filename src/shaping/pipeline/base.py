@@ -1,60 +1,50 @@
 """`Pipeline`: subclass it, declare deps, write `run()` and generator tasks; `execute()` writes output.
 
 Tasks are generators that `yield model_request(...)` (or a list of them) and receive the
-response (or the list, in submission order). `run_task` drives every record's generator in
-lockstep rounds: each round gathers the pending requests of all records, sends them to each
-model's backend in batches, and resumes the generators with their answers.
+response (or the list, in submission order). `run_task` hands them to the engine
+(`pipeline.engine`), which drives every record concurrently on one event loop.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import logging
-import traceback
-from collections import Counter, defaultdict
-from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from functools import partial
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
-from tqdm import tqdm
 
 from shaping.config import Config, compose, find_repo_root
-from shaping.inference import ChatRequest, ChatResponse, ModelRegistry
-from shaping.io import write_json, write_jsonl
+from shaping.errors import ShapingError
+from shaping.inference import ModelRegistry
+from shaping.io import atomic_write_text, write_json
 from shaping.pipeline.api import FileDep, ModelDep, ModelRequest, ModelResponse, PipelineError, TrainingSample
-from shaping.pipeline.cache import ResponseCache, request_key
-from shaping.tracking import git_commit, hash_inputs
+from shaping.pipeline.cache import ResponseCache
+from shaping.pipeline.engine import Engine, Task, now
+from shaping.pipeline.journal import Journal
+from shaping.tracking import git_commit, hash_inputs, sha256_file
 
 log = logging.getLogger(__name__)
 
-Task = Callable[[dict[str, Any]], Any]
+# command-line flags, for `src/synthesize.py` and a pipeline file run as a script
+FLAGS = {"--no-cache": "synth.cache=false"}
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-@dataclass
-class _Record:
-    index: int
-    data: dict[str, Any]
-    gen: Generator[Any, Any, Any]
-    started_at: str = field(default_factory=_now)
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    pending: list[ModelRequest] = field(default_factory=list)
-    seen: Counter[bytes] = field(default_factory=Counter)  # identical requests so far: their sample index
-    pending_is_list: bool = False
-
-
-def _sample_index(record: _Record, request: ModelRequest) -> int:
-    """0 for a request's first occurrence in a record, 1 for the same request again, ..."""
-    content = orjson.dumps([request.model, request.messages, request.options], option=orjson.OPT_SORT_KEYS)
-    index = record.seen[content]
-    record.seen[content] += 1
-    return index
+def cli_overrides(argv: Sequence[str]) -> list[str]:
+    """Hydra overrides from a command line: `key=value` as given, flags (`--no-cache`) translated."""
+    overrides = []
+    for arg in argv:
+        if arg.startswith("--"):
+            if arg not in FLAGS:
+                raise ShapingError(f"unknown option {arg}; options: {', '.join(FLAGS)}, or Hydra overrides key=value")
+            overrides.append(FLAGS[arg])
+        else:
+            overrides.append(arg)
+    return overrides
 
 
 @dataclass
@@ -86,24 +76,30 @@ class Pipeline:
         annotate: bool | None = None,
     ) -> None:
         self.root = find_repo_root()
-        self.config = config if config is not None else compose()
+        if config is None:
+            # `python pipelines/<file>.py key=value --no-cache`: a pipeline run as a script takes overrides
+            config = compose(cli_overrides(sys.argv[1:]) if type(self).__module__ == "__main__" else [])
+        self.config = config
         self.limit = limit if limit is not None else self.config.synth.limit
         chosen = annotate if annotate is not None else self.config.synth.annotate
         self.annotate = type(self).annotated if chosen is None else chosen
-        self.output_dir = Path(output_dir) if output_dir else self.root / "outputs" / "synth" / self.name
+        label = self.name or type(self).__name__
+        self.output_dir = Path(output_dir) if output_dir else self.root / "outputs" / "synth" / label
         self.registry = ModelRegistry(self.config.models, seed=self.config.seed, root=self.root)
         for dep in self.file_deps().values():
             dep.root = self.root
-        self.errors: list[dict[str, Any]] = []
-        self.requests_sent = 0
-        self.cache_hits = 0
-        self.records_in = 0
         synth = self.config.synth
         self.cache: ResponseCache | None = None
         if synth.cache_dir:
-            self.cache = ResponseCache(
-                self.root / synth.cache_dir / f"{self.name or type(self).__name__}.sqlite", synth.cache
-            )
+            self.cache = ResponseCache(self.root / synth.cache_dir / f"{label}.sqlite", synth.cache)
+        self.commit = git_commit(self.root)
+        self.engine = Engine(self.registry, self.cache, self.commit, label)
+        self.journal: Journal | None = None
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        """The `__ERROR__` records so far."""
+        return self.engine.errors
 
     # dependencies --------------------------------------------------------------------------
     @classmethod
@@ -113,6 +109,13 @@ class Pipeline:
     @classmethod
     def file_deps(cls) -> dict[str, FileDep]:
         return {k: v for k, v in vars_all(cls).items() if isinstance(v, FileDep)}
+
+    @classmethod
+    def source_file(cls) -> Path | None:
+        try:
+            return Path(inspect.getfile(cls)).resolve()
+        except (TypeError, OSError):
+            return None
 
     # what subclasses write -----------------------------------------------------------------
     def run(self) -> list[TrainingSample]:
@@ -126,205 +129,174 @@ class Pipeline:
             model=model.name if isinstance(model, ModelDep) else model,
             options=options,
         )
-        return self._send([request], [0])[0]
-
-    def _prepare(self, request: ModelRequest) -> ChatRequest:
-        messages = request.messages
-        system = self.registry.system_prompt(request.model)
-        if system and not any(m.get("role") == "system" for m in messages):
-            messages = [{"role": "system", "content": system}, *messages]
-        return ChatRequest(messages=messages, options=request.options)
-
-    def _send(self, requests: Sequence[ModelRequest], sample_indices: Sequence[int]) -> list[ModelResponse]:
-        """Answer each request: from the response cache, else from its model's backend (each
-        answer is cached as it arrives). `sample_indices` tell identical requests of one record apart."""
-        by_model: dict[str, list[int]] = defaultdict(list)
-        for i, request in enumerate(requests):
-            by_model[request.model].append(i)
-        out: list[ModelResponse | None] = [None] * len(requests)
-        for model, indices in by_model.items():
-            prepared = {i: self._prepare(requests[i]) for i in indices}
-            keys: dict[int, str] = {}
-            if self.cache is not None:
-                model_id, defaults = self.registry.model_id(model), self.registry.defaults(model)
-                for i in indices:
-                    options = {**defaults, **prepared[i].options}
-                    keys[i] = request_key(model_id, prepared[i].messages, options, sample_indices[i])
-                    hit = self.cache.get(keys[i])
-                    if hit is not None:
-                        out[i] = ModelResponse(model=model, response=hit, messages=prepared[i].messages)
-                        self.cache_hits += 1
-            missing = [i for i in indices if out[i] is None]
-            if not missing:
-                continue
-            # identical requests (same key) are sent once and share the answer, as the cache would
-            unique: dict[str | int, list[int]] = defaultdict(list)
-            for i in missing:
-                unique[keys.get(i, i)].append(i)
-            sent = [group[0] for group in unique.values()]
-            replies = self.registry.backend(model).generate(
-                [prepared[i] for i in sent], partial(self._store, [keys.get(i) for i in sent])
-            )
-            self.requests_sent += len(sent)
-            for group, reply in zip(unique.values(), replies, strict=True):
-                for i in group:
-                    out[i] = ModelResponse(model=model, response=reply, messages=prepared[i].messages)
-        return [r for r in out if r is not None]
-
-    def _store(self, keys: list[str | None], position: int, reply: ChatResponse) -> None:
-        key = keys[position]
-        if self.cache is not None and key is not None:
-            self.cache.put(key, reply)
+        return self.engine.query(request)
 
     def run_task(self, method: Task, records: Sequence[dict[str, Any]]) -> list[TrainingSample]:
-        """Run generator `method` once per record, all records together; errors become records."""
-        chosen = list(records[: self.limit] if self.limit is not None else records)
-        self.records_in += len(chosen)
-        results: dict[int, TrainingSample] = {}
-        active: list[_Record] = []
-        bar = tqdm(total=len(chosen), desc=f"{self.name}:{method.__name__}", unit="rec", mininterval=1.0)
-        for index, data in enumerate(chosen):
-            outcome = method(data)
-            if not isinstance(outcome, Generator):
-                raise PipelineError(
-                    f"{method.__name__} must be a generator (use `yield model_request(...)`)",
-                    error_type="not_a_generator",
-                )
-            record = _Record(index=index, data=data, gen=outcome)
-            if self._advance(record, None, results):
-                active.append(record)
-            else:
-                bar.update(1)
-        while active:
-            flat = [(record, request) for record in active for request in record.pending]
-            responses = self._send([request for _, request in flat], [_sample_index(r, q) for r, q in flat])
-            answers: dict[int, list[ModelResponse]] = defaultdict(list)
-            for (record, request), response in zip(flat, responses, strict=True):
-                record.steps.append(
-                    {
-                        "model": request.model,
-                        "messages": response.messages,
-                        "options": request.options,
-                        "response": response.response.text,
-                        "error": response.response.error,
-                        "finish_reason": response.response.finish_reason,
-                        "cached": response.response.cached,
-                    }
-                )
-                answers[record.index].append(response)
-            still: list[_Record] = []
-            for record in active:
-                got = answers[record.index]
-                if self._advance(record, got if record.pending_is_list else got[0], results):
-                    still.append(record)
-                else:
-                    bar.update(1)
-            active = still
-            bar.set_postfix(done=len(results), failed=len(self.errors))
-        bar.close()
-        return [results[i] for i in sorted(results)]
+        """Run generator `method` once per record, all records concurrently; errors become records
+        (in `errors.jsonl`), samples come back in input order."""
+        if self.journal is None:
+            self.journal = Journal(self.journal_path(), resume=self.config.synth.cache)
+            self.engine.journal = self.journal
+        return self.engine.run_task(method, records, self.limit)
 
-    def _advance(self, record: _Record, value: Any, results: dict[int, TrainingSample]) -> bool:
-        """Resume a task; True while it still waits on requests."""
-        try:
-            yielded = record.gen.send(value)
-        except StopIteration as stop:
-            if not isinstance(stop.value, TrainingSample):
-                self._fail(
-                    record,
-                    "unexpected_error",
-                    f"task returned {type(stop.value).__name__}, expected a TrainingSample",
-                )
-                return False
-            sample = stop.value
-            sample.input_data, sample.steps = record.data, record.steps
-            sample.started_at, sample.completed_at = record.started_at, _now()
-            results[record.index] = sample
-            return False
-        except PipelineError as err:
-            self._fail(record, err.error_type, err.message)
-            return False
-        except Exception as err:  # a bug in the task: keep the record and its steps to debug it
-            self._fail(record, "unexpected_error", f"{type(err).__name__}: {err}", traceback.format_exc(limit=5))
-            return False
-        record.pending_is_list = isinstance(yielded, list)
-        pending = yielded if isinstance(yielded, list) else [yielded]
-        if not pending or not all(isinstance(r, ModelRequest) for r in pending):
-            self._fail(record, "unexpected_error", "a task may only yield model_request(...) or a list of them")
-            return False
-        record.pending = pending
-        return True
+    # resume --------------------------------------------------------------------------------
+    def journal_path(self) -> Path:
+        """Beside the response cache (DVC deletes a stage's outputs before running it again)."""
+        folder = self.root / self.config.synth.cache_dir if self.config.synth.cache_dir else self.output_dir
+        return folder / f"{self.name or type(self).__name__}.{self.fingerprint()[:16]}.journal.jsonl"
 
-    def _fail(self, record: _Record, error_type: str, message: str, trace: str | None = None) -> None:
-        error: dict[str, Any] = {
-            "error": error_type,
-            "message": message,
-            "input_data": record.data,
-            "steps": record.steps,
-            "pipeline_commit": git_commit(self.root),
-            "failed_at": _now(),
+    def fingerprint(self) -> str:
+        """What a finished record depends on besides its input: the pipeline's file, its models
+        and its input files, and the seed. A journal is only resumed under the same fingerprint."""
+        source = self.source_file()
+        parts = {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "source": sha256_file(source) if source and source.is_file() else None,
+            "models": {k: self.model_fingerprint(d.name) for k, d in self.model_deps().items()},
+            "files": {k: hash_inputs([d.resolve()]) for k, d in self.file_deps().items()},
+            "seed": self.config.seed,
         }
-        if trace:
-            error["traceback"] = trace
-        self.errors.append({"__ERROR__": error})
+        return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
+
+    def model_fingerprint(self, name: str) -> dict[str, Any]:
+        return model_fingerprint(self.registry, name)
 
     # output --------------------------------------------------------------------------------
     def execute(self) -> ExecuteResult:
-        """Run the pipeline; write samples.jsonl, errors.jsonl and manifest.json to the output folder."""
-        started = _now()
+        """Run the pipeline; write samples.jsonl, errors.jsonl and manifest.json to the output folder.
+
+        Raises ShapingError (the stage exits 1 with its message) when run() stops on a
+        PipelineError, on Ctrl-C, or when more than `synth.max_failure_rate` of the records
+        failed (after writing the outputs, so errors.jsonl can be read)."""
+        if type(self).__module__ == "__main__":
+            return _as_script(self._execute)
+        return self._execute()
+
+    def _execute(self) -> ExecuteResult:
+        started = now()
         try:
             samples = self.run()
+        except PipelineError as err:
+            raise ShapingError(f"{self.name}: run() stopped ({err.error_type}): {err.message}") from None
+        except KeyboardInterrupt:
+            where = f"; {self.journal.path} holds the finished records" if self.journal else ""
+            raise ShapingError(f"{self.name}: interrupted{where}. Run again to resume") from None
         finally:
-            if self.cache is not None:
-                self.cache.close()
-        commit = git_commit(self.root)
+            self.close()
+        if not isinstance(samples, list) or not all(isinstance(s, TrainingSample) for s in samples):
+            raise ShapingError(
+                f"{type(self).__name__}.run() returned {type(samples).__name__}; return the list run_task() gives"
+            )
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        write_jsonl(self.output_dir / "samples.jsonl", (s.to_dict(self.annotate, commit) for s in samples))
-        write_jsonl(self.output_dir / "errors.jsonl", self.errors)
-        by_type = Counter(e["__ERROR__"]["error"] for e in self.errors)
-        manifest = {
+        _write_jsonl(self.output_dir / "samples.jsonl", (s.to_dict(self.annotate, self.commit) for s in samples))
+        _write_jsonl(self.output_dir / "errors.jsonl", self.errors)
+        manifest = self._manifest(samples, started)
+        write_json(self.output_dir / "manifest.json", manifest)
+        if self.journal is not None:
+            self.journal.remove()  # the outputs hold everything now
+        log.info("%s", summary(manifest))
+        rate, threshold = manifest["failure_rate"], self.config.synth.max_failure_rate
+        if rate > threshold:
+            raise ShapingError(
+                f"{self.name}: {manifest['errors']} of {manifest['records']} records failed ({rate:.0%}), more than "
+                f"synth.max_failure_rate={threshold}: {manifest['errors_by_type']}; "
+                f"see {self.output_dir / 'errors.jsonl'}"
+            )
+        return ExecuteResult(samples=len(samples), errors=len(self.errors), output=self.output_dir, manifest=manifest)
+
+    def close(self) -> None:
+        self.engine.flush()
+        if self.cache is not None:
+            self.cache.close()
+        if self.journal is not None:
+            self.journal.close()
+        self.registry.close()
+
+    def _manifest(self, samples: list[TrainingSample], started: str) -> dict[str, Any]:
+        stats = self.engine.stats
+        source = self.source_file()
+        return {
             "pipeline": self.name,
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
-            "file_deps": {k: self._relative(hash_inputs([d.resolve()])) for k, d in self.file_deps().items()},
-            "model_deps": {k: self._model_fingerprint(d.name) for k, d in self.model_deps().items()},
-            "records": self.records_in,
+            "pipeline_file": self._relative_path(source) if source else None,
+            "pipeline_sha256": sha256_file(source) if source and source.is_file() else None,
+            "file_deps": {
+                k: {"path": d.path, "files": self._relative(hash_inputs([d.resolve()]))}
+                for k, d in self.file_deps().items()
+            },
+            "model_deps": {
+                k: {"name": d.name, "fingerprint": self.model_fingerprint(d.name)} for k, d in self.model_deps().items()
+            },
+            "records": stats.records,
             "samples": len(samples),
             "errors": len(self.errors),
-            "errors_by_type": dict(by_type),
-            "requests_sent": self.requests_sent,
-            "cache_hits": self.cache_hits,
+            "errors_by_type": dict(stats.errors_by_type),
+            "failure_rate": round(stats.failed / stats.records, 4) if stats.records else 0.0,
+            "resumed": stats.resumed,
+            "requests": stats.requests,
+            "requests_sent": stats.sent,
+            "failed_requests": stats.failed_requests,
+            "cache_hits": stats.cache_hits,
+            "shared": stats.shared,
             "limit": self.limit,
             "partial": self.limit is not None,
             "annotated": self.annotate,
-            "pipeline_commit": commit,
+            "pipeline_commit": self.commit,
             "started_at": started,
-            "completed_at": _now(),
+            "completed_at": now(),
         }
-        write_json(self.output_dir / "manifest.json", manifest)
-        log.info(
-            "%s: %d samples, %d errors %s; %d requests sent, %d answered from the cache",
-            self.name,
-            len(samples),
-            len(self.errors),
-            dict(by_type) or "",
-            self.requests_sent,
-            self.cache_hits,
-        )
-        return ExecuteResult(samples=len(samples), errors=len(self.errors), output=self.output_dir, manifest=manifest)
+
+    def _relative_path(self, path: Path) -> str:
+        try:
+            return path.resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            return path.as_posix()
 
     def _relative(self, hashes: dict[str, str]) -> dict[str, str]:
-        return {Path(p).resolve().relative_to(self.root).as_posix(): h for p, h in hashes.items()}
+        return {self._relative_path(Path(p)): h for p, h in hashes.items()}
 
-    def _model_fingerprint(self, name: str) -> dict[str, Any]:
-        spec = self.registry.spec(name)
+
+def model_fingerprint(registry: ModelRegistry, name: str) -> dict[str, Any]:
+    """What in a model's registry entry changes its answers (not its URL or concurrency)."""
+    try:
+        system = registry.system_prompt(name)
         return {
-            "backend": spec.backend,
-            "model": spec.model,
-            "sysprompt_file": spec.sysprompt_file,
-            "temperature": spec.temperature,
-            "top_p": spec.top_p,
-            "max_new_tokens": spec.max_new_tokens,
+            "backend": registry.spec(name).backend,
+            "model_id": registry.model_id(name),
+            "system_prompt_sha256": hashlib.sha256(system.encode()).hexdigest() if system else None,
+            "options": registry.defaults(name),
         }
+    except ShapingError as err:
+        return {"error": str(err)}
+
+
+def summary(manifest: dict[str, Any]) -> str:
+    """The stage's closing line: records done and failed by type, requests sent and not sent."""
+    by_type = ", ".join(f"{k} {v}" for k, v in sorted(manifest["errors_by_type"].items()))
+    failed = f" ({by_type})" if by_type else ""
+    resumed = f", {manifest['resumed']} resumed from the journal" if manifest["resumed"] else ""
+    return (
+        f"{manifest['pipeline']}: {manifest['samples']} samples, {manifest['errors']} failed{failed} "
+        f"of {manifest['records']} records{resumed}; {manifest['requests']} requests: "
+        f"{manifest['requests_sent']} sent ({manifest['failed_requests']} failed), "
+        f"{manifest['cache_hits']} from the cache, {manifest['shared']} shared with an identical one in flight"
+    )
+
+
+def _write_jsonl(path: Path, rows: Any) -> None:
+    options = orjson.OPT_NON_STR_KEYS  # input records may hold int keys; json.dumps would write them too
+    atomic_write_text(path, b"".join(orjson.dumps(row, option=options, default=str) + b"\n" for row in rows).decode())
+
+
+def _as_script(body: Callable[[], ExecuteResult]) -> ExecuteResult:
+    """`python pipelines/<file>.py`: log like a stage, and a ShapingError is one message, exit 1."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return body()
+    except ShapingError as err:
+        log.error("%s", err)
+        sys.exit(1)
 
 
 def vars_all(cls: type) -> dict[str, Any]:

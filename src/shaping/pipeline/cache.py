@@ -1,8 +1,11 @@
 """The response cache: every answered request, content-addressed, in SQLite (WAL).
 
 A request's key hashes (model id, messages as sent, sampling options, sample index), so a
-re-run after a crash or Ctrl-C re-sends no request that was answered: each answer is
-committed as it arrives. Failed requests are not cached (a re-run retries them).
+re-run after a crash or Ctrl-C re-sends no request that was answered. Answers are committed
+in batches: the engine calls `commit()` once per turn of its event loop, so a burst of
+answers costs one transaction, not one each, and at most the answers of the current turn
+(requests still in flight, in effect) are lost to a SIGKILL. Failed requests are not cached
+(a re-run retries them).
 """
 
 from __future__ import annotations
@@ -17,12 +20,23 @@ import orjson
 from shaping.inference.types import ChatResponse
 
 
+def request_payload(model_id: str, messages: list[dict[str, str]], options: dict[str, Any]) -> bytes:
+    """What identifies a request, less its sample index (see `request_key`)."""
+    return orjson.dumps([model_id, messages, options], option=orjson.OPT_SORT_KEYS)
+
+
+def request_key_from_payload(payload: bytes, sample_index: int) -> str:
+    # orjson writes compact JSON, so this is exactly the encoding of [model_id, messages, options, index]
+    return hashlib.blake2b(payload[:-1] + b",%d]" % sample_index, digest_size=20).hexdigest()
+
+
 def request_key(model_id: str, messages: list[dict[str, str]], options: dict[str, Any], sample_index: int) -> str:
-    payload = orjson.dumps([model_id, messages, options, sample_index], option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(payload, digest_size=20).hexdigest()
+    return request_key_from_payload(request_payload(model_id, messages, options), sample_index)
 
 
 class ResponseCache:
+    """`read=False` (--no-cache) ignores answers stored by earlier runs, not those of this run."""
+
     def __init__(self, path: Path, read: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -34,27 +48,44 @@ class ResponseCache:
             "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
             "finish_reason TEXT, completion_tokens INTEGER, created TEXT DEFAULT CURRENT_TIMESTAMP)"
         )
+        self._pending: dict[str, tuple[str, str | None, int]] = {}
+        self._written: set[str] = set()  # keys stored by this run (what read=False may still answer from)
 
     def get(self, key: str) -> ChatResponse | None:
-        if not self.read:
-            return None
-        row = self.db.execute(
-            "SELECT text, finish_reason, completion_tokens FROM responses WHERE key = ?", (key,)
-        ).fetchone()
+        row: Any = self._pending.get(key)
         if row is None:
-            return None
+            if not self.read and key not in self._written:
+                return None
+            row = self.db.execute(
+                "SELECT text, finish_reason, completion_tokens FROM responses WHERE key = ?", (key,)
+            ).fetchone()
+            if row is None:
+                return None
         return ChatResponse(text=row[0], finish_reason=row[1], completion_tokens=row[2] or 0, cached=True)
 
     def put(self, key: str, response: ChatResponse) -> None:
-        """Store one successful answer now (autocommit: it survives a SIGKILL right after)."""
-        if response.is_success and not response.cached:
-            self.db.execute(
-                "INSERT OR REPLACE INTO responses (key, text, finish_reason, completion_tokens) VALUES (?, ?, ?, ?)",
-                (key, response.text, response.finish_reason, response.completion_tokens),
-            )
+        """Queue one successful answer; `commit()` stores it."""
+        if response.is_success and not response.cached and response.text is not None:
+            self._pending[key] = (response.text, response.finish_reason, response.completion_tokens)
+
+    def commit(self) -> int:
+        """Store the queued answers in one transaction; how many."""
+        if not self._pending:
+            return 0
+        rows = [(key, *value) for key, value in self._pending.items()]
+        self.db.execute("BEGIN")
+        self.db.executemany(
+            "INSERT OR REPLACE INTO responses (key, text, finish_reason, completion_tokens) VALUES (?, ?, ?, ?)", rows
+        )
+        self.db.execute("COMMIT")
+        if not self.read:
+            self._written.update(self._pending)
+        self._pending.clear()
+        return len(rows)
 
     def __len__(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
 
     def close(self) -> None:
+        self.commit()
         self.db.close()
