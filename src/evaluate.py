@@ -3,22 +3,37 @@
     python src/evaluate.py                     # by hand, under outputs/
     python src/evaluate.py eval.samples.num_prompts=16 'eval.metrics=[loss]'
     python src/evaluate.py 'eval.guards=[{metric: tuned.loss, max: 2.5}]'
+    python src/evaluate.py eval=full           # + judge, claims, identity
+    python src/evaluate.py eval.baseline=main  # deltas against main's eval/metrics.json
     dvc repro evaluate
 
 Runs the metrics named in eval.metrics (shaping.evaluation's registry: loss, samples,
-think_tags) and writes eval/metrics.json, e.g. {"base": {"loss", "perplexity"}, "tuned":
-{...}, "teacher": {...}, "samples": {...}, "think_tags": {...}}, and eval/samples.jsonl.
-Then checks eval.guards: a metric past its bound fails the stage, naming metric, bound and
-value (metrics.json is written first, so nothing is lost).
+think_tags, judge, claims, identity) and writes eval/metrics.json, e.g. {"base": {"loss",
+"perplexity"}, "tuned": {...}, "teacher": {...}, "samples": {...}, "think_tags": {...}},
+eval/samples.jsonl, per-sample records and every guard's and baseline check's result in
+eval/details/, and plot tables in eval/plots/.
+Then checks eval.guards and, with eval.baseline, eval.baseline_checks: a metric past its
+bound, or worse than the baseline's past the tolerance, fails the stage, naming metric, bound
+and value (metrics.json is written first, so nothing is lost).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from shaping.errors import ShapingError
-from shaping.evaluation import EvalContext, check_guards, check_metric_names, run_metrics
+from shaping.evaluation import (
+    EvalContext,
+    check_baseline,
+    check_guards,
+    check_metric_names,
+    metric_deltas,
+    plot_tables,
+    read_baseline,
+    run_metrics,
+)
 from shaping.inference import ModelRegistry
 from shaping.io import read_jsonl, write_json
 from shaping.stage import StageContext, run_stage
@@ -41,6 +56,8 @@ def main(ctx: StageContext) -> None:
     if not adapter_dir.is_dir():
         raise ShapingError(f"{adapter_dir}: no trained model; run `dvc repro train` first")
     ctx.record.add_inputs([eval_file])
+    metrics_path = f"{cfg.paths.eval_dir}/metrics.json"
+    baseline, source = read_baseline(cfg.eval.baseline, metrics_path) if cfg.eval.baseline else (None, "")
     ctx.record.backend = cfg.backend.name
 
     tokenizer = load_tokenizer(cfg.model)
@@ -63,14 +80,30 @@ def main(ctx: StageContext) -> None:
     guards = check_guards(metrics, list(cfg.eval.guards))
     if guards:
         metrics["guards"] = {"failed": sum(not g["passed"] for g in guards), "total": len(guards)}
-    write_json(ctx.out(f"{cfg.paths.eval_dir}/metrics.json"), metrics)
-    ctx.record.details = {"metrics": metrics, "guards": guards}
+    checks: list[dict[str, Any]] = []
+    if baseline is not None:
+        metrics["baseline_delta"] = metric_deltas(metrics, baseline)
+        checks = check_baseline(metrics, baseline, list(cfg.eval.baseline_checks), cfg.eval.baseline_tolerance, source)
+        log.info("baseline %s: %d of %d checks passed", source, sum(c["passed"] for c in checks), len(checks))
+    for name, table in plot_tables(metrics).items():
+        write_json(ctx.out(f"{cfg.paths.eval_dir}/plots/{name}"), table)
+    write_json(ctx.out(metrics_path), metrics)
+    write_json(
+        eval_ctx.details_dir / "checks.json", {"guards": guards, "baseline": source or None, "baseline_checks": checks}
+    )
+    ctx.record.details = {"metrics": metrics, "guards": guards, "baseline": source or None, "baseline_checks": checks}
     for name in ("base", "teacher", "tuned"):
         if name in metrics and "loss" in metrics[name]:
             log.info("%-7s loss %.4f  perplexity %.2f", name, metrics[name]["loss"], metrics[name]["perplexity"])
     failed = [g["message"] for g in guards if not g["passed"]]
+    regressed = [c["message"] for c in checks if not c["passed"]]
+    problems = []
     if failed:
-        raise ShapingError("guard failed: " + "; ".join(failed))
+        problems.append("guard failed: " + "; ".join(failed))
+    if regressed:
+        problems.append("baseline regression: " + "; ".join(regressed))
+    if problems:
+        raise ShapingError("; ".join(problems))
 
 
 if __name__ == "__main__":
