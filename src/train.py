@@ -4,26 +4,35 @@
     python src/train.py backend=hf_peft lora.r=16    # Hydra overrides
     python src/train.py -m lora.r=8,16,32            # a sweep: one multirun/<...>/<n>/ folder per run
     dvc exp run -S lora.r=16                         # as an experiment: params.yaml, then dvc repro
+    dvc exp run -S train.launcher=accelerate -S accelerate=fsdp -S accelerate.num_processes=8
+    accelerate launch --config_file conf/accelerate/multi_gpu.yaml src/train.py   # the same, by hand
 
-Writes the adapter and tokenizer to <paths.adapter_dir> and DVCLive metrics to dvclive/train.
+Writes the adapter and tokenizer to <paths.adapter_dir>, DVCLive metrics to dvclive/train, and
+checkpoints every train.save_steps steps to <paths.checkpoint_dir>/<key>/: run it again after a
+kill and it resumes from the newest one. Under a multi-process launcher every process runs this
+script; rank 0 is the stage and the others train alongside it, writing nothing of their own.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
-import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from shaping.errors import ShapingError
 from shaping.io import atomic_dir, read_jsonl
 from shaping.stage import StageContext, run_stage
+from shaping.training import checkpointing, launch
+from shaping.training.hardware import pick_device, resolve_precision
 
 log = logging.getLogger("shaping.train")
 
-# backend.name -> the module whose train(cfg, rows, output_dir, live_dir) -> TrainingReport runs it
+# backend.name -> the module whose train(cfg, rows, output_dir, live_dir, checkpoint_dir) -> TrainingReport runs it
 BACKENDS = {"hf_peft": "shaping.training.hf_peft"}
 
 
@@ -33,6 +42,11 @@ def main(ctx: StageContext) -> None:
         raise ShapingError(f"backend={cfg.backend.name}: unknown training backend; available: {', '.join(BACKENDS)}")
     if cfg.train.method != "sft":
         raise ShapingError(f"train.method={cfg.train.method}: unknown; available: sft")
+    if cfg.train.liger and importlib.util.find_spec("liger_kernel") is None:
+        raise ShapingError("train.liger=true: liger-kernel is not installed (pip install liger-kernel; it needs a GPU)")
+    if launch.relaunch_needed(cfg):
+        run_under_accelerate(ctx)
+        return
     backend = importlib.import_module(BACKENDS[cfg.backend.name])
 
     train_file = f"{cfg.paths.validated_dir}/train.jsonl"
@@ -42,11 +56,49 @@ def main(ctx: StageContext) -> None:
     ctx.record.backend = cfg.backend.name
     ctx.record.add_inputs([train_file])
     gate = validation_status(Path(cfg.paths.validated_dir) / "report.json")
+    key = checkpointing.checkpoint_key(cfg, ctx.record.inputs[Path(train_file).as_posix()])
+    checkpoints = checkpointing.claim_run_dir(ctx.out(cfg.paths.checkpoint_dir), key)
+    launch.share_plan(launch.TrainPlan(cfg, train_file, checkpoints), pick_device())
     live_dir = ctx.out("dvclive/train")
     with atomic_dir(ctx.out(cfg.paths.adapter_dir)) as tmp:
-        report = backend.train(cfg, rows, tmp, live_dir)
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)  # no checkpoints kept (save_strategy=no)
+        report = backend.train(cfg, rows, tmp, live_dir, checkpoints)
+    launch.wait_for_everyone()  # the other ranks may still write their part of the last checkpoint
+    checkpointing.finish_run_dir(checkpoints, keep=cfg.train.keep_checkpoints)
     ctx.record.details = {**report.metrics, "validation": gate}
+
+
+def train_alongside() -> None:
+    """A rank other than 0: train on rank 0's plan; what this rank writes goes to a scratch folder
+    (the Trainer itself writes this rank's share of each checkpoint to the shared folder)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    plan = launch.share_plan(None, pick_device())
+    backend = importlib.import_module(BACKENDS[plan.cfg.backend.name])
+    rows = read_jsonl(plan.train_file)
+    with tempfile.TemporaryDirectory(prefix="shaping-rank-") as scratch:
+        backend.train(plan.cfg, rows, Path(scratch) / "adapter", Path(scratch) / "live", plan.checkpoint_dir)
+    launch.wait_for_everyone()
+
+
+def run_under_accelerate(ctx: StageContext) -> None:
+    """Start this script again under `accelerate launch`; its rank 0 writes the outputs and a run
+    record, whose details this process's record takes over."""
+    cfg = ctx.cfg
+    if ctx.by_hand:  # Hydra: the same overrides, and the same run folder for every rank
+        from hydra.core.hydra_config import HydraConfig
+
+        args = [*HydraConfig.get().overrides.task, f"hydra.run.dir={ctx.out_root}"]
+    else:
+        args = sys.argv[1:]
+    precision, _ = resolve_precision(cfg.train.precision, pick_device())
+    code = launch.relaunch_train(cfg, precision, Path(__file__).resolve(), args)
+    record = ctx.out(cfg.paths.adapter_dir) / "run.json"
+    child = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+    if code != 0:
+        reason = child.get("error") or "see the log above"
+        raise ShapingError(f"training under accelerate launch failed (exit {code}): {reason}")
+    ctx.record.backend = child.get("backend")
+    ctx.record.inputs = child.get("inputs", {})
+    ctx.record.details = {**child.get("details", {}), "launcher": "accelerate"}
 
 
 def validation_status(report: Path) -> dict[str, Any]:
@@ -61,9 +113,12 @@ def validation_status(report: Path) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    if launch.process_rank() != 0:  # the one rank-0 guard: outputs, DVCLive and the run record are rank 0's
+        train_alongside()
+        sys.exit(0)
     run_stage(
         "train",
-        sections=["seed", "model", "lora", "backend", "train"],
+        sections=["seed", "model", "lora", "backend", "train", "accelerate"],
         body=main,
         record_at=lambda cfg: f"{cfg.paths.adapter_dir}/run.json",
     )

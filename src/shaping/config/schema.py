@@ -206,6 +206,11 @@ class TrainConfig:
     precision: str = "auto"
     gradient_checkpointing: Any = "auto"  # "auto" or a bool
     logging_steps: int = 10
+    launcher: str = "none"  # none (this process) | accelerate (`accelerate launch` with the `accelerate` section)
+    save_steps: int = 50  # checkpoint every N optimizer steps into paths.checkpoint_dir (0 = never)
+    save_total_limit: int = 2  # checkpoints kept while training (the newest may be cut short by a kill)
+    keep_checkpoints: bool = False  # after a finished run: False deletes them, True moves them to <dir>/last
+    liger: bool = False  # Liger kernels (fused RMSNorm/RoPE/SwiGLU/cross-entropy); needs liger-kernel + a GPU
 
 
 @dataclass
@@ -298,6 +303,7 @@ class PathsConfig:
     synth_dir: str = "data/synth"
     validated_dir: str = "data/validated"
     adapter_dir: str = "models/adapter"
+    checkpoint_dir: str = "models/checkpoints"
     eval_dir: str = "eval"
     metrics_dir: str = "metrics"
 
@@ -315,5 +321,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    # an accelerate config file's keys (conf/accelerate/): what `train.launcher=accelerate` launches with
+    accelerate: dict[str, Any] = field(default_factory=dict)
     seed: int = 42
     pipeline: str | None = None  # the one pipeline `src/synthesize.py` runs

@@ -15,12 +15,14 @@ from trl import SFTConfig, SFTTrainer
 
 from shaping.config.schema import Config
 from shaping.errors import ShapingError
+from shaping.training.checkpointing import checkpoint_args, resume_checkpoint
 from shaping.training.hardware import (
     pick_device,
     resolve_gradient_checkpointing,
     resolve_precision,
     torch_dtype,
 )
+from shaping.training.launch import RankReport
 from shaping.training.models import load_base_model, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -53,10 +55,10 @@ def peft_config(cfg: Config) -> PeftLoraConfig | None:
     )
 
 
-def sft_config(cfg: Config, output_dir: Path, precision: str, checkpointing: bool, device: str) -> SFTConfig:
+def sft_config(cfg: Config, saving: dict[str, Any], precision: str, checkpointing: bool, device: str) -> SFTConfig:
     t = cfg.train
     return SFTConfig(
-        output_dir=str(output_dir),
+        **saving,  # output_dir and checkpoints (shaping.training.checkpointing)
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
         per_device_train_batch_size=t.batch_size,
@@ -72,7 +74,7 @@ def sft_config(cfg: Config, output_dir: Path, precision: str, checkpointing: boo
         fp16=precision == "fp16",
         gradient_checkpointing=checkpointing,
         logging_steps=t.logging_steps,
-        save_strategy="no",
+        use_liger_kernel=t.liger,
         eval_strategy="no",
         report_to="none",  # DVCLive is attached as a callback with our own Live
         seed=cfg.seed,
@@ -82,7 +84,9 @@ def sft_config(cfg: Config, output_dir: Path, precision: str, checkpointing: boo
     )
 
 
-def train(cfg: Config, rows: list[dict[str, Any]], output_dir: Path, live_dir: Path) -> TrainingReport:
+def train(
+    cfg: Config, rows: list[dict[str, Any]], output_dir: Path, live_dir: Path, checkpoint_dir: Path | None = None
+) -> TrainingReport:
     """Fine-tune the base model on `rows` ({"messages": [...]}); save adapter + tokenizer to `output_dir`."""
     from dvclive import Live
 
@@ -102,7 +106,11 @@ def train(cfg: Config, rows: list[dict[str, Any]], output_dir: Path, live_dir: P
     # fp32 master weights on CPU; on GPU load in the training dtype (autocast handles the rest)
     model = load_base_model(cfg.model, torch_dtype(precision) if device == "cuda" else torch_dtype("fp32"))
     dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
-    args = sft_config(cfg, output_dir / "trainer", precision, checkpointing, device)
+    if checkpoint_dir is not None:
+        saving = checkpoint_args(cfg, checkpoint_dir)
+    else:
+        saving = {"output_dir": str(output_dir / "trainer"), "save_strategy": "no"}
+    args = sft_config(cfg, saving, precision, checkpointing, device)
     live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False)
     trainer = SFTTrainer(
         model=model,
@@ -110,7 +118,7 @@ def train(cfg: Config, rows: list[dict[str, Any]], output_dir: Path, live_dir: P
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config(cfg),
-        callbacks=[DVCLiveCallback(live=live)],
+        callbacks=[DVCLiveCallback(live=live), RankReport()],
     )
     params = list(model.parameters()) if trainer.model is None else list(trainer.model.parameters())
     trainable = sum(int(p.numel()) for p in params if p.requires_grad)
@@ -123,7 +131,7 @@ def train(cfg: Config, rows: list[dict[str, Any]], output_dir: Path, live_dir: P
         len(rows),
     )
     t0 = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(checkpoint_dir) if checkpoint_dir else None)
     seconds = time.perf_counter() - t0
     tokens = next((e["num_tokens"] for e in reversed(trainer.state.log_history) if "num_tokens" in e), 0)
     metrics = {

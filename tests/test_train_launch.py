@@ -1,0 +1,93 @@
+"""train.launcher=accelerate: the train stage re-runs itself under `accelerate launch`, here two
+CPU processes joined over gloo (DDP), on the session's tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from shaping.config import Config
+from shaping.errors import ShapingError
+from shaping.io import write_jsonl
+from shaping.training import launch
+
+from .conftest import DIALOGUES, REPO
+
+RANK_LINE = re.compile(r"rank (\d) of (\d): step (\d+), trainable-parameter checksum (\S+)")
+
+
+def stage_params(cfg: Config, root: Path, rows: int) -> Path:
+    """A params file for `src/train.py --params`, every path under `root`, `rows` training rows."""
+    cfg.paths.validated_dir = str(root / "data" / "validated")
+    cfg.paths.adapter_dir = str(root / "models" / "adapter")
+    cfg.paths.checkpoint_dir = str(root / "models" / "checkpoints")
+    write_jsonl(Path(cfg.paths.validated_dir) / "train.jsonl", [{"messages": d} for d in DIALOGUES * (rows // 3)])
+    params = root / "params.yaml"
+    params.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), encoding="utf-8")
+    return params
+
+
+def run_train(root: Path, params: Path, *overrides: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "src" / "train.py"), "--params", str(params), *overrides],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_in_step(cfg: Config, tmp_path: Path) -> None:
+    cfg.train.epochs, cfg.train.max_steps, cfg.train.batch_size = 1, -1, 2
+    cfg.train.learning_rate, cfg.train.logging_steps, cfg.train.save_steps = 1e-2, 1, 0
+    cfg.train.launcher = "accelerate"
+    params = stage_params(cfg, tmp_path, rows=24)
+
+    proc = run_train(tmp_path, params)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    ranks = {int(m[0]): m for m in RANK_LINE.findall(log)}
+    assert set(ranks) == {0, 1}, log[-4000:]
+    # 24 rows, 2 per process per step, 2 processes: 6 steps (one process alone would take 12). Each rank
+    # saw other rows, so equal weights after training mean their gradients were all-reduced.
+    assert {r[2] for r in ranks.values()} == {"6"}
+    assert ranks[0][3] == ranks[1][3]
+
+    record = json.loads((tmp_path / "models" / "adapter" / "run.json").read_text())
+    assert record["exit_status"] == "success" and record["details"]["launcher"] == "accelerate"
+    assert record["details"]["steps"] == 6 and record["inputs"]
+    with open(tmp_path / "dvclive" / "train" / "plots" / "metrics" / "loss.tsv") as f:
+        losses = [float(row["loss"]) for row in csv.DictReader(f, delimiter="\t")]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    # rank 1 wrote nothing of its own: the adapter, DVCLive logs and checkpoint folder are rank 0's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "dvclive", "models", "params.yaml"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["adapter", "checkpoints"]
+
+
+def test_bad_accelerate_config_is_one_clear_error(cfg: Config, tmp_path: Path) -> None:
+    cfg.accelerate["num_proceses"] = 2
+    with pytest.raises(ShapingError, match=r"accelerate.*num_proceses"):
+        launch.launch_command(cfg, "fp32", REPO / "src" / "train.py", [], tmp_path / "a.yaml")
+    cfg.train.launcher = "deepspeed"
+    with pytest.raises(ShapingError, match=r"train\.launcher='deepspeed'"):
+        launch.relaunch_needed(cfg)
+
+
+def test_launch_command_passes_precision_and_a_free_port(cfg: Config, tmp_path: Path) -> None:
+    cmd = launch.launch_command(cfg, "bf16", REPO / "src" / "train.py", ["--params", "p.yaml"], tmp_path / "a.yaml")
+    assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
+    assert cmd[cmd.index("--mixed_precision") + 1] == "bf16"
+    assert int(cmd[cmd.index("--main_process_port") + 1]) > 0
+    assert cmd[-3:] == [str(REPO / "src" / "train.py"), "--params", "p.yaml"]
+    assert OmegaConf.load(tmp_path / "a.yaml")["num_processes"] == 2
