@@ -172,14 +172,13 @@ class OpenAIBackend:
         return min(self.backoff_max_s, exponential + random.uniform(0, self.backoff_initial_s))
 
     async def _post(self, session: aiohttp.ClientSession, url: str, payload: bytes) -> ChatResponse:
-        where = f"models.{self.name} ({self.model!r} at {url})"
         try:
             async with session.post(f"{url}/chat/completions", data=payload) as reply:
                 body = await reply.read()
                 status = reply.status
-                retry_after = _retry_after(reply.headers.get("Retry-After"))
+                retry_after = _retry_after(reply.headers.get("Retry-After")) if status != 200 else None
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as err:
-            raise _Retryable(f"{where}: {type(err).__name__}: {err}") from err
+            raise _Retryable(f"{self._where(url)}: {type(err).__name__}: {err}") from err
         if status == 200:
             try:
                 data = orjson.loads(body)
@@ -187,8 +186,9 @@ class OpenAIBackend:
                 text = choice["message"]["content"]
                 tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
             except (orjson.JSONDecodeError, KeyError, IndexError, TypeError) as err:
-                return ChatResponse(text=None, error=f"{where}: unreadable response: {err}")
+                return ChatResponse(text=None, error=f"{self._where(url)}: unreadable response: {err}")
             return ChatResponse(text=text or "", finish_reason=choice.get("finish_reason"), completion_tokens=tokens)
+        where = self._where(url)
         message = _error_message(body)
         if status in RETRY_STATUS:
             raise _Retryable(f"{where}: HTTP {status}: {message}", retry_after)
@@ -202,3 +202,6 @@ class OpenAIBackend:
         if status == 404:
             raise BackendFatalError(f"{where}: HTTP 404: {message} (check models.{self.name}.model and base_url)")
         return ChatResponse(text=None, error=f"{where}: HTTP {status}: {message}")
+
+    def _where(self, url: str) -> str:
+        return f"models.{self.name} ({self.model!r} at {url})"

@@ -93,7 +93,8 @@ class Pipeline:
         if synth.cache_dir:
             self.cache = ResponseCache(self.root / synth.cache_dir / f"{label}.sqlite", synth.cache)
         self.commit = git_commit(self.root)
-        self.engine = Engine(self.registry, self.cache, self.commit, label)
+        models = [d.name for d in self.model_deps().values()]
+        self.engine = Engine(self.registry, self.cache, self.commit, label, models)
         self.journal: Journal | None = None
 
     @property

@@ -19,6 +19,8 @@ import orjson
 
 from shaping.inference.types import ChatResponse
 
+KNOWN_KEYS_MAX = 2_000_000  # about 100 MB of key prefixes in memory at most
+
 
 def request_payload(model_id: str, messages: list[dict[str, str]], options: dict[str, Any]) -> bytes:
     """What identifies a request, less its sample index (see `request_key`)."""
@@ -50,11 +52,18 @@ class ResponseCache:
         )
         self._pending: dict[str, tuple[str, str | None, int]] = {}
         self._written: set[str] = set()  # keys stored by this run (what read=False may still answer from)
+        # the stored keys' first 64 bits, read once: a request not among them is a miss without a
+        # query (a fresh run's every request). Bigger caches than this are queried each time.
+        self._known: set[int] | None = None
+        if read and len(self) <= KNOWN_KEYS_MAX:
+            self._known = {int(row[0][:16], 16) for row in self.db.execute("SELECT key FROM responses")}
 
     def get(self, key: str) -> ChatResponse | None:
         row: Any = self._pending.get(key)
         if row is None:
             if not self.read and key not in self._written:
+                return None
+            if self.read and self._known is not None and int(key[:16], 16) not in self._known:
                 return None
             row = self.db.execute(
                 "SELECT text, finish_reason, completion_tokens FROM responses WHERE key = ?", (key,)
@@ -80,6 +89,8 @@ class ResponseCache:
         self.db.execute("COMMIT")
         if not self.read:
             self._written.update(self._pending)
+        elif self._known is not None:
+            self._known.update(int(key[:16], 16) for key in self._pending)
         self._pending.clear()
         return len(rows)
 
