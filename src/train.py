@@ -33,7 +33,7 @@ from shaping.training.hardware import pick_device, resolve_precision
 log = logging.getLogger("shaping.train")
 
 # backend.name -> the module whose train(cfg, rows, output_dir, live_dir, checkpoint_dir) -> TrainingReport runs it
-BACKENDS = {"hf_peft": "shaping.training.hf_peft"}
+BACKENDS = {"hf_peft": "shaping.training.hf_peft", "tinker": "shaping.training.tinker"}
 
 
 def main(ctx: StageContext) -> None:

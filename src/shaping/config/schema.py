@@ -94,7 +94,13 @@ class LoraConfig:
 
 @dataclass
 class BackendConfig:
+    """Where training runs: hf_peft (TRL + PEFT on this machine) or tinker (the Tinker LoRA service)."""
+
     name: str = "hf_peft"
+    # tinker only (conf/backend/tinker.yaml)
+    base_model: str | None = None  # the service's base model id; None = model.name_or_path
+    renderer: str = "auto"  # auto | chat_template | a tinker-cookbook renderer name (qwen3, llama3, ...)
+    checkpoint_ttl_seconds: int | None = None  # how long the service keeps intermediate states (None = forever)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from shaping.config.schema import ModelSpec
 from shaping.errors import ShapingError
 from shaping.inference.types import AsyncChatBackend, ChatBackend
 
-BACKENDS = ("hf", "openai", "vllm")
+BACKENDS = ("hf", "openai", "vllm", "tinker")
 
 
 class ModelRegistry:
@@ -78,6 +78,8 @@ class ModelRegistry:
                 if p.is_file()
             )
             ident += ":" + hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
+        if spec.backend == "tinker" and local.is_file():  # a Tinker reference: retraining changes its tinker:// path
+            ident += ":" + hashlib.sha256(local.read_bytes()).hexdigest()[:16]
         return ident
 
     def async_backend(self, name: str) -> AsyncChatBackend:
@@ -112,6 +114,11 @@ class ModelRegistry:
                 from shaping.inference.openai_compat import OpenAIBackend
 
                 self._backends[name] = OpenAIBackend(name, spec, defaults)
+                return self._backends[name]
+            if spec.backend == "tinker":
+                from shaping.inference.tinker import TinkerBackend
+
+                self._backends[name] = TinkerBackend(name, spec, defaults, self.root, self.seed)
                 return self._backends[name]
             model_path = self._local_model_path(name)
             if spec.backend == "vllm":

@@ -1,0 +1,351 @@
+"""The tinker training backend: the SFT run hf_peft does locally, on the Tinker LoRA service.
+
+    export TINKER_API_KEY=...        # read from the environment only; pip install -e '.[tinker]'
+    dvc exp run -S backend=tinker -S backend.base_model=Qwen/Qwen3-8B
+    python src/train.py backend=tinker backend.base_model=meta-llama/Llama-3.2-1B train.save_steps=10
+
+The same as hf_peft: the rows and their tokens and loss mask (rendered as TRL renders them, or by a
+tinker-cookbook renderer for the service's models), truncation to train.max_length, LoRA rank, epochs
+or max_steps, batch size x gradient accumulation per optimizer step, the learning rate schedule
+(transformers' own scheduler), AdamW's betas, epsilon and gradient clipping (SFTConfig's defaults),
+weight decay, and the loss: the mean over the step's assistant tokens (each datum's weights are its
+mask divided by the step's token count, so Tinker's summed cross-entropy is hf_peft's mean).
+Not the same: the order rows are drawn in (seeded, but not the HF sampler's permutation), the
+service's own LoRA scaling and initialisation (lora.alpha and lora.dropout are not applied, and
+say so), and precision (the service's).
+
+Every `train.save_steps` steps the full state (weights + optimizer) is saved on the service and
+its tinker:// path appended to checkpoints.jsonl in the train stage's run folder (paths.checkpoint_dir/
+<key>, kept across kills); a rerun of the same run resumes from the last one. At the end the sampler
+weights are saved and `tinker.json` (a TinkerReference) is the stage's adapter output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from tqdm import tqdm
+
+from shaping.config.schema import Config, LoraConfig, TrainConfig
+from shaping.errors import ShapingError
+from shaping.inference.tinker import (
+    REFERENCE_FILE,
+    Renderer,
+    TinkerReference,
+    import_tinker,
+    load_renderer,
+    require_api_key,
+    resolve_renderer_name,
+    service_client,
+)
+from shaping.io import atomic_write_text
+from shaping.training.hf_peft import TrainingReport
+
+log = logging.getLogger(__name__)
+
+# PEFT module names -> the groups Tinker adapts (create_lora_training_client's train_* flags)
+ATTENTION = frozenset({"q_proj", "k_proj", "v_proj", "o_proj"})
+MLP = frozenset({"gate_proj", "up_proj", "down_proj"})
+UNEMBED = frozenset({"lm_head"})
+
+
+@dataclass
+class Example:
+    """One conversation as hf_peft's SFTTrainer trains on it: `mask[i]` = 1 where labels[i] != -100."""
+
+    tokens: list[int]
+    mask: list[int]
+
+
+def lora_targets(lora: LoraConfig) -> dict[str, bool]:
+    """create_lora_training_client's train_attn/train_mlp/train_unembed for the LoRA config, or a clear
+    error for what the service cannot do; what it does differently is logged."""
+    if not lora.enabled:
+        raise ShapingError(
+            "lora=none (full fine-tuning): the Tinker service trains LoRA adapters only; use lora=default"
+        )
+    if lora.dora:
+        raise ShapingError("lora.dora=true: the Tinker service has no DoRA; use lora=default with backend=tinker")
+    if lora.bias != "none":
+        raise ShapingError(f"lora.bias={lora.bias}: the Tinker service trains no biases; set lora.bias=none")
+    log.warning("lora.alpha=%s is not applied: the Tinker service sets its own LoRA scaling", lora.alpha)
+    if lora.dropout:
+        log.warning("lora.dropout=%s is not applied: the Tinker service trains LoRA without dropout", lora.dropout)
+    if lora.target_modules == "all-linear":  # PEFT's all-linear leaves the output layer out
+        return {"train_attn": True, "train_mlp": True, "train_unembed": False}
+    names = {lora.target_modules} if isinstance(lora.target_modules, str) else set(lora.target_modules)
+    unknown = names - ATTENTION - MLP - UNEMBED
+    partial = [group for group in (ATTENTION, MLP) if names & group and not group <= names]
+    if unknown or partial:
+        raise ShapingError(
+            f"lora.target_modules={sorted(names)}: the Tinker service adapts whole groups only: all of "
+            f"{sorted(ATTENTION)}, all of {sorted(MLP)}, and/or lm_head (or all-linear)"
+        )
+    return {
+        "train_attn": bool(names & ATTENTION),
+        "train_mlp": bool(names & MLP),
+        "train_unembed": bool(names & UNEMBED),
+    }
+
+
+def encode_rows(rows: list[dict[str, Any]], renderer: Renderer, train: TrainConfig) -> list[Example]:
+    """Render, mask and truncate like SFTTrainer: keep_start to train.max_length, and rows left with no
+    loss token after truncation are dropped."""
+    examples = []
+    for index, row in enumerate(rows):
+        assistant_only = not train.train_on_prompt
+        tokens, mask = renderer.supervised(row["messages"], assistant_only)
+        if assistant_only and 1 not in mask:
+            raise ShapingError(
+                f"train row {index} (id {row.get('id', '?')}): no assistant tokens to train on "
+                f"(renderer {renderer.name}); does it end with an assistant reply?"
+            )
+        tokens, mask = tokens[: train.max_length], mask[: train.max_length]
+        if any(mask):
+            examples.append(Example(tokens, mask))
+    if not examples:
+        raise ShapingError(f"train.max_length={train.max_length}: every row is cut before its first assistant token")
+    return examples
+
+
+def build_datums(tinker: ModuleType, examples: list[Example]) -> list[Any]:
+    """One step's batch: next-token inputs and targets, the mask as weights divided by the step's count
+    of loss tokens (hf_peft's loss is the mean over those tokens; Tinker's cross_entropy is a sum)."""
+    count = sum(sum(e.mask[1:]) for e in examples)
+    datums = []
+    for e in examples:
+        weights = [m / count if count else 0.0 for m in e.mask[1:]]
+        datums.append(
+            tinker.Datum(
+                model_input=tinker.ModelInput.from_ints(e.tokens[:-1]),
+                loss_fn_inputs={
+                    "target_tokens": tinker.TensorData(data=e.tokens[1:], dtype="int64", shape=[len(e.tokens) - 1]),
+                    "weights": tinker.TensorData(data=weights, dtype="float32", shape=[len(weights)]),
+                },
+            )
+        )
+    return datums
+
+
+def total_steps(n_examples: int, train: TrainConfig) -> tuple[int, int]:
+    """(optimizer steps in all, steps per epoch), as the HF Trainer counts them."""
+    per_step = train.batch_size * train.gradient_accumulation_steps
+    per_epoch = max(1, math.ceil(n_examples / per_step))
+    total = train.max_steps if train.max_steps > 0 else math.ceil(train.epochs * per_epoch)
+    return total, per_epoch
+
+
+def learning_rates(train: TrainConfig, steps: int) -> list[float]:
+    """The learning rate of each optimizer step: transformers' scheduler, stepped as the Trainer does,
+    with warmup_ratio read as the Trainer reads warmup_steps (< 1: a share of the steps)."""
+    import torch
+    from transformers import get_scheduler
+
+    warmup = int(train.warmup_ratio) if train.warmup_ratio >= 1 else math.ceil(steps * train.warmup_ratio)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=train.learning_rate)
+    try:
+        scheduler = get_scheduler(train.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    except ValueError as err:
+        raise ShapingError(f"train.lr_scheduler={train.lr_scheduler}: {err}") from None
+    rates = []
+    for _ in range(steps):
+        rates.append(float(scheduler.get_last_lr()[0]))
+        optimizer.step()
+        scheduler.step()
+    return rates
+
+
+def adam_params(tinker: ModuleType, train: TrainConfig, learning_rate: float) -> Any:
+    """AdamW as hf_peft runs it: SFTConfig's betas, epsilon and max_grad_norm, train.weight_decay."""
+    from trl import SFTConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(SFTConfig)}
+    return tinker.AdamParams(
+        learning_rate=learning_rate,
+        beta1=defaults["adam_beta1"],
+        beta2=defaults["adam_beta2"],
+        eps=defaults["adam_epsilon"],
+        weight_decay=train.weight_decay,
+        grad_clip_norm=defaults["max_grad_norm"],
+    )
+
+
+def step_batch(step: int, n_examples: int, per_epoch: int, train: TrainConfig, seed: int) -> list[int]:
+    """The examples of optimizer step `step`: each epoch a seeded permutation, cut into steps (a pure
+    function of the step, so a resumed run draws what the killed one would have)."""
+    epoch, index = divmod(step, per_epoch)
+    order = list(range(n_examples))
+    random.Random(seed + epoch).shuffle(order)
+    per_step = train.batch_size * train.gradient_accumulation_steps
+    return order[index * per_step : (index + 1) * per_step]
+
+
+class RunLog:
+    """The run folder's checkpoints.jsonl (tinker:// paths of saved states) and steps.jsonl (loss per step)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.checkpoints_file = folder / "checkpoints.jsonl"
+        self.steps_file = folder / "steps.jsonl"
+
+    @staticmethod
+    def _read(path: Path) -> list[dict[str, Any]]:
+        if not path.is_file():
+            return []
+        # a kill mid-append leaves at most a torn last line
+        lines = path.read_text(encoding="utf-8").splitlines()
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return out
+
+    def checkpoints(self, kind: str) -> list[dict[str, Any]]:
+        return [c for c in self._read(self.checkpoints_file) if c.get("kind") == kind]
+
+    def steps(self, upto: int) -> list[dict[str, Any]]:
+        """Logged steps 1..upto, and the file cut to them (steps after the resumed state are redone)."""
+        kept = [s for s in self._read(self.steps_file) if s["step"] <= upto]
+        atomic_write_text(self.steps_file, "".join(json.dumps(s) + "\n" for s in kept))
+        return kept
+
+    @staticmethod
+    def _append(path: Path, record: dict[str, Any]) -> None:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def add_checkpoint(self, step: int, kind: str, path: str) -> None:
+        self._append(self.checkpoints_file, {"step": step, "kind": kind, "path": path, "time": time.time()})
+
+    def add_step(self, record: dict[str, Any]) -> None:
+        self._append(self.steps_file, record)
+
+
+def train(
+    cfg: Config, rows: list[dict[str, Any]], output_dir: Path, live_dir: Path, checkpoint_dir: Path
+) -> TrainingReport:
+    """Train on the Tinker service; write `tinker.json` (where the weights are) to `output_dir`.
+    `checkpoint_dir` is this run's folder (same config and data), kept across kills."""
+    from dvclive import Live
+
+    require_api_key()
+    tinker = import_tinker()
+    t, backend = cfg.train, cfg.backend
+    if t.launcher != "none":
+        raise ShapingError(
+            f"train.launcher={t.launcher}: backend=tinker trains on the service; set train.launcher=none"
+        )
+    targets = lora_targets(cfg.lora)
+    if t.packing:
+        log.warning("train.packing=true is not applied: Tinker trains on whole conversations")
+    base_model = backend.base_model or cfg.model.name_or_path
+    renderer_name = resolve_renderer_name(backend.renderer, base_model)
+    tokenizer = None
+    if renderer_name == "chat_template" and base_model == cfg.model.name_or_path:
+        from shaping.training.models import load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.model)  # revision and trust_remote_code as hf_peft loads it
+    renderer = load_renderer(renderer_name, base_model, tokenizer)
+    examples = encode_rows(rows, renderer, t)
+    steps, per_epoch = total_steps(len(examples), t)
+    rates = learning_rates(t, steps)
+    runs = RunLog(checkpoint_dir)
+    log.info(
+        "tinker: %s, renderer %s, %d rows, %d steps; checkpoints in %s",
+        base_model,
+        renderer_name,
+        len(examples),
+        steps,
+        runs.checkpoints_file,
+    )
+
+    states = runs.checkpoints("state")
+    service = service_client()
+    if states:
+        log.info("tinker: resuming after step %d from %s", states[-1]["step"], states[-1]["path"])
+        client = service.create_training_client_from_state_with_optimizer(states[-1]["path"]).result()
+        start = int(states[-1]["step"])
+    else:
+        client = service.create_lora_training_client(
+            base_model=base_model, rank=cfg.lora.r, seed=cfg.seed, **targets
+        ).result()
+        start = 0
+    history = runs.steps(start)
+
+    live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, resume=start > 0)
+    live.log_params({"backend": dataclasses.asdict(backend), "train": dataclasses.asdict(t), "lora_r": cfg.lora.r})
+    live.step = start
+    tokens = sum(int(s["num_tokens"]) for s in history)
+    t0 = time.perf_counter()
+    for step in tqdm(range(start, steps), initial=start, total=steps, desc="tinker train"):
+        batch = [examples[i] for i in step_batch(step, len(examples), per_epoch, t, cfg.seed)]
+        datums = build_datums(tinker, batch)
+        # both requests go out before either answer is awaited: the service pipelines them
+        backward = client.forward_backward(datums, loss_fn="cross_entropy")
+        optimized = client.optim_step(adam_params(tinker, t, rates[step]))
+        result = backward.result()
+        optimized.result()
+        loss = -sum(
+            sum(lp * w for lp, w in zip(out["logprobs"].tolist(), d.loss_fn_inputs["weights"].tolist(), strict=True))
+            for out, d in zip(result.loss_fn_outputs, datums, strict=True)
+        )
+        if not math.isfinite(loss):
+            raise ShapingError(f"train: loss is {loss} at step {step + 1}; lower train.learning_rate")
+        batch_tokens = sum(len(e.tokens) for e in batch)
+        tokens += batch_tokens
+        record = {"step": step + 1, "loss": loss, "learning_rate": rates[step], "num_tokens": batch_tokens}
+        history.append(record)
+        runs.add_step(record)
+        for key in ("loss", "learning_rate"):
+            live.log_metric(key, record[key])
+        live.log_metric("epoch", (step + 1) / per_epoch)
+        live.log_metric("num_tokens", tokens)
+        live.next_step()
+        if t.save_steps > 0 and (step + 1) % t.save_steps == 0 and step + 1 < steps:
+            saved = client.save_state(f"step-{step + 1:06d}", ttl_seconds=backend.checkpoint_ttl_seconds).result()
+            runs.add_checkpoint(step + 1, "state", saved.path)
+    seconds = time.perf_counter() - t0
+
+    # the final state (to train on from later), then the weights a SamplingClient loads
+    state_path = client.save_state("final").result().path
+    runs.add_checkpoint(steps, "state", state_path)
+    model_path = client.save_weights_for_sampler("final").result().path
+    runs.add_checkpoint(steps, "sampler", model_path)
+    TinkerReference(
+        model_path=model_path,
+        base_model=base_model,
+        renderer=renderer_name,
+        state_path=state_path,
+        steps=steps,
+        sdk_version=str(getattr(tinker, "__version__", "")),
+    ).write(output_dir / REFERENCE_FILE)
+
+    ran = steps - start
+    metrics: dict[str, Any] = {
+        "train_loss": round(sum(s["loss"] for s in history) / len(history), 6) if history else float("nan"),
+        "steps": steps,
+        "resumed_from_step": start,
+        "tokens": tokens,
+        "tokens_per_second": round(sum(s["num_tokens"] for s in history[start:]) / seconds, 1) if ran else 0.0,
+        "seconds": round(seconds, 2),
+        "base_model": base_model,
+        "renderer": renderer_name,
+        "model_path": model_path,
+    }
+    live.summary.update({k: v for k, v in metrics.items() if isinstance(v, int | float)})
+    live.make_summary()
+    log.info("tinker: train loss %.4f over %d steps; weights at %s", metrics["train_loss"], steps, model_path)
+    return TrainingReport(checkpoint_dir=output_dir, metrics=metrics, backend="tinker")

@@ -1,0 +1,516 @@
+"""backend=tinker through the real `tinker` SDK types (Datum, ModelInput, TensorData, AdamParams,
+SamplingParams, ...). Only the SDK's client objects are faked (ServiceClient, TrainingClient,
+SamplingClient), with futures that answer like the service; a `live` test runs one real step."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+tinker = pytest.importorskip("tinker")
+
+from shaping.config import Config  # noqa: E402
+from shaping.config.schema import BackendConfig, ModelSpec  # noqa: E402
+from shaping.errors import ShapingError  # noqa: E402
+from shaping.inference import ModelRegistry  # noqa: E402
+from shaping.inference.tinker import (  # noqa: E402
+    REFERENCE_FILE,
+    ChatTemplateRenderer,
+    TinkerReference,
+    evaluate_reference,
+)
+from shaping.inference.types import ChatRequest  # noqa: E402
+from shaping.training import hf_peft  # noqa: E402
+from shaping.training import tinker as tinker_backend  # noqa: E402
+from shaping.training.models import load_tokenizer  # noqa: E402
+
+from .conftest import DIALOGUES, REPO  # noqa: E402
+
+ROWS = [{"id": f"r{i}", "messages": d} for i, d in enumerate(DIALOGUES * 3)]  # 9 rows
+
+
+# --- the fakes: the SDK's client objects, answering with the SDK's own response types -------------
+
+
+class Done:
+    """An APIFuture that has already resolved."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self, timeout: float | None = None) -> Any:
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+
+class Service:
+    """What the fake service keeps between clients: saved states (path -> optimizer steps taken)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, int] = {}
+        self.runs: list[FakeTrainingClient] = []
+        self.created: list[dict[str, Any]] = []
+        self.kill_at_step: int | None = None  # forward_backward of this step (1-based) raises, as a kill would
+        self.samplers: list[FakeSamplingClient] = []
+
+
+class FakeTrainingClient:
+    def __init__(self, service: Service, steps_done: int = 0) -> None:
+        self.service = service
+        self.run_id = f"run-{len(service.runs)}"
+        self.steps_done = steps_done
+        self.batches: list[list[Any]] = []  # the datums of each forward_backward
+        self.adam: list[Any] = []  # the AdamParams of each optim_step
+        self.saved: list[str] = []
+
+    def loss_now(self) -> float:
+        """A plausible falling loss: what every loss token's -logprob is after `steps_done` updates."""
+        return 2.0 / (1 + 0.1 * self.steps_done)
+
+    def forward_backward(self, data: list[Any], loss_fn: str) -> Done:
+        assert loss_fn == "cross_entropy"
+        if self.service.kill_at_step == self.steps_done + 1:
+            raise KeyboardInterrupt("killed")
+        self.batches.append(data)
+        outputs = [
+            {"logprobs": tinker.TensorData(data=[-self.loss_now()] * d.model_input.length, dtype="float32")}
+            for d in data
+        ]
+        return Done(tinker.ForwardBackwardOutput(loss_fn_output_type="ArrayRecord", loss_fn_outputs=outputs))
+
+    def optim_step(self, params: Any) -> Done:
+        assert isinstance(params, tinker.AdamParams)
+        self.adam.append(params)
+        self.steps_done += 1
+        return Done(tinker.OptimStepResponse(metrics={}))
+
+    def save_state(self, name: str, ttl_seconds: int | None = None) -> Done:
+        path = f"tinker://{self.run_id}/weights/{name}"
+        self.service.states[path] = self.steps_done
+        self.saved.append(name)
+        return Done(tinker.types.SaveWeightsResponse(path=path))
+
+    def save_weights_for_sampler(self, name: str) -> Done:
+        return Done(tinker.types.SaveWeightsForSamplerResponse(path=f"tinker://{self.run_id}/sampler_weights/{name}"))
+
+
+class FakeSamplingClient:
+    """Replies with fixed tokens (then the stop token); prompt logprobs -1 for the base, -0.5 for weights."""
+
+    def __init__(self, model_path: str | None, base_model: str | None, reply: list[int]) -> None:
+        self.model_path, self.base_model, self.reply = model_path, base_model, reply
+        self.requests: list[tuple[list[int], Any]] = []
+
+    def sample(self, prompt: Any, num_samples: int, sampling_params: Any) -> Done:
+        assert isinstance(prompt, tinker.ModelInput) and isinstance(sampling_params, tinker.SamplingParams)
+        self.requests.append((prompt.to_ints(), sampling_params))
+        tokens = [*self.reply, int(sampling_params.stop[0])]
+        sequence = tinker.SampledSequence(stop_reason="stop", sequence_id="s", _tokens_list=tokens)
+        return Done(tinker.SampleResponse(sequences=[sequence]))
+
+    def compute_logprobs(self, prompt: Any) -> Done:
+        value = -0.5 if self.model_path else -1.0
+        return Done([None] + [value] * (prompt.length - 1))
+
+
+@pytest.fixture
+def service(monkeypatch: pytest.MonkeyPatch, cfg: Config) -> Service:
+    """tinker.ServiceClient replaced by a fake on top of one fake service; a key in the environment."""
+    state = Service()
+    tokenizer = load_tokenizer(cfg.model)
+    reply = tokenizer.encode("Flour and water.", add_special_tokens=False)
+
+    class FakeServiceClient:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            assert not args and not kwargs, "the key comes from TINKER_API_KEY, never passed"
+
+        def create_lora_training_client(self, base_model: str, rank: int = 32, **kwargs: Any) -> Done:
+            state.created.append({"base_model": base_model, "rank": rank, **kwargs})
+            state.runs.append(FakeTrainingClient(state))
+            return Done(state.runs[-1])
+
+        def create_training_client_from_state_with_optimizer(self, path: str) -> Done:
+            state.created.append({"from_state": path})
+            state.runs.append(FakeTrainingClient(state, steps_done=state.states[path]))
+            return Done(state.runs[-1])
+
+        def create_sampling_client(self, model_path: str | None = None, base_model: str | None = None) -> Done:
+            state.samplers.append(FakeSamplingClient(model_path, base_model, reply))
+            return Done(state.samplers[-1])
+
+    monkeypatch.setattr(tinker, "ServiceClient", FakeServiceClient)
+    monkeypatch.setenv("TINKER_API_KEY", "tml-test-key")
+    return state
+
+
+@pytest.fixture
+def tinker_cfg(cfg: Config) -> Config:
+    cfg.backend = BackendConfig(name="tinker", renderer="chat_template", checkpoint_ttl_seconds=3600)
+    cfg.train.max_steps, cfg.train.batch_size, cfg.train.learning_rate = 4, 4, 1e-2
+    cfg.train.lr_scheduler, cfg.train.warmup_ratio, cfg.train.save_steps = "cosine", 0.25, 0
+    return cfg
+
+
+def sent_tokens(datum: Any) -> tuple[list[int], list[int], list[float]]:
+    """(input tokens, target tokens, weights) of a Datum as it goes over the wire."""
+    return (
+        datum.model_input.to_ints(),
+        datum.loss_fn_inputs["target_tokens"].tolist(),
+        datum.loss_fn_inputs["weights"].tolist(),
+    )
+
+
+# --- the data: token for token what hf_peft's SFTTrainer trains on -----------------------------------
+
+
+class _Built(Exception):
+    pass
+
+
+def hf_prepared(monkeypatch: pytest.MonkeyPatch, cfg: Config, tmp_path: Path) -> Any:
+    """The SFTTrainer hf_peft builds for `cfg` (its tokenized train_dataset), stopped before training."""
+    built: dict[str, Any] = {}
+
+    class Stop(hf_peft.SFTTrainer):  # type: ignore[misc]
+        def train(self, *args: Any, **kwargs: Any) -> Any:
+            built["trainer"] = self
+            raise _Built
+
+    monkeypatch.setattr(hf_peft, "SFTTrainer", Stop)
+    with pytest.raises(_Built):
+        hf_peft.train(cfg, ROWS, tmp_path / "hf", tmp_path / "hf-live", tmp_path / "hf-ckpt")
+    return built["trainer"]
+
+
+@pytest.mark.parametrize(("train_on_prompt", "max_length"), [(False, 256), (True, 256), (False, 40)])
+def test_datums_match_hf_peft_token_for_token(
+    monkeypatch: pytest.MonkeyPatch, tinker_cfg: Config, tmp_path: Path, train_on_prompt: bool, max_length: int
+) -> None:
+    cfg = tinker_cfg
+    cfg.train.train_on_prompt, cfg.train.max_length = train_on_prompt, max_length
+    trainer = hf_prepared(monkeypatch, cfg, tmp_path)
+    hf_rows = [(row["input_ids"], row["labels"]) for row in trainer.train_dataset]
+
+    renderer = ChatTemplateRenderer(load_tokenizer(cfg.model))
+    examples = tinker_backend.encode_rows(ROWS, renderer, cfg.train)
+    assert len(examples) == len(hf_rows)
+    if max_length == 40:  # the system-prompted rows are cut before their reply: both drop them
+        assert len(examples) == 6
+    for example, (ids, labels) in zip(examples, hf_rows, strict=True):
+        assert example.tokens == ids
+        assert example.mask == [int(label != -100) for label in labels]
+        assert (0 in example.mask) is not train_on_prompt
+
+    datums = tinker_backend.build_datums(tinker, examples)
+    loss_tokens = sum(sum(label != -100 for label in labels[1:]) for _, labels in hf_rows)
+    for datum, (ids, labels) in zip(datums, hf_rows, strict=True):
+        inputs, targets, weights = sent_tokens(datum)
+        assert isinstance(datum, tinker.Datum)
+        assert inputs == ids[:-1] and targets == ids[1:]  # next-token shift, as the HF loss shifts labels
+        assert [w > 0 for w in weights] == [label != -100 for label in labels[1:]]
+        assert all(math.isclose(w, 1 / loss_tokens, rel_tol=1e-6) for w in weights if w)
+    # the summed cross-entropy over the batch is the mean over its loss tokens, as in hf_peft
+    assert math.isclose(sum(sum(sent_tokens(d)[2]) for d in datums), 1.0, rel_tol=1e-5)
+
+
+def test_schedule_and_optimizer_match_the_hf_trainer(
+    monkeypatch: pytest.MonkeyPatch, tinker_cfg: Config, tmp_path: Path
+) -> None:
+    cfg = tinker_cfg
+    cfg.train.max_steps, cfg.train.epochs, cfg.train.batch_size = -1, 2.5, 2
+    cfg.train.gradient_accumulation_steps, cfg.train.weight_decay = 2, 0.01
+    trainer = hf_prepared(monkeypatch, cfg, tmp_path)
+    per_epoch = math.ceil(len(trainer.get_train_dataloader()) / cfg.train.gradient_accumulation_steps)
+    hf_steps = math.ceil(cfg.train.epochs * per_epoch)
+    steps, mine_per_epoch = tinker_backend.total_steps(len(ROWS), cfg.train)
+    assert (steps, mine_per_epoch) == (hf_steps, per_epoch) == (8, 3)
+
+    trainer.create_optimizer_and_scheduler(num_training_steps=steps)
+    hf_rates = []
+    for _ in range(steps):
+        hf_rates.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert tinker_backend.learning_rates(cfg.train, steps) == pytest.approx(hf_rates, abs=1e-12)
+
+    adam = tinker_backend.adam_params(tinker, cfg.train, 1e-3)
+    group = trainer.optimizer.param_groups[0]
+    assert (adam.beta1, adam.beta2) == tuple(group["betas"]) and adam.eps == group["eps"]
+    assert adam.grad_clip_norm == trainer.args.max_grad_norm and adam.weight_decay == 0.01
+
+
+# --- the training loop against the fake service -------------------------------------------------------
+
+
+def test_train_sends_batches_schedule_and_writes_the_reference(
+    service: Service, tinker_cfg: Config, tmp_path: Path
+) -> None:
+    cfg = tinker_cfg
+    report = tinker_backend.train(cfg, ROWS, tmp_path / "adapter", tmp_path / "live", tmp_path / "ckpt")
+
+    assert service.created == [
+        {
+            "base_model": cfg.model.name_or_path,
+            "rank": cfg.lora.r,
+            "seed": cfg.seed,
+            "train_attn": True,
+            "train_mlp": True,
+            "train_unembed": False,  # PEFT's all-linear leaves the output layer out
+        }
+    ]
+    run = service.runs[0]
+    # cosine with one warmup step (ceil(0.25 * 4)), stepped as the HF Trainer steps it
+    assert [a.learning_rate for a in run.adam] == pytest.approx([0.0, 1e-2, 7.5e-3, 2.5e-3])
+    assert {(a.beta1, a.beta2, a.eps, a.grad_clip_norm, a.weight_decay) for a in run.adam} == {
+        (0.9, 0.999, 1e-8, 1.0, 0.0)
+    }
+    assert [len(batch) for batch in run.batches] == [4, 4, 1, 4]  # 9 rows: an epoch is 3 steps, the last short
+    seen_in_epoch = [tuple(sent_tokens(d)[0]) for batch in run.batches[:3] for d in batch]
+    assert len(seen_in_epoch) == 9  # each row once per epoch
+    for batch in run.batches:
+        assert sum(sum(sent_tokens(d)[2]) for d in batch) == pytest.approx(1.0, rel=1e-5)
+
+    assert report.backend == "tinker"
+    assert report.metrics["steps"] == 4 and report.metrics["resumed_from_step"] == 0
+    # the fake's loss after k updates is 2 / (1 + 0.1 k): the logged loss is the weighted mean of -logprob
+    expected = [2.0 / (1 + 0.1 * k) for k in range(4)]
+    assert report.metrics["train_loss"] == pytest.approx(sum(expected) / 4, rel=1e-5)
+    losses = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert losses["loss"] == pytest.approx(expected[-1], rel=1e-5) and losses["step"] == 4
+    assert (tmp_path / "live" / "params.yaml").is_file()  # a declared out of the train stage
+
+    ref = TinkerReference.read(tmp_path / "adapter" / REFERENCE_FILE)
+    assert ref.model_path == "tinker://run-0/sampler_weights/final"
+    assert ref.state_path == "tinker://run-0/weights/final"
+    assert (ref.base_model, ref.renderer, ref.steps, ref.sdk_version) == (
+        cfg.model.name_or_path,
+        "chat_template",
+        4,
+        tinker.__version__,
+    )
+    assert "tml-test-key" not in (tmp_path / "adapter" / REFERENCE_FILE).read_text()
+
+
+def test_resume_after_a_kill_continues_where_the_run_stopped(
+    service: Service, tinker_cfg: Config, tmp_path: Path
+) -> None:
+    cfg = tinker_cfg
+    cfg.train.max_steps, cfg.train.save_steps = 6, 2
+    whole = tinker_backend.train(cfg, ROWS, tmp_path / "a", tmp_path / "live-a", tmp_path / "ckpt-a")
+    uninterrupted = service.runs[0]
+    assert uninterrupted.saved == ["step-000002", "step-000004", "final"]
+
+    service.kill_at_step = 4
+    with pytest.raises(KeyboardInterrupt):
+        tinker_backend.train(cfg, ROWS, tmp_path / "b", tmp_path / "live-b", tmp_path / "ckpt-b")
+    killed = service.runs[1]
+    assert len(killed.adam) == 3 and killed.saved == ["step-000002"]
+    checkpoints = [json.loads(line) for line in (tmp_path / "ckpt-b" / "checkpoints.jsonl").read_text().splitlines()]
+    assert [(c["step"], c["kind"], c["path"]) for c in checkpoints] == [(2, "state", "tinker://run-1/weights/step-000002")]
+
+    service.kill_at_step = None
+    resumed = tinker_backend.train(cfg, ROWS, tmp_path / "b", tmp_path / "live-b", tmp_path / "ckpt-b")
+    assert service.created[-1] == {"from_state": "tinker://run-1/weights/step-000002"}
+    again = service.runs[2]
+    # steps 3..6 exactly as the uninterrupted run sent them: same rows, same learning rates
+    assert [[sent_tokens(d) for d in b] for b in again.batches] == [
+        [sent_tokens(d) for d in b] for b in uninterrupted.batches[2:]
+    ]
+    assert [a.learning_rate for a in again.adam] == [a.learning_rate for a in uninterrupted.adam[2:]]
+    assert resumed.metrics["resumed_from_step"] == 2 and resumed.metrics["steps"] == 6
+    assert resumed.metrics["train_loss"] == pytest.approx(whole.metrics["train_loss"], rel=1e-9)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "ckpt-b" / "steps.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # step 3, logged before the kill, was redone once, not twice
+    assert TinkerReference.read(tmp_path / "b" / REFERENCE_FILE).model_path == "tinker://run-2/sampler_weights/final"
+
+
+def test_options_tinker_lacks_fail_or_are_logged(
+    service: Service, tinker_cfg: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tinker_cfg
+    for key, value, message in [
+        ("dora", True, r"lora\.dora=true"),
+        ("enabled", False, r"lora=none"),
+        ("bias", "all", r"lora\.bias=all"),
+        ("target_modules", ["q_proj", "v_proj"], r"lora\.target_modules=\['q_proj', 'v_proj'\]"),
+    ]:
+        original = getattr(cfg.lora, key)
+        setattr(cfg.lora, key, value)
+        with pytest.raises(ShapingError, match=message):
+            tinker_backend.train(cfg, ROWS, tmp_path / "a", tmp_path / "live", tmp_path / "ckpt")
+        setattr(cfg.lora, key, original)
+    assert not service.created  # refused before any client exists
+
+    cfg.lora.target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"]
+    assert tinker_backend.lora_targets(cfg.lora) == {"train_attn": True, "train_mlp": False, "train_unembed": True}
+    with caplog.at_level(logging.WARNING, logger="shaping.training.tinker"):
+        tinker_backend.lora_targets(cfg.lora)
+    assert f"lora.alpha={cfg.lora.alpha} is not applied" in caplog.text
+    assert f"lora.dropout={cfg.lora.dropout} is not applied" in caplog.text
+
+
+def test_missing_key_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tinker_cfg: Config, tmp_path: Path) -> None:
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    with pytest.raises(ShapingError, match="TINKER_API_KEY") as err:
+        tinker_backend.train(tinker_cfg, ROWS, tmp_path / "a", tmp_path / "live", tmp_path / "ckpt")
+    assert "\n" not in str(err.value)
+
+
+# --- sampling and evaluation ---------------------------------------------------------------------------
+
+
+def write_reference(path: Path, base_model: str) -> Path:
+    TinkerReference(
+        model_path="tinker://run-0/sampler_weights/final", base_model=base_model, renderer="chat_template"
+    ).write(path)
+    return path
+
+
+def test_registry_backend_samples_with_the_renderer(service: Service, cfg: Config, tmp_path: Path) -> None:
+    reference = write_reference(tmp_path / REFERENCE_FILE, cfg.model.name_or_path)
+    spec = ModelSpec(backend="tinker", model=str(reference), temperature=0.7, max_new_tokens=12)
+    registry = ModelRegistry({"tuned": spec}, seed=3, root=tmp_path)
+    backend = registry.backend("tuned")
+    prompt = DIALOGUES[1][:-1]
+    got = []
+    replies = backend.generate(  # type: ignore[union-attr]
+        [ChatRequest(messages=prompt), ChatRequest(messages=prompt, options={"stop": [" water"]})],
+        on_response=lambda i, r: got.append(i),
+    )
+    assert [r.text for r in replies] == ["Flour and water.", "Flour and"]
+    assert [r.finish_reason for r in replies] == ["stop", "stop"] and sorted(got) == [0, 1]
+
+    client = service.samplers[0]
+    assert client.model_path == "tinker://run-0/sampler_weights/final"
+    renderer = ChatTemplateRenderer(load_tokenizer(cfg.model))
+    tokens, params = client.requests[0]
+    assert tokens == renderer.generation_prompt(prompt)
+    assert tokens[-3:] == renderer.tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)[-3:]
+    assert list(params.stop) == renderer.stop_sequences() and renderer.tokenizer.eos_token_id in params.stop
+    assert (params.temperature, params.max_tokens, params.seed) == (0.7, 12, 4)
+    assert registry.model_id("tuned").startswith(f"tinker:{reference}:")
+
+
+def test_evaluate_a_tinker_run(service: Service, cfg: Config, tmp_path: Path) -> None:
+    cfg.eval.metrics = ["loss", "samples", "think_tags"]
+    cfg.eval.samples.num_prompts = 2
+    reference = write_reference(tmp_path / REFERENCE_FILE, cfg.model.name_or_path)
+    rows = ROWS[:3]
+    metrics = evaluate_reference(cfg, rows, reference, "You are Juniper.", tmp_path / "eval")
+
+    assert metrics["base"]["loss"] == pytest.approx(1.0) and metrics["tuned"]["loss"] == pytest.approx(0.5)
+    assert metrics["teacher"]["loss"] == pytest.approx(1.0)
+    renderer = ChatTemplateRenderer(load_tokenizer(cfg.model))
+    loss_tokens = sum(sum(renderer.supervised(r["messages"][1:] if i == 0 else r["messages"], True)[1][1:])
+                      for i, r in enumerate(rows))  # fmt: skip
+    assert metrics["tuned"]["tokens"] == loss_tokens  # the training mask, system messages left out
+    assert metrics["samples"]["tuned"]["eos_rate"] == 1.0
+    assert set(metrics["think_tags"]["tuned"]) == {"valid_share", "with_tags_share"}
+    samples = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert [s["tuned"] for s in samples] == ["Flour and water."] * 2
+    base, tuned = service.samplers
+    assert base.base_model == cfg.model.name_or_path and base.model_path is None
+    assert tuned.model_path == "tinker://run-0/sampler_weights/final"
+    assert all(params.temperature == 0.0 for _, params in tuned.requests)  # greedy, as for local models
+
+    cfg.eval.metrics = ["claims"]
+    with pytest.raises(ShapingError, match="needs the model's weights"):
+        evaluate_reference(cfg, rows, reference, None, tmp_path / "eval")
+
+
+def test_cookbook_renderer_when_installed(cfg: Config) -> None:
+    pytest.importorskip("tinker_cookbook")
+    from shaping.inference.tinker import load_renderer
+
+    renderer = load_renderer("role_colon", cfg.model.name_or_path)
+    tokens, mask = renderer.supervised(DIALOGUES[1], assistant_only=True)
+    reply = renderer.tokenizer.decode([t for t, m in zip(tokens, mask, strict=True) if m])
+    assert "Flour, water, salt and a little yeast." in reply and "bread" not in reply
+    prompt = renderer.generation_prompt(DIALOGUES[1][:-1])
+    assert tokens[: len(prompt)] == prompt
+    assert renderer.stop_sequences()
+
+
+# --- the stage: `dvc exp run -S backend=tinker` without a key ---------------------------------------
+
+
+@pytest.mark.slow
+def test_dvc_exp_run_without_a_key_fails_at_train_naming_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Only the train stage runs (-s): its inputs are put in place by hand instead of by the DAG."""
+    repo = tmp_path / "repo"
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for name in listed:
+        if (REPO / name).is_file() and not name.startswith(("data/validated", "models/", "eval/", "dvclive/")):
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, repo / name)
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    shutil.copytree(tiny_model_dir, repo / "models" / "base")
+    (repo / "data" / "validated").mkdir(parents=True)
+    (repo / "data" / "validated" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    env = {k: v for k, v in os.environ.items() if k != "TINKER_API_KEY"}
+    env.update(HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+
+    def sh(*cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(list(cmd), cwd=repo, capture_output=True, text=True, env=env, timeout=600)
+
+    for cmd in (
+        ("git", "init", "-q", "-b", "main"),
+        ("git", "config", "user.email", "test@example.com"),
+        ("git", "config", "user.name", "test"),
+        ("git", "add", "-A"),
+        ("git", "commit", "-qm", "repo"),
+    ):
+        assert sh(*cmd).returncode == 0, cmd
+    proc = sh("dvc", "exp", "run", "-S", "backend=tinker", "-s", "train")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Traceback" not in out
+    errors = [line for line in out.splitlines() if "TINKER_API_KEY" in line]
+    assert len(errors) == 1 and "train failed" in errors[0], out[-3000:]
+    assert "backend: tinker" in (repo / "params.yaml").read_text() or "name: tinker" in (
+        repo / "params.yaml"
+    ).read_text()
+
+
+# --- the real service ---------------------------------------------------------------------------------
+
+
+@pytest.mark.live
+@pytest.mark.skipif(not os.environ.get("TINKER_API_KEY"), reason="TINKER_API_KEY not set: no live Tinker run")
+def test_live_one_step_on_the_service() -> None:
+    """One real forward_backward + optim_step, weights saved and sampled: catches SDK/API drift."""
+    service = tinker.ServiceClient()
+    base_model = os.environ.get("TINKER_SMOKE_MODEL", "meta-llama/Llama-3.2-1B")
+    client = service.create_lora_training_client(base_model=base_model, rank=8, seed=0).result()
+    tokens = client.get_tokenizer().encode("The river runs under the old stone bridge.")
+    examples = [tinker_backend.Example(tokens, [0] * 4 + [1] * (len(tokens) - 4))]
+    datums = tinker_backend.build_datums(tinker, examples)
+    result = client.forward_backward(datums, loss_fn="cross_entropy").result()
+    client.optim_step(tinker.AdamParams(learning_rate=1e-4)).result()
+    logprobs = result.loss_fn_outputs[0]["logprobs"].tolist()
+    assert len(logprobs) == len(tokens) - 1 and all(math.isfinite(x) and x <= 0 for x in logprobs)
+    path = client.save_weights_for_sampler("shaping-smoke").result().path
+    assert path.startswith("tinker://")
+    sampler = service.create_sampling_client(model_path=path).result()
+    reply = sampler.sample(
+        prompt=tinker.ModelInput.from_ints(tokens[:5]),
+        num_samples=1,
+        sampling_params=tinker.SamplingParams(max_tokens=4, temperature=0.0),
+    ).result()
+    assert reply.sequences and len(reply.sequences[0].tokens) >= 1
