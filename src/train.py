@@ -40,8 +40,8 @@ def main(ctx: StageContext) -> None:
     cfg = ctx.cfg
     if cfg.backend.name not in BACKENDS:
         raise ShapingError(f"backend={cfg.backend.name}: unknown training backend; available: {', '.join(BACKENDS)}")
-    if cfg.train.method != "sft":
-        raise ShapingError(f"train.method={cfg.train.method}: unknown; available: sft")
+    if cfg.train.method not in ("sft", "dpo"):
+        raise ShapingError(f"train.method={cfg.train.method}: unknown; available: sft, dpo")
     if cfg.train.liger and importlib.util.find_spec("liger_kernel") is None:
         raise ShapingError("train.liger=true: liger-kernel is not installed (pip install liger-kernel; it needs a GPU)")
     if launch.relaunch_needed(cfg):

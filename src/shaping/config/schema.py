@@ -82,6 +82,16 @@ class ModelConfig:
 
 
 @dataclass
+class QuantizationConfig:
+    """bitsandbytes 4-bit loading of the frozen base (QLoRA)."""
+
+    bits: int = 4  # 4 only: the QLoRA recipe (8-bit LoRA trains slower for little memory gain)
+    quant_type: str = "nf4"  # nf4 (QLoRA paper, normally distributed weights) | fp4
+    double_quant: bool = True  # quantize the quantization constants too: ~0.4 bits/param less
+    compute_dtype: str = "auto"  # auto = the training precision's dtype | fp32 | bf16 | fp16
+
+
+@dataclass
 class LoraConfig:
     enabled: bool = True
     r: int = 8
@@ -90,6 +100,7 @@ class LoraConfig:
     target_modules: Any = "all-linear"  # a string or a list of module names
     dora: bool = False
     bias: str = "none"
+    quantization: QuantizationConfig | None = None  # QLoRA: the frozen base loaded in 4 bits (conf/lora/qlora.yaml)
 
 
 @dataclass
@@ -196,8 +207,16 @@ class ValidationConfig:
 
 
 @dataclass
+class LossWeight:
+    """Assistant text matching `pattern` (a Python regex) counts `weight` times in the loss; 0 masks it."""
+
+    pattern: str = MISSING
+    weight: float = 1.0
+
+
+@dataclass
 class TrainConfig:
-    method: str = "sft"
+    method: str = "sft"  # sft | dpo
     epochs: float = 1.0
     max_steps: int = -1
     batch_size: int = 8
@@ -207,8 +226,11 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     max_length: int = 1024
-    assistant_only_loss: bool = True
+    train_on_prompt: bool = False  # True: loss on every token (system, user, template), not just the replies
+    loss_weights: list[LossWeight] = field(default_factory=list)  # sft: regex spans of replies weighted in the loss
     packing: bool = False
+    padding_free: bool = False  # sft: one flattened row per batch, attention kept within each sequence
+    device: str = "auto"  # auto | cuda | cpu
     precision: str = "auto"
     gradient_checkpointing: Any = "auto"  # "auto" or a bool
     logging_steps: int = 10
@@ -217,6 +239,11 @@ class TrainConfig:
     save_total_limit: int = 2  # checkpoints kept while training (the newest may be cut short by a kill)
     keep_checkpoints: bool = False  # after a finished run: False deletes them, True moves them to <dir>/last
     liger: bool = False  # Liger kernels (fused RMSNorm/RoPE/SwiGLU/cross-entropy); needs liger-kernel + a GPU
+    merge: bool = False  # also save the adapter merged into the base's weights (<adapter_dir>/merged, safetensors)
+    # dpo only (conf/train/dpo.yaml)
+    beta: float = 0.1  # how far the policy may move from the reference: higher = closer to it
+    loss_type: str = "sigmoid"  # TRL DPOConfig.loss_type: sigmoid (DPO) | ipo | hinge | robust | apo_zero | ...
+    precompute_ref_log_probs: bool = False  # reference log-probs in one pass before training
 
 
 @dataclass

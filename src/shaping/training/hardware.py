@@ -21,6 +21,21 @@ def pick_device() -> str:
     return "cpu"
 
 
+def resolve_device(requested: str, key: str = "train.device") -> str:
+    """`auto` picks CUDA, then Apple MPS, then CPU; `cuda` without a CUDA device fails here, before
+    any model is loaded, instead of deep inside the first forward pass."""
+    if requested == "auto":
+        return pick_device()
+    if requested not in ("cuda", "cpu"):
+        raise ShapingError(f"{key}={requested!r}: choose auto, cuda or cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ShapingError(
+            f"{key}=cuda: no CUDA device here (torch {torch.__version__}, "
+            f"{'built without CUDA' if torch.version.cuda is None else 'no GPU visible'}); use {key}=auto or cpu"
+        )
+    return requested
+
+
 def cpu_has_native_bf16() -> bool:
     """AMX tiles do bf16 matmuls in hardware. Without them bf16 autocast gains nothing on a CPU
     (parity with fp32 on an AVX512-BF16 EPYC, bench/train_throughput.py) and was reported ~16x
@@ -33,6 +48,10 @@ def resolve_precision(requested: str, device: str) -> tuple[str, str]:
     """(precision, reason) for train.precision=`requested` on `device`."""
     if requested not in PRECISIONS:
         raise ShapingError(f"train.precision={requested!r}: choose one of {', '.join(PRECISIONS)}")
+    if requested == "fp16" and device != "cuda":
+        raise ShapingError(
+            f"train.precision=fp16 needs CUDA (fp16 autocast with a grad scaler); on {device} use bf16 or fp32"
+        )
     if requested != "auto":
         return requested, "set in train.precision"
     if device == "cuda":

@@ -1,4 +1,15 @@
-"""The hf_peft training backend: TRL's SFTTrainer with a PEFT LoRA/DoRA adapter (or full fine-tune)."""
+"""The hf_peft training backend: TRL's SFTTrainer or DPOTrainer with a PEFT adapter (LoRA, DoRA,
+QLoRA) or a full fine-tune (lora=none).
+
+    train.method=sft   loss on the assistant replies and their end-of-turn token (train.train_on_prompt=true:
+                       every token); train.loss_weights weigh regex spans; train.packing / train.padding_free
+    train.method=dpo   preference pairs (shaping.data.transforms.to_preferences); with an adapter the
+                       reference model is the base with the adapter disabled, so no second copy in memory
+    lora=qlora         the frozen base in 4 bits (bitsandbytes NF4), prepared for k-bit training
+    train.merge=true   also the adapter merged into the base's weights, in <output_dir>/merged
+
+`train(cfg, rows, output_dir, live_dir, checkpoint_dir)` is the backend protocol the train stage calls.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +19,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+import torch
 from datasets import Dataset
 from peft import LoraConfig as PeftLoraConfig
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.integrations import DVCLiveCallback
-from trl import SFTConfig, SFTTrainer
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from shaping.config.schema import Config
+from shaping.data.transforms import to_preferences, to_sft
 from shaping.errors import ShapingError
 from shaping.training.checkpointing import checkpoint_args, resume_checkpoint
+from shaping.training.export import compute_dtype, merge_adapter, quantization_config
+from shaping.training.failures import StopOnNonFiniteLoss, out_of_memory_message
 from shaping.training.hardware import (
-    pick_device,
+    resolve_device,
     resolve_gradient_checkpointing,
     resolve_precision,
     torch_dtype,
 )
 from shaping.training.launch import RankReport
 from shaping.training.models import load_base_model, load_tokenizer
+from shaping.training.sft import (
+    WeightedCollator,
+    WeightedSFTTrainer,
+    check_stop_token_learned,
+    compile_loss_weights,
+    tokenize_conversation,
+    training_template,
+)
 
 log = logging.getLogger(__name__)
+METHODS = ("sft", "dpo")
 LORA_BIAS = ("none", "all", "lora_only")
 
 
@@ -34,6 +59,45 @@ class TrainingReport:
     checkpoint_dir: Path
     metrics: dict[str, Any] = field(default_factory=dict)
     backend: str = "hf_peft"
+
+
+class GuardedSFTTrainer(StopOnNonFiniteLoss, SFTTrainer):
+    pass
+
+
+class GuardedWeightedSFTTrainer(StopOnNonFiniteLoss, WeightedSFTTrainer):
+    pass
+
+
+class GuardedDPOTrainer(StopOnNonFiniteLoss, DPOTrainer):
+    pass
+
+
+def adapter_kind(cfg: Config) -> str:
+    if not cfg.lora.enabled:
+        return "full"
+    if cfg.lora.quantization is not None:
+        return "qlora"
+    return "dora" if cfg.lora.dora else "lora"
+
+
+def check_options(cfg: Config) -> None:
+    """Combinations that cannot work fail here, before any model is loaded, naming the keys."""
+    t = cfg.train
+    if t.method not in METHODS:
+        raise ShapingError(f"train.method={t.method!r}: choose one of {', '.join(METHODS)}")
+    if t.loss_weights and t.method != "sft":
+        raise ShapingError("train.loss_weights: token weights apply to the SFT loss only (train=sft)")
+    if t.loss_weights and (t.packing or t.padding_free):
+        raise ShapingError(
+            "train.loss_weights needs padded batches: set train.packing=false and train.padding_free=false"
+        )
+    if t.method == "dpo" and (t.packing or t.padding_free):
+        raise ShapingError("train.packing / train.padding_free: TRL's DPOTrainer pads its batches; set both false")
+    if cfg.lora.quantization is not None and not cfg.lora.enabled:
+        raise ShapingError("lora.quantization needs an adapter (QLoRA): a 4-bit base cannot be fully fine-tuned")
+    if t.merge and not cfg.lora.enabled:
+        raise ShapingError("train.merge=true: lora=none saves the full model already; there is no adapter to merge")
 
 
 def peft_config(cfg: Config) -> PeftLoraConfig | None:
@@ -55,46 +119,145 @@ def peft_config(cfg: Config) -> PeftLoraConfig | None:
     )
 
 
-def sft_config(cfg: Config, saving: dict[str, Any], precision: str, checkpointing: bool, device: str) -> SFTConfig:
+def load_model(cfg: Config, device: str, precision: str, checkpointing: bool) -> PreTrainedModel:
+    # fp32 master weights on CPU; on GPU load in the training dtype (autocast handles the rest)
+    dtype = torch_dtype(precision) if device == "cuda" else torch_dtype("fp32")
+    bnb = quantization_config(cfg, compute_dtype(cfg, precision))
+    if bnb is None:
+        return load_base_model(cfg.model, dtype)
+    from peft import prepare_model_for_kbit_training
+
+    model = load_base_model(cfg.model, dtype, quantization_config=bnb)
+    # norms and embeddings to fp32 for stable k-bit training, input grads for gradient checkpointing
+    return cast(PreTrainedModel, prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing))
+
+
+def common_args(
+    cfg: Config, saving: dict[str, Any], precision: str, checkpointing: bool, device: str
+) -> dict[str, Any]:
+    """The TrainingArguments both trainers share."""
     t = cfg.train
-    return SFTConfig(
+    return {
         **saving,  # output_dir and checkpoints (shaping.training.checkpointing)
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,  # < 1: a fraction of the total steps
-        weight_decay=t.weight_decay,
-        max_length=t.max_length,
-        assistant_only_loss=t.assistant_only_loss,
+        "num_train_epochs": t.epochs,
+        "max_steps": t.max_steps,
+        "per_device_train_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler,
+        "warmup_steps": t.warmup_ratio,  # < 1: a fraction of the total steps
+        "weight_decay": t.weight_decay,
+        "bf16": precision == "bf16",  # explicit both ways: DPOConfig defaults bf16 to True
+        "fp16": precision == "fp16",  # fp16: the Trainer scales the loss with a GradScaler
+        "gradient_checkpointing": checkpointing,
+        "logging_steps": t.logging_steps,
+        "logging_nan_inf_filter": False,  # a NaN loss must surface (StopOnNonFiniteLoss), not be averaged away
+        "use_liger_kernel": t.liger,
+        "eval_strategy": "no",
+        "report_to": "none",  # DVCLive is attached as a callback with our own Live
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "use_cpu": device == "cpu",
+        "dataloader_num_workers": 0,
+    }
+
+
+def sft_trainer(
+    cfg: Config,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict[str, Any]],
+    args: dict[str, Any],
+    callbacks: list[TrainerCallback],
+) -> SFTTrainer:
+    t = cfg.train
+    conversations = [row["messages"] for row in to_sft(rows, "train.jsonl")]
+    template = training_template(tokenizer, t.train_on_prompt, cfg.model.name_or_path)
+    check_stop_token_learned(tokenizer, conversations, template, t.train_on_prompt, t.max_length)
+    weights = compile_loss_weights(t.loss_weights)
+    # TRL tokenizes conversations itself, except where it cannot: per-token weights, and padding-free
+    # batches without packing (TRL then wants rows cut to max_length already)
+    pretokenized = bool(weights) or (t.padding_free and not t.packing)
+    if pretokenized:
+        dataset = Dataset.from_list(
+            [
+                tokenize_conversation(tokenizer, m, template, t.train_on_prompt, t.max_length, weights)
+                for m in conversations
+            ]
+        )
+    else:
+        dataset = Dataset.from_list([{"messages": m} for m in conversations])
+    config = SFTConfig(
+        **args,
+        max_length=None if pretokenized else t.max_length,
+        assistant_only_loss=not t.train_on_prompt and not pretokenized,
         packing=t.packing,
-        bf16=precision == "bf16",
-        fp16=precision == "fp16",
-        gradient_checkpointing=checkpointing,
-        logging_steps=t.logging_steps,
-        use_liger_kernel=t.liger,
-        eval_strategy="no",
-        report_to="none",  # DVCLive is attached as a callback with our own Live
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        use_cpu=device == "cpu",
-        dataloader_num_workers=0,
+        padding_free=t.padding_free,
     )
+    trainer_class = GuardedWeightedSFTTrainer if weights else GuardedSFTTrainer
+    return trainer_class(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(cfg),
+        data_collator=WeightedCollator(pad_token_id=int(tokenizer.pad_token_id)) if weights else None,
+        callbacks=callbacks,
+    )
+
+
+def dpo_trainer(
+    cfg: Config,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict[str, Any]],
+    args: dict[str, Any],
+    callbacks: list[TrainerCallback],
+) -> DPOTrainer:
+    t = cfg.train
+    dataset = Dataset.from_list(to_preferences(rows, "train.jsonl"))
+    try:
+        config = DPOConfig(
+            **args,
+            max_length=t.max_length,
+            beta=t.beta,
+            loss_type=[t.loss_type],
+            precompute_ref_log_probs=t.precompute_ref_log_probs,
+        )
+    except ValueError as err:
+        raise ShapingError(f"train (method=dpo): {err}") from None
+    # ref_model=None: with an adapter TRL scores the reference with the adapter disabled (same weights,
+    # no copy); a full fine-tune gets a frozen copy, unless the log-probs are precomputed
+    return GuardedDPOTrainer(
+        model=model,
+        ref_model=None,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(cfg),
+        callbacks=callbacks,
+    )
+
+
+def last_logged(trainer: SFTTrainer | DPOTrainer, key: str) -> float | None:
+    return next((float(e[key]) for e in reversed(trainer.state.log_history) if key in e), None)
 
 
 def train(
     cfg: Config, rows: list[dict[str, Any]], output_dir: Path, live_dir: Path, checkpoint_dir: Path | None = None
 ) -> TrainingReport:
-    """Fine-tune the base model on `rows` ({"messages": [...]}); save adapter + tokenizer to `output_dir`."""
+    """Fine-tune the base on `rows` (chat rows; preference pairs for dpo); save the adapter (or the
+    full model) and tokenizer to `output_dir`; checkpoints go to `checkpoint_dir` and resume from it."""
     from dvclive import Live
 
-    device = pick_device()
+    check_options(cfg)
+    device = resolve_device(cfg.train.device)
     precision, why_precision = resolve_precision(cfg.train.precision, device)
     checkpointing, why_ckpt = resolve_gradient_checkpointing(cfg.train.gradient_checkpointing, device)
     log.info(
-        "device %s, precision %s (%s), gradient checkpointing %s (%s)",
+        "%s with %s on %s, precision %s (%s), gradient checkpointing %s (%s)",
+        cfg.train.method,
+        adapter_kind(cfg),
         device,
         precision,
         why_precision,
@@ -103,38 +266,31 @@ def train(
     )
 
     tokenizer = load_tokenizer(cfg.model)
-    # fp32 master weights on CPU; on GPU load in the training dtype (autocast handles the rest)
-    model = load_base_model(cfg.model, torch_dtype(precision) if device == "cuda" else torch_dtype("fp32"))
-    dataset = Dataset.from_list([{"messages": r["messages"]} for r in rows])
+    model = load_model(cfg, device, precision, checkpointing)
     if checkpoint_dir is not None:
         saving = checkpoint_args(cfg, checkpoint_dir)
     else:
         saving = {"output_dir": str(output_dir / "trainer"), "save_strategy": "no"}
-    args = sft_config(cfg, saving, precision, checkpointing, device)
+    args = common_args(cfg, saving, precision, checkpointing, device)
     live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False)
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config(cfg),
-        callbacks=[DVCLiveCallback(live=live), RankReport()],
-    )
-    params = list(model.parameters()) if trainer.model is None else list(trainer.model.parameters())
+    callbacks: list[TrainerCallback] = [DVCLiveCallback(live=live), RankReport()]
+    build = dpo_trainer if cfg.train.method == "dpo" else sft_trainer
+    trainer = build(cfg, model, tokenizer, rows, args, callbacks)
+
+    params = list(trainer.model.parameters()) if trainer.model is not None else list(model.parameters())
     trainable = sum(int(p.numel()) for p in params if p.requires_grad)
     total = sum(int(p.numel()) for p in params)
-    log.info(
-        "training %d of %d parameters (%.2f%%) on %d rows",
-        trainable,
-        total,
-        100 * trainable / total,
-        len(rows),
-    )
+    log.info("training %d of %d parameters (%.2f%%) on %d rows", trainable, total, 100 * trainable / total, len(rows))
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_checkpoint(checkpoint_dir) if checkpoint_dir else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_checkpoint(checkpoint_dir) if checkpoint_dir else None)
+    except torch.OutOfMemoryError as err:
+        raise ShapingError(out_of_memory_message(cfg, device, err)) from None
     seconds = time.perf_counter() - t0
-    tokens = next((e["num_tokens"] for e in reversed(trainer.state.log_history) if "num_tokens" in e), 0)
-    metrics = {
+    tokens = last_logged(trainer, "num_tokens") or 0
+    metrics: dict[str, Any] = {
+        "method": cfg.train.method,
+        "adapter": adapter_kind(cfg),
         "train_loss": round(float(result.training_loss), 6),
         "steps": int(result.global_step),
         "tokens": int(tokens),
@@ -145,9 +301,20 @@ def train(
         "gradient_checkpointing": checkpointing,
         "device": device,
     }
+    if cfg.train.method == "dpo":
+        for key, name in (("rewards/accuracies", "reward_accuracy"), ("rewards/margins", "reward_margin")):
+            value = last_logged(trainer, key)
+            if value is not None:
+                metrics[name] = round(value, 6)
     live.summary.update({k: v for k, v in metrics.items() if isinstance(v, int | float)})
     live.make_summary()
     trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
+    if cfg.train.merge:
+        del trainer, model  # the merge loads the base afresh: free the trained copy first
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        merge_adapter(cfg, output_dir, output_dir / "merged", precision)
+        metrics["merged_dir"] = "merged"
     log.info("train loss %.4f, %.0f tokens/s", metrics["train_loss"], metrics["tokens_per_second"])
     return TrainingReport(checkpoint_dir=output_dir, metrics=metrics)

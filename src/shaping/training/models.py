@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -24,9 +25,31 @@ def base_location(model_cfg: ModelConfig) -> tuple[str, str | None]:
     return model_cfg.name_or_path, model_cfg.revision
 
 
+def hub_error(name: str, err: OSError) -> ShapingError:
+    """One message for a model or tokenizer that cannot be loaded; a gated or private repository
+    (401/403 from the hub) says how to pass a token, which is read from the environment only."""
+    text = str(err)
+    first = text.splitlines()[0] if text else type(err).__name__
+    if any(mark in text for mark in ("gated", "401", "403", "Unauthorized", "restricted")):
+        return ShapingError(
+            f"model.name_or_path={name}: the hub refused access ({first}). It is gated or private: accept its "
+            "licence on huggingface.co, then `export HF_TOKEN=hf_...` (read from the environment, never written "
+            "anywhere), or point model.name_or_path at a local copy"
+        )
+    return ShapingError(
+        f"model.name_or_path={name}: cannot load ({first}). A hub model needs network "
+        "access to the hub or a local copy: set model.name_or_path=/path/to/model"
+    )
+
+
 def load_tokenizer(model_cfg: ModelConfig) -> PreTrainedTokenizerBase:
     name, revision = base_location(model_cfg)
-    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=model_cfg.trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            name, revision=revision, trust_remote_code=model_cfg.trust_remote_code
+        )
+    except OSError as err:
+        raise hub_error(name, err) from None
     if tokenizer.pad_token is None:  # Llama-style tokenizers ship none; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token
     if not tokenizer.chat_template:
@@ -34,8 +57,13 @@ def load_tokenizer(model_cfg: ModelConfig) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_base_model(model_cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+def load_base_model(
+    model_cfg: ModelConfig, dtype: torch.dtype = torch.float32, quantization_config: Any = None
+) -> PreTrainedModel:
+    """The base in `dtype`; with a transformers quantization config (QLoRA's BitsAndBytesConfig) its
+    linear layers are quantized as they load."""
     name, revision = base_location(model_cfg)
+    extra: dict[str, Any] = {} if quantization_config is None else {"quantization_config": quantization_config}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name,
@@ -43,10 +71,8 @@ def load_base_model(model_cfg: ModelConfig, dtype: torch.dtype = torch.float32) 
             dtype=dtype,
             attn_implementation=model_cfg.attn_implementation,
             trust_remote_code=model_cfg.trust_remote_code,
+            **extra,
         )
     except OSError as err:
-        raise ShapingError(
-            f"model.name_or_path={name}: cannot load ({str(err).splitlines()[0]}). A hub model needs network "
-            "access to the hub or a local copy: set model.name_or_path=/path/to/model"
-        ) from None
+        raise hub_error(name, err) from None
     return model
