@@ -19,7 +19,7 @@ from aiohttp import web
 
 from shaping.config import Config
 from shaping.errors import ShapingError
-from shaping.pipeline import Pipeline, PipelineError, TrainingSample, cli_overrides, model_request
+from shaping.pipeline import Pipeline, TrainingSample, cli_overrides, model_request
 
 from .conftest import REPO
 from .test_openai_backend import Endpoint
