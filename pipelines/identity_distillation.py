@@ -1,7 +1,9 @@
 """Context distillation of an identity: the teacher is the base model *with* the identity
 document as its system prompt (the registry's `teacher`); each sample keeps the prompt and
 the teacher's reply but drops the system prompt, so tuning teaches the student to answer as
-the identity without being told to.
+the identity without being told to. The base model's own reply to the same prompt (no system
+prompt: the registry's `base`) is kept as `rejected`, so the same samples are preference pairs
+for DPO (train=dpo): prefer the identity's answer over the base's.
 
     python src/synthesize.py pipeline=identity_distillation synth.limit=20
     python pipelines/identity_distillation.py       # writes outputs/synth/identity_distillation/
@@ -18,6 +20,7 @@ class IdentityDistillation(Pipeline):
     name = "identity_distillation"
 
     teacher = Pipeline.model_dep("teacher")
+    base = Pipeline.model_dep("base")  # the student before tuning: no identity
     identity = Pipeline.file_dep("data/identity/identity.md")  # the teacher's system prompt
     prompts = Pipeline.file_dep("data/identity/prompts")  # one user prompt per line, *.txt
 
@@ -31,11 +34,16 @@ class IdentityDistillation(Pipeline):
 
     def distill(self, record: dict[str, Any]) -> Any:
         messages = [{"role": "user", "content": record["prompt"]}]
-        response = yield model_request(messages, model=self.teacher)
-        reply = response.get_text().strip()
+        taught, untaught = yield [model_request(messages, model=self.teacher), model_request(messages, model=self.base)]
+        reply = taught.get_text().strip()
         if not reply:
             raise PipelineError("the teacher's reply is empty", error_type="empty_response")
-        return TrainingSample(id=record["id"], messages=[*messages, {"role": "assistant", "content": reply}])
+        rejected = untaught.get_text().strip()
+        return TrainingSample(
+            id=record["id"],
+            messages=[*messages, {"role": "assistant", "content": reply}],
+            rejected=rejected or None,  # an empty base reply: the row still trains SFT, DPO skips it
+        )
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ from shaping.io import atomic_write_bytes, write_json
 from shaping.stage import StageContext, run_stage
 
 log = logging.getLogger("shaping.validate")
-FIELDS = {"chat": ("id", "messages"), "preference": ("id", "prompt", "chosen", "rejected")}
+# what the split keeps; a chat row's optional `rejected` reply makes it a preference pair (train=dpo)
+FIELDS = {"chat": ("id", "messages", "rejected"), "preference": ("id", "prompt", "chosen", "rejected")}
 DATASET_ENV = "SHAPING_DATASET_FILES"  # what tests in validation.tests.path read
 
 

@@ -102,6 +102,6 @@ def test_query_and_unknown_model(cfg: Config, tmp_path: Path) -> None:
 def test_demo_pipeline_loads_by_name() -> None:
     cls = load_pipeline_class("identity_distillation", REPO / "pipelines")
     assert cls.name == "identity_distillation"
-    assert set(cls.model_deps()) == {"teacher"} and set(cls.file_deps()) == {"identity", "prompts"}
+    assert set(cls.model_deps()) == {"teacher", "base"} and set(cls.file_deps()) == {"identity", "prompts"}
     with pytest.raises(ShapingError, match="pipeline=nope"):
         load_pipeline_class("nope", REPO / "pipelines")

@@ -50,22 +50,20 @@ def to_sft(rows: list[dict[str, Any]], source: str = "rows") -> list[dict[str, M
 
 
 def to_preferences(rows: list[dict[str, Any]], source: str = "rows") -> list[dict[str, Messages]]:
-    """Preference pairs in TRL's conversational format. Pairs whose two replies are the same text
-    teach nothing and are dropped (logged); a row without a rejected reply is an error naming it."""
+    """Preference pairs in TRL's conversational format. Chat rows without a rejected reply and pairs
+    whose two replies are the same text teach nothing and are dropped (logged); no pair at all is an
+    error saying where pairs come from."""
     pairs = []
-    identical = 0
+    identical = unpaired = 0
     for n, row in enumerate(rows, start=1):
         where = f"{source}:{n}"
         if "messages" in row:
             messages = _as_messages(row["messages"], "user", f"{where}: messages")
             if messages[-1].get("role") != "assistant":
                 raise ShapingError(f"{where}: the last message must be the assistant's reply (the chosen one)")
-            if "rejected" not in row:
-                raise ShapingError(
-                    f"{where}: no `rejected` reply, so no preference pair (train.method=dpo). Synthesize with a "
-                    "pipeline that records one (identity_distillation does), or use preference rows "
-                    "{prompt, chosen, rejected} with dataset.format=preference"
-                )
+            if row.get("rejected") is None:
+                unpaired += 1
+                continue
             pair = {
                 "prompt": messages[:-1],
                 "chosen": messages[-1:],
@@ -83,8 +81,15 @@ def to_preferences(rows: list[dict[str, Any]], source: str = "rows") -> list[dic
             identical += 1
             continue
         pairs.append(pair)
+    if unpaired:
+        log.warning("%s: %d chat rows without a `rejected` reply left out", source, unpaired)
     if identical:
         log.warning("%s: %d pairs dropped whose chosen and rejected replies are the same text", source, identical)
     if not pairs:
-        raise ShapingError(f"{source}: no preference pair with two different replies to train on")
+        raise ShapingError(
+            f"{source}: no preference pair to train on ({unpaired} rows without a `rejected` reply, {identical} "
+            "with two identical replies). train.method=dpo needs chat rows with `rejected` (identity_distillation "
+            "records the base model's reply there) or preference rows {prompt, chosen, rejected} "
+            "(dataset.format=preference)"
+        )
     return pairs

@@ -96,6 +96,7 @@ class TrainingSample:
 
     id: str
     messages: list[dict[str, str]]
+    rejected: str | None = None  # a reply to prefer less than the last one in `messages` (DPO pairs)
     input_data: Any = None
     steps: list[dict[str, Any]] = field(default_factory=list)
     started_at: str | None = None
@@ -103,6 +104,8 @@ class TrainingSample:
 
     def to_dict(self, annotated: bool, pipeline_commit: str | None = None) -> dict[str, Any]:
         row: dict[str, Any] = {"id": self.id, "messages": self.messages}
+        if self.rejected is not None:
+            row["rejected"] = self.rejected
         if annotated:
             row.update(
                 input_data=self.input_data,

@@ -69,6 +69,7 @@ def sample_from_row(row: dict[str, Any]) -> TrainingSample:
     return TrainingSample(
         id=row["id"],
         messages=row["messages"],
+        rejected=row.get("rejected"),
         input_data=row.get("input_data"),
         steps=row.get("steps") or [],
         started_at=row.get("started_at"),
