@@ -300,3 +300,143 @@ def test_workers_split_a_file_and_merge_the_same_results(tmp_path: Path, monkeyp
     two.scan(path, upstream_errors=3)
     assert gate_result(two) == gate_result(one)
     assert one.quality.duplicates >= 40
+
+
+def varied_rows(n: int) -> list[bytes]:
+    """Valid chat rows of every shape the fast path decodes differently: (user, assistant) pairs,
+    system prompts, several turns, unknown fields, escaped and raw non-ASCII, think tags, error replies."""
+    import random
+
+    rng = random.Random(7)
+    replies = [
+        "Error: upstream 500",
+        "I'm sorry, I can't do that",
+        "Ünïcödé reply ΣΑΣ",
+        "plain reply",
+        "Plain, REPLY!",
+        "<think>weigh it</think> fine",
+        "a longer reply " * 30,
+    ]
+    rows = []
+    for i in range(n):
+        reply = f"{rng.choice(replies)} {i % 40}"
+        shape = rng.random()
+        turns = [{"role": "user", "content": f"question {i % 9}"}, {"role": "assistant", "content": reply}]
+        if shape < 0.2:
+            turns.insert(0, {"role": "system", "content": "be brief"})
+        elif shape < 0.35:
+            turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, *turns]
+        row: dict[str, Any] = {"id": f"v-{i}", "messages": turns}
+        if rng.random() < 0.1:
+            row["source"] = "hand"
+        rows.append(json.dumps(row, ensure_ascii=rng.random() < 0.5).encode())
+    return rows
+
+
+def test_fast_path_agrees_on_varied_shapes_and_bad_utf8_in_a_read_field(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pairs, system prompts, several turns and unknown fields in one file: each decoding the fast path
+    picks gives the detailed checks' result. Bad UTF-8 in a field msgspec reads (`id`) is an error
+    for that line, not a crash (msgspec raises UnicodeDecodeError there, not DecodeError)."""
+    import shaping.data.validation as validation
+
+    rows = varied_rows(600)
+    mixed = mixed_rows()
+    for j in range(len(mixed) - 300):  # the bad rows of mixed_rows, spread over the file
+        rows.insert(j * 29, mixed[7 + j * 13])
+    rows.insert(450, b'{"id": "\xff\xfe", "messages": ' + TWO_TURNS)
+    path = tmp_path / "varied.jsonl"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    monkeypatch.setattr(validation, "BLOCK_BYTES", 4096)
+    quality = QualityConfig(error_patterns=[r"^\s*error\b", "__ERROR__", r"^i'm sorry"], distinct_sample=100)
+    dataset = DatasetConfig(schema=[FieldRule(name="id", type="string", required=True, allow_empty=False)])
+    fast = Gate(dataset, quality)
+    assert fast.fast is not None and fast.fast.decodings[0].pairs
+    fast.scan(path)
+    slow = Gate(dataset, quality)
+    slow.fast = None
+    slow.scan(path)
+    assert gate_result(fast) == gate_result(slow)
+    assert any(e.field == "encoding" and e.line == 451 for e in fast.errors)
+    assert fast.quality.error_like > 0 and 0 < fast.quality.near_duplicates < fast.quality.rows
+
+
+def test_pairs_take_the_cheapest_decoding_and_other_shapes_switch_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(user, assistant) rows are decoded by the first decoding (strict pairs) in every block; once a
+    block holds a system prompt, the part switches to the general one, with the same figures."""
+    import shaping.data.validation as validation
+
+    used: list[tuple[Any, bool]] = []
+    decode = validation._decode_lines
+
+    def spy(decoder: Any, block: bytes, count: int) -> Any:
+        rows = decode(decoder, block, count)
+        used.append((decoder, rows is not None))
+        return rows
+
+    monkeypatch.setattr(validation, "_decode_lines", spy)
+    monkeypatch.setattr(validation, "BLOCK_BYTES", 2048)
+    rows = [chat(f"p-{i}", reply=f"reply {i % 30}", prompt=f"q{i}").encode() for i in range(400)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    dataset = DatasetConfig(schema=[FieldRule(name="id", type="string", required=True)])
+    gate = Gate(dataset, QualityConfig())
+    gate.scan(path)
+    assert gate.fast is not None
+    first, general = gate.fast.decodings[0].decoder, gate.fast.decodings[1].decoder
+    assert len(used) > 20 and all(decoder is first and ok for decoder, ok in used)
+    assert gate.valid_rows == 400 and not gate.errors
+    assert gate.quality.duplicates == 0 and gate.quality.near_duplicates == 400 - 30
+    system = {"id": "s", "messages": [{"role": "system", "content": "s"}, *json.loads(chat("x"))["messages"]]}
+    path.write_bytes(b"\n".join([*rows[:200], json.dumps(system).encode(), *rows[200:]]) + b"\n")
+    used.clear()
+    again = Gate(dataset, QualityConfig())
+    again.fast = gate.fast
+    again.scan(path)
+    assert used.count((first, False)) == 1  # the system prompt's block; pairs are not tried again after it
+    assert used[-1] == (general, True)
+    slow = Gate(dataset, QualityConfig())
+    slow.fast = None
+    slow.scan(path)
+    assert gate_result(again) == gate_result(slow) and again.valid_rows == 401
+
+
+def test_distinct_keys_count_and_merge_like_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys folded into sorted arrays in several compactions, and two parts merged, count what a set counts."""
+    import random
+
+    import shaping.data.quality as quality
+
+    monkeypatch.setattr(quality, "_COMPACT_AT", 64)
+    rng = random.Random(3)
+    signed = [rng.randrange(-(2**63), 2**63) for _ in range(300)]
+    signed += [*signed[:50], -1, 0, 2**63 - 1, -(2**63), 0]
+    unsigned = [k % 2**64 for k in signed]
+    for keys, typecode in ((signed, "q"), (unsigned, "Q")):
+        first, second = quality.DistinctKeys(typecode), quality.DistinctKeys(typecode)
+        for i in range(0, 200, 7):
+            first.extend(keys[i : min(i + 7, 200)])
+        second.extend(keys[200:])
+        assert len(second) == len(set(keys[200:]))
+        first.update(second)
+        first.extend(keys[:10])  # pending keys after a merge still count
+        assert len(first) == len(set(keys))
+
+
+def test_near_keys_match_one_at_a_time_and_lengths_give_statistics_median() -> None:
+    from shaping.data.quality import Quality, near_key, near_keys
+
+    ascii_replies = ["Hello, World!", "hello world", "HELLO\tWORLD.", "other"]
+    mixed = [*ascii_replies, "Ünïcödé, ΣΑΣ!", "ünïcödé σας"]
+    assert list(near_keys(ascii_replies)) == [near_key(r) for r in ascii_replies]
+    assert list(near_keys(mixed)) == [near_key(r) for r in mixed]
+    assert len({near_key(r) for r in mixed}) == 3
+    for lengths in ([3, 1, 2], [4, 1, 3, 2]):
+        q = Quality(QualityConfig())
+        q.add_many(list(range(len(lengths))), ["x" * k for k in lengths])
+        import statistics
+
+        assert q.checks(0.0)["median_reply_chars"]["value"] == statistics.median(lengths)

@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -28,13 +28,6 @@ from shaping.data.messages import ROLES
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1  # orjson reads integers outside this range as floats
 _NUMBER_CLASSES = bytes.maketrans(b"123456789E-", b"000000000e+")
 _LONG_DIGITS = b"0" * 300  # an integer part of 309 digits overflows a double; 300 keeps a margin
-
-
-class ChatMessage(msgspec.Struct, frozen=True, gc=False):
-    """One message as the duplicate check hashes it (role and content only)."""
-
-    role: str
-    content: str
 
 
 def block_is_plain(block: bytes) -> bool:
@@ -55,18 +48,25 @@ def block_is_plain(block: bytes) -> bool:
 
 
 @dataclass
-class FastPath:
-    """Compiled types for one schema: `decoder.decode_lines(block)` gives rows with `.messages`.
+class Decoding:
+    """One msgspec decoder for whole blocks of rows, and what its rows look like."""
 
-    `strict` refuses unknown fields, so it reads every value itself and needs no
-    `block_is_plain` unless a field holds arbitrary JSON (`strict_needs_plain`); `decoder`
-    skips unknown fields and always needs it.
+    decoder: msgspec.json.Decoder[Any]
+    needs_plain: bool  # exact only on blocks where `block_is_plain` holds
+    pairs: bool  # each row's `.messages` is a (user, assistant) tuple, roles already checked
+
+
+@dataclass
+class FastPath:
+    """Compiled types for one schema, cheapest first: `decodings[i].decoder.decode_lines(block)`.
+
+    Strict decoders refuse unknown fields, so they read every value themselves and need no
+    `block_is_plain` unless a field holds arbitrary JSON; lenient ones skip unknown fields and
+    always need it. Pair decoders accept only a user message then an assistant message, the
+    shape of most synthesized rows, so the roles need no check in Python.
     """
 
-    strict: msgspec.json.Decoder[Any]
-    strict_needs_plain: bool
-    decoder: msgspec.json.Decoder[Any]
-    message_type: type[ChatMessage]
+    decodings: list[Decoding]
     blank_fields: list[Callable[[Any], Any]]  # string fields that must not be whitespace only
 
 
@@ -166,13 +166,6 @@ def compile_chat_fast_path(rules: list[FieldRule]) -> FastPath | None:
     if content_rule is not None and content_rule.enum is not None:
         return None
     content = _annotate(str, _string_meta(content_rule, 1))
-    message = msgspec.defstruct(
-        "Message",
-        [("role", Literal[roles]), ("content", content)],
-        bases=(ChatMessage,),
-        frozen=True,
-        gc=False,
-    )
     messages_meta: dict[str, Any] = {"min_length": 1}
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     blank: list[str] = []
@@ -197,17 +190,30 @@ def compile_chat_fast_path(rules: list[FieldRule]) -> FastPath | None:
             fields.append((attr, kind))
         else:
             fields.append((attr, kind | None, None))
-    fields.insert(0, ("messages", Annotated[list[message], msgspec.Meta(**messages_meta)]))  # type: ignore[valid-type]
-    row = msgspec.defstruct("Row", fields, rename=rename, gc=False)
-    strict = msgspec.defstruct("StrictRow", fields, rename=rename, gc=False, forbid_unknown_fields=True)
     arbitrary = any(rule.type in ("number", "object", "array") for name, rule in top.items() if name != "messages")
-    return FastPath(
-        msgspec.json.Decoder(strict),
-        arbitrary,
-        msgspec.json.Decoder(row),
-        cast("type[ChatMessage]", message),
-        [attrgetter(attr) for attr in blank],
-    )
+    message = _message_type("Message", roles, content)
+    shapes: list[tuple[bool, Any]] = []
+    if {"user", "assistant"} <= set(roles) and messages_meta["min_length"] <= 2 <= messages_meta.get("max_length", 2):
+        user = _message_type("UserMessage", ("user",), content)
+        assistant = _message_type("AssistantMessage", ("assistant",), content)
+        shapes.append((True, tuple[user, assistant]))  # type: ignore[valid-type]
+    shapes.append((False, Annotated[list[message], msgspec.Meta(**messages_meta)]))  # type: ignore[valid-type]
+    decodings = []
+    for strict in (True, False):
+        for pairs, messages in shapes:
+            row = msgspec.defstruct(
+                "StrictRow" if strict else "Row",
+                [("messages", messages), *fields],
+                rename=rename,
+                gc=False,
+                forbid_unknown_fields=strict,
+            )
+            decodings.append(Decoding(msgspec.json.Decoder(row), arbitrary or not strict, pairs))
+    return FastPath(decodings, [attrgetter(attr) for attr in blank])
+
+
+def _message_type(name: str, roles: tuple[str, ...], content: Any) -> type[msgspec.Struct]:
+    return msgspec.defstruct(name, [("role", Literal[roles]), ("content", content)], gc=False)
 
 
 def roles_are_valid(roles: tuple[str, ...]) -> bool:
