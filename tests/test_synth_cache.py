@@ -119,3 +119,44 @@ def test_sigkill_halfway_then_rerun_resends_only_unanswered_requests(tmp_path: P
     assert [r["id"] for r in rows] == [str(i) for i in range(40)]  # complete, in order, no duplicate
     assert rows[7]["messages"][-1]["content"] == "echo: echo: q7!"
     assert not journal.exists()  # a finished run leaves no journal
+
+
+def test_ctrl_c_is_one_message_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """SIGINT halfway: exit 1 with a line saying how to resume (no traceback), the journal kept;
+    the re-run takes the finished records from it and completes the output."""
+    script = tmp_path / "many.py"
+    script.write_text(SCRIPT)
+    cache_dir = tmp_path / "cache"
+    with Endpoint(delay=0.03) as url:
+        endpoint = Endpoint.last
+        assert endpoint is not None
+        overrides = [
+            "+experiment=smoke",
+            "synth.limit=null",
+            f"synth.cache_dir={cache_dir}",
+            "models.judge.backend=openai",
+            f"models.judge.base_url={url}",
+            "models.judge.model=echo",
+            "models.judge.max_concurrency=4",
+        ]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        run = [sys.executable, str(script), str(tmp_path / "out1"), *overrides]
+        process = subprocess.Popen(run, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while len(endpoint.contents) < 60 and time.time() < deadline and process.poll() is None:
+            time.sleep(0.005)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 1, stderr
+        assert "Traceback" not in stderr
+        assert "many: interrupted;" in stderr and "holds the finished records. Run again to resume" in stderr
+        (journal,) = cache_dir.glob("many.*.journal.jsonl")
+        finished = len(journal.read_text().splitlines())
+        assert finished >= 10
+        again = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / "out2"), *overrides], cwd=REPO, env=env, capture_output=True
+        )
+        assert again.returncode == 0, again.stderr.decode()[-2000:]
+        assert len(endpoint.contents) <= 80 + 4  # nothing answered and stored before Ctrl-C was sent again
+    manifest = json.loads((tmp_path / "out2" / "manifest.json").read_text())
+    assert manifest["resumed"] == finished and manifest["samples"] == 40

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import sys
 from pathlib import Path
 
 from shaping.errors import ShapingError
@@ -18,6 +19,7 @@ def load_pipeline_class(name: str, pipelines_dir: Path) -> type[Pipeline]:
     spec = importlib.util.spec_from_file_location(f"pipelines.{name}", file)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # so inspect finds the class's file (its hash goes in the manifest)
     spec.loader.exec_module(module)
     found = [
         obj

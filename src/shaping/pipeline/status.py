@@ -118,12 +118,13 @@ def _relative(path: Path, root: Path) -> str:
 
 def find_manifests(cfg: Config, root: Path) -> list[Path]:
     """DVC's outputs, `python pipelines/<file>.py` outputs, and the newest hand run per pipeline."""
-    synth_dir = cfg.paths.synth_dir.strip("/")
+    synth_dir = Path(cfg.paths.synth_dir)
     found = sorted((root / synth_dir).glob("*/manifest.json"))
     found += sorted((root / "outputs" / "synth").glob("*/manifest.json"))
     newest: dict[str, Path] = {}
-    for pattern in (f"outputs/*/*/{synth_dir}/*/manifest.json", f"multirun/*/*/*/{synth_dir}/*/manifest.json"):
-        for path in root.glob(pattern):
+    hand_runs = [] if synth_dir.is_absolute() else [f"outputs/*/*/{synth_dir}", f"multirun/*/*/*/{synth_dir}"]
+    for pattern in hand_runs:
+        for path in root.glob(f"{pattern}/*/manifest.json"):
             name = path.parent.name
             if name not in newest or path.stat().st_mtime > newest[name].stat().st_mtime:
                 newest[name] = path
