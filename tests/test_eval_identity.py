@@ -47,8 +47,13 @@ def test_identity_compares_each_student_reply_with_the_teachers(cfg: Config, tmp
     threshold = cfg.eval.identity.similarity_threshold
     for name in ("base", "tuned"):
         assert [r[name] for r in records] == [r["text"] for r in ctx.replies(name)]
-        # recomputed here, reply by reply, with the same embedding model
-        cosines = [float(similarity(cfg.eval.embedding_model, [r[name]], [r["teacher"]])[0, 0]) for r in records]
+        # recomputed here, reply by reply, with the same embedding model; a blank reply agrees with nothing
+        cosines = [
+            float(similarity(cfg.eval.embedding_model, [r[name]], [r["teacher"]])[0, 0])
+            if r[name].strip() and r["teacher"].strip()
+            else 0.0
+            for r in records
+        ]
         assert [r[f"{name}_similarity"] for r in records] == pytest.approx(cosines, abs=1e-3)
         agree = [c >= threshold for c in cosines]
         assert metrics[name]["agreement"] == round(sum(agree) / 3, 4)

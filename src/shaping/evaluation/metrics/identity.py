@@ -1,8 +1,9 @@
 """`identity`: for identity pipelines (context distillation), how often the student without the
 system prompt says what the teacher (the base model with it) says. The teacher's greedy reply to
 each fixed prompt is compared with base's and tuned's by sentence-embedding cosine; a reply at or
-above eval.identity.similarity_threshold agrees. Base's figure is the floor: what the model did
-before training. Every comparison goes to details/identity.jsonl."""
+above eval.identity.similarity_threshold agrees (a blank reply, either side, never does). Base's
+figure is the floor: what the model did before training. Every comparison goes to
+details/identity.jsonl."""
 
 from __future__ import annotations
 
@@ -25,7 +26,11 @@ def identity(ctx: EvalContext) -> dict[str, Any]:
     for name in ("base", "tuned"):
         student = [r["text"] or "" for r in ctx.replies(name)]
         cosines = similarity(ctx.cfg.eval.embedding_model, student, teacher)  # (prompts, prompts)
-        paired = [float(cosines[i, i]) for i in range(len(teacher))]  # each reply against the teacher's to its prompt
+        # each reply against the teacher's to the same prompt; a blank reply says nothing, so it
+        # agrees with nothing (two empty strings embed identically)
+        paired = [
+            float(cosines[i, i]) if student[i].strip() and teacher[i].strip() else 0.0 for i in range(len(teacher))
+        ]
         agree = [c >= threshold for c in paired]
         for record, cosine, agreed, text in zip(records, paired, agree, student, strict=True):
             record[name] = text
