@@ -60,23 +60,29 @@ def main(ctx: StageContext) -> None:
     baseline, source = read_baseline(cfg.eval.baseline, metrics_path) if cfg.eval.baseline else (None, "")
     ctx.record.backend = cfg.backend.name
 
-    tokenizer = load_tokenizer(cfg.model)
-    base = load_base_model(cfg.model).to(pick_device())
-    if cfg.lora.enabled:  # one copy in memory: base = the tuned model with adapters disabled
-        tuned, separate_base = PeftModel.from_pretrained(base, str(adapter_dir)), None
-    else:
-        tuned, separate_base = AutoModelForCausalLM.from_pretrained(str(adapter_dir)).to(base.device), base
     system = ModelRegistry(cfg.models).system_prompt("teacher") if "teacher" in cfg.models else None
-    eval_ctx = EvalContext(
-        cfg=cfg,
-        tokenizer=tokenizer,
-        rows=rows,
-        tuned=tuned,
-        base=separate_base,
-        system_prompt=system,
-        out_dir=ctx.out(cfg.paths.eval_dir),
-    )
-    metrics = run_metrics(eval_ctx, list(cfg.eval.metrics))
+    tinker_reference = adapter_dir / "tinker.json"
+    if tinker_reference.is_file():  # trained with backend=tinker: the service's sampling clients are the models
+        from shaping.inference.tinker import evaluate_reference
+
+        eval_ctx, metrics = evaluate_reference(cfg, rows, tinker_reference, system, ctx.out(cfg.paths.eval_dir))
+    else:
+        tokenizer = load_tokenizer(cfg.model)
+        base = load_base_model(cfg.model).to(pick_device())
+        if cfg.lora.enabled:  # one copy in memory: base = the tuned model with adapters disabled
+            tuned, separate_base = PeftModel.from_pretrained(base, str(adapter_dir)), None
+        else:
+            tuned, separate_base = AutoModelForCausalLM.from_pretrained(str(adapter_dir)).to(base.device), base
+        eval_ctx = EvalContext(
+            cfg=cfg,
+            tokenizer=tokenizer,
+            rows=rows,
+            tuned=tuned,
+            base=separate_base,
+            system_prompt=system,
+            out_dir=ctx.out(cfg.paths.eval_dir),
+        )
+        metrics = run_metrics(eval_ctx, list(cfg.eval.metrics))
     guards = check_guards(metrics, list(cfg.eval.guards))
     if guards:
         metrics["guards"] = {"failed": sum(not g["passed"] for g in guards), "total": len(guards)}

@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 tinker = pytest.importorskip("tinker")
 
+from trl import SFTTrainer  # noqa: E402
+
 from shaping.config import Config  # noqa: E402
-from shaping.config.schema import BackendConfig, ModelSpec  # noqa: E402
+from shaping.config.schema import BackendConfig, LossWeight, ModelSpec  # noqa: E402
 from shaping.errors import ShapingError  # noqa: E402
 from shaping.inference import ModelRegistry  # noqa: E402
 from shaping.inference.tinker import (  # noqa: E402
@@ -178,49 +181,64 @@ class _Built(Exception):
 
 
 def hf_prepared(monkeypatch: pytest.MonkeyPatch, cfg: Config, tmp_path: Path) -> Any:
-    """The SFTTrainer hf_peft builds for `cfg` (its tokenized train_dataset), stopped before training."""
+    """The SFTTrainer hf_peft builds for `cfg` (its tokenized train_dataset), stopped as training starts."""
     built: dict[str, Any] = {}
 
-    class Stop(hf_peft.SFTTrainer):  # type: ignore[misc]
-        def train(self, *args: Any, **kwargs: Any) -> Any:
-            built["trainer"] = self
-            raise _Built
+    def stop(self: Any, *args: Any, **kwargs: Any) -> Any:
+        built["trainer"] = self
+        raise _Built
 
-    monkeypatch.setattr(hf_peft, "SFTTrainer", Stop)
+    monkeypatch.setattr(SFTTrainer, "train", stop)
     with pytest.raises(_Built):
         hf_peft.train(cfg, ROWS, tmp_path / "hf", tmp_path / "hf-live", tmp_path / "hf-ckpt")
     return built["trainer"]
 
 
-@pytest.mark.parametrize(("train_on_prompt", "max_length"), [(False, 256), (True, 256), (False, 40)])
+@pytest.mark.parametrize(
+    ("train_on_prompt", "max_length", "loss_weights"),
+    [
+        (False, 256, []),
+        (True, 256, []),
+        (False, 40, []),  # the system-prompted rows are cut before their reply
+        (False, 40, [LossWeight(pattern="water|Juniper", weight=3.0), LossWeight(pattern="trains?", weight=0.0)]),
+    ],
+)
 def test_datums_match_hf_peft_token_for_token(
-    monkeypatch: pytest.MonkeyPatch, tinker_cfg: Config, tmp_path: Path, train_on_prompt: bool, max_length: int
+    monkeypatch: pytest.MonkeyPatch,
+    tinker_cfg: Config,
+    tmp_path: Path,
+    train_on_prompt: bool,
+    max_length: int,
+    loss_weights: list[LossWeight],
 ) -> None:
     cfg = tinker_cfg
-    cfg.train.train_on_prompt, cfg.train.max_length = train_on_prompt, max_length
+    cfg.train.train_on_prompt, cfg.train.max_length, cfg.train.loss_weights = train_on_prompt, max_length, loss_weights
     trainer = hf_prepared(monkeypatch, cfg, tmp_path)
-    hf_rows = [(row["input_ids"], row["labels"]) for row in trainer.train_dataset]
+    hf_rows = [(row["input_ids"], row["labels"], row.get("loss_weights")) for row in trainer.train_dataset]
 
     renderer = ChatTemplateRenderer(load_tokenizer(cfg.model))
     examples = tinker_backend.encode_rows(ROWS, renderer, cfg.train)
-    assert len(examples) == len(hf_rows)
-    if max_length == 40:  # the system-prompted rows are cut before their reply: both drop them
-        assert len(examples) == 6
-    for example, (ids, labels) in zip(examples, hf_rows, strict=True):
+    # TRL drops rows whose loss tokens were all cut; hf_peft's weighted (pre-tokenized) rows stay, all masked
+    assert len(examples) == len(hf_rows) == (6 if max_length == 40 and not loss_weights else 9)
+    for example, (ids, labels, weights) in zip(examples, hf_rows, strict=True):
         assert example.tokens == ids
-        assert example.mask == [int(label != -100) for label in labels]
-        assert (0 in example.mask) is not train_on_prompt
+        assert [w > 0 for w in example.weights] == [label != -100 for label in labels]
+        assert example.weights == (weights or [float(label != -100) for label in labels])
+        assert (0 in example.weights) is not train_on_prompt
+    if loss_weights:
+        assert {3.0, 1.0} <= {w for e in examples for w in e.weights}
 
     datums = tinker_backend.build_datums(tinker, examples)
-    loss_tokens = sum(sum(label != -100 for label in labels[1:]) for _, labels in hf_rows)
-    for datum, (ids, labels) in zip(datums, hf_rows, strict=True):
+    loss_tokens = sum(sum(label != -100 for label in labels[1:]) for _, labels, _ in hf_rows)
+    for datum, example, (ids, labels, _) in zip(datums, examples, hf_rows, strict=True):
         inputs, targets, weights = sent_tokens(datum)
         assert isinstance(datum, tinker.Datum)
         assert inputs == ids[:-1] and targets == ids[1:]  # next-token shift, as the HF loss shifts labels
         assert [w > 0 for w in weights] == [label != -100 for label in labels[1:]]
-        assert all(math.isclose(w, 1 / loss_tokens, rel_tol=1e-6) for w in weights if w)
-    # the summed cross-entropy over the batch is the mean over its loss tokens, as in hf_peft
-    assert math.isclose(sum(sum(sent_tokens(d)[2]) for d in datums), 1.0, rel_tol=1e-5)
+        # hf_peft's loss: sum(w * -log p) / (loss tokens in the step); Tinker's: sum(weight * -log p)
+        assert weights == pytest.approx([w / loss_tokens for w in example.weights[1:]], rel=1e-6)
+    if not loss_weights:  # the summed cross-entropy over the batch is the mean over its loss tokens
+        assert math.isclose(sum(sum(sent_tokens(d)[2]) for d in datums), 1.0, rel_tol=1e-5)
 
 
 def test_schedule_and_optimizer_match_the_hf_trainer(
@@ -316,7 +334,9 @@ def test_resume_after_a_kill_continues_where_the_run_stopped(
     killed = service.runs[1]
     assert len(killed.adam) == 3 and killed.saved == ["step-000002"]
     checkpoints = [json.loads(line) for line in (tmp_path / "ckpt-b" / "checkpoints.jsonl").read_text().splitlines()]
-    assert [(c["step"], c["kind"], c["path"]) for c in checkpoints] == [(2, "state", "tinker://run-1/weights/step-000002")]
+    assert [(c["step"], c["kind"], c["path"]) for c in checkpoints] == [
+        (2, "state", "tinker://run-1/weights/step-000002")
+    ]
 
     service.kill_at_step = None
     resumed = tinker_backend.train(cfg, ROWS, tmp_path / "b", tmp_path / "live-b", tmp_path / "ckpt-b")
@@ -406,12 +426,12 @@ def test_evaluate_a_tinker_run(service: Service, cfg: Config, tmp_path: Path) ->
     cfg.eval.samples.num_prompts = 2
     reference = write_reference(tmp_path / REFERENCE_FILE, cfg.model.name_or_path)
     rows = ROWS[:3]
-    metrics = evaluate_reference(cfg, rows, reference, "You are Juniper.", tmp_path / "eval")
+    _, metrics = evaluate_reference(cfg, rows, reference, "You are Juniper.", tmp_path / "eval")
 
     assert metrics["base"]["loss"] == pytest.approx(1.0) and metrics["tuned"]["loss"] == pytest.approx(0.5)
     assert metrics["teacher"]["loss"] == pytest.approx(1.0)
     renderer = ChatTemplateRenderer(load_tokenizer(cfg.model))
-    loss_tokens = sum(sum(renderer.supervised(r["messages"][1:] if i == 0 else r["messages"], True)[1][1:])
+    loss_tokens = sum(sum(renderer.supervised(r["messages"][1:] if i == 0 else r["messages"], False)[1][1:])
                       for i, r in enumerate(rows))  # fmt: skip
     assert metrics["tuned"]["tokens"] == loss_tokens  # the training mask, system messages left out
     assert metrics["samples"]["tuned"]["eos_rate"] == 1.0
@@ -433,7 +453,7 @@ def test_cookbook_renderer_when_installed(cfg: Config) -> None:
     from shaping.inference.tinker import load_renderer
 
     renderer = load_renderer("role_colon", cfg.model.name_or_path)
-    tokens, mask = renderer.supervised(DIALOGUES[1], assistant_only=True)
+    tokens, mask = renderer.supervised(DIALOGUES[1], train_on_prompt=False)
     reply = renderer.tokenizer.decode([t for t, m in zip(tokens, mask, strict=True) if m])
     assert "Flour, water, salt and a little yeast." in reply and "bread" not in reply
     prompt = renderer.generation_prompt(DIALOGUES[1][:-1])
@@ -446,7 +466,8 @@ def test_cookbook_renderer_when_installed(cfg: Config) -> None:
 
 @pytest.mark.slow
 def test_dvc_exp_run_without_a_key_fails_at_train_naming_it(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Only the train stage runs (-s): its inputs are put in place by hand instead of by the DAG."""
+    """The real `dvc exp run -S backend=tinker`, train stage only (-s): the upstream stages' outputs are
+    put in place and committed to dvc.lock by hand instead of rebuilt (minutes on 2 cores)."""
     repo = tmp_path / "repo"
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
@@ -461,8 +482,14 @@ def test_dvc_exp_run_without_a_key_fails_at_train_naming_it(tiny_model_dir: Path
             shutil.copy2(REPO / name, repo / name)
     (repo / "dvc.lock").unlink(missing_ok=True)
     shutil.copytree(tiny_model_dir, repo / "models" / "base")
-    (repo / "data" / "validated").mkdir(parents=True)
-    (repo / "data" / "validated" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (repo / "models" / "pretrain").mkdir()
+    (repo / "models" / "pretrain" / "config.json").write_text("{}")
+    validated = repo / "data" / "validated"
+    validated.mkdir(parents=True)
+    for name in ("train.jsonl", "eval.jsonl"):
+        (validated / name).write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    for name in ("run.json", "report.json"):
+        (validated / name).write_text("{}")
     env = {k: v for k, v in os.environ.items() if k != "TINKER_API_KEY"}
     env.update(HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
 
@@ -473,19 +500,19 @@ def test_dvc_exp_run_without_a_key_fails_at_train_naming_it(tiny_model_dir: Path
         ("git", "init", "-q", "-b", "main"),
         ("git", "config", "user.email", "test@example.com"),
         ("git", "config", "user.name", "test"),
+        ("dvc", "commit", "-f", "validate", "prepare_base"),  # else exp run removes outputs it has no hash of
         ("git", "add", "-A"),
         ("git", "commit", "-qm", "repo"),
     ):
-        assert sh(*cmd).returncode == 0, cmd
+        done = sh(*cmd)
+        assert done.returncode == 0, (cmd, done.stdout, done.stderr)
     proc = sh("dvc", "exp", "run", "-S", "backend=tinker", "-s", "train")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "Traceback" not in out
     errors = [line for line in out.splitlines() if "TINKER_API_KEY" in line]
     assert len(errors) == 1 and "train failed" in errors[0], out[-3000:]
-    assert "backend: tinker" in (repo / "params.yaml").read_text() or "name: tinker" in (
-        repo / "params.yaml"
-    ).read_text()
+    assert yaml.safe_load((repo / "params.yaml").read_text())["backend"]["name"] == "tinker"  # what DVC composed
 
 
 # --- the real service ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,12 +71,18 @@ def service_client() -> Any:
 # --- renderers -----------------------------------------------------------------------------
 
 
+LossWeights = list[tuple[re.Pattern[str], float]]  # train.loss_weights, compiled
+
+
 class Renderer(Protocol):
     name: str
     tokenizer: Any
 
-    def supervised(self, messages: list[dict[str, Any]], assistant_only: bool) -> tuple[list[int], list[int]]:
-        """(token ids, loss mask 0/1 per token) of a whole conversation."""
+    def supervised(
+        self, messages: list[dict[str, Any]], train_on_prompt: bool, weights: LossWeights | None = None
+    ) -> tuple[list[int], list[float]]:
+        """(token ids, loss weight per token) of a whole conversation: 0 where no loss is taken, else 1
+        or the weight of a train.loss_weights span."""
         ...
 
     def generation_prompt(self, messages: list[dict[str, Any]]) -> list[int]: ...
@@ -88,42 +95,35 @@ class Renderer(Protocol):
 
 
 class ChatTemplateRenderer:
-    """The tokenizer's chat template, rendered as TRL's SFTTrainer renders it (trl/trainer/sft_trainer.py,
-    tokenize_fn): `apply_chat_template(..., return_assistant_tokens_mask=assistant_only_loss)`, with TRL's
-    training template swapped in when the model's own has no {% generation %} markers."""
+    """The tokenizer's chat template, tokenized as hf_peft trains on it (shaping.training.sft: the same
+    apply_chat_template call as TRL's SFTTrainer, TRL's marked training template where the model's own
+    has no {% generation %} markers, and train.loss_weights spans)."""
 
     name = "chat_template"
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
-        self._training_template: str | None = None
-        self._template_checked = False
+        self._templates: dict[bool, str | None] = {}
 
-    def _template_for_masks(self) -> str | None:
-        if not self._template_checked:
-            from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+    def training_template(self, train_on_prompt: bool) -> str | None:
+        from shaping.training.sft import training_template
 
-            template = self.tokenizer.chat_template
-            if not template:
-                raise ShapingError(f"{self.tokenizer.name_or_path}: its tokenizer has no chat template")
-            if not has_generation_markers(template):
-                self._training_template = get_training_chat_template(self.tokenizer)
-            self._template_checked = True
-        return self._training_template
+        if train_on_prompt not in self._templates:
+            name = str(self.tokenizer.name_or_path)
+            self._templates[train_on_prompt] = training_template(self.tokenizer, train_on_prompt, name)
+        return self._templates[train_on_prompt]
 
-    def supervised(self, messages: list[dict[str, Any]], assistant_only: bool) -> tuple[list[int], list[int]]:
-        template = self._template_for_masks() if assistant_only else None
-        enc: Any = self.tokenizer.apply_chat_template(
-            messages,
-            tokenize=True,
-            return_dict=True,
-            return_assistant_tokens_mask=assistant_only,
-            chat_template=template,
-            tools=None,
+    def supervised(
+        self, messages: list[dict[str, Any]], train_on_prompt: bool, weights: LossWeights | None = None
+    ) -> tuple[list[int], list[float]]:
+        from shaping.training.sft import IGNORE, tokenize_conversation
+
+        row = tokenize_conversation(
+            self.tokenizer, messages, self.training_template(train_on_prompt), train_on_prompt, None, weights
         )
-        ids = [int(t) for t in enc["input_ids"]]
-        mask = [int(m) for m in enc["assistant_masks"]] if assistant_only else [1] * len(ids)
-        return ids, mask
+        if weights:
+            return row["input_ids"], [float(w) for w in row["loss_weights"]]
+        return row["input_ids"], [0.0 if label == IGNORE else 1.0 for label in row["labels"]]
 
     def generation_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
         enc: Any = self.tokenizer.apply_chat_template(
@@ -169,12 +169,19 @@ class CookbookRenderer:
         except Exception as err:  # the cookbook raises its RendererError for a name it does not know
             raise ShapingError(f"backend.renderer={name}: {err}") from None
 
-    def supervised(self, messages: list[dict[str, Any]], assistant_only: bool) -> tuple[list[int], list[int]]:
+    def supervised(
+        self, messages: list[dict[str, Any]], train_on_prompt: bool, weights: LossWeights | None = None
+    ) -> tuple[list[int], list[float]]:
         from tinker_cookbook.renderers import TrainOnWhat
 
-        what = TrainOnWhat.ALL_ASSISTANT_MESSAGES if assistant_only else TrainOnWhat.ALL_TOKENS
-        model_input, weights = self.renderer.build_supervised_example(messages, train_on_what=what)  # type: ignore[arg-type]
-        return model_input.to_ints(), [1 if w > 0 else 0 for w in weights.tolist()]
+        if weights:
+            raise ShapingError(
+                f"train.loss_weights: spans are found in the chat template's text; the cookbook renderer {self.name} "
+                "has none. Set backend.renderer=chat_template"
+            )
+        what = TrainOnWhat.ALL_TOKENS if train_on_prompt else TrainOnWhat.ALL_ASSISTANT_MESSAGES
+        model_input, mask = self.renderer.build_supervised_example(messages, train_on_what=what)  # type: ignore[arg-type]
+        return model_input.to_ints(), [1.0 if w > 0 else 0.0 for w in mask.tolist()]
 
     def generation_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
         return list(self.renderer.build_generation_prompt(messages).to_ints())  # type: ignore[arg-type]
@@ -302,7 +309,7 @@ class TinkerSampler:
 
     def assistant_loss(self, conversations: list[list[dict[str, Any]]]) -> dict[str, Any]:
         """Mean next-token loss over assistant tokens (the mask training uses), from prompt logprobs."""
-        encoded = [self.renderer.supervised(messages, assistant_only=True) for messages in conversations]
+        encoded = [self.renderer.supervised(messages, train_on_prompt=False) for messages in conversations]
         futures = [self.client.compute_logprobs(self.tinker.ModelInput.from_ints(ids)) for ids, _ in encoded]
         total, count = 0.0, 0
         for (_, mask), future in zip(encoded, futures, strict=True):
@@ -402,7 +409,7 @@ class TinkerEvalContext(EvalContext):
 
 def evaluate_reference(
     cfg: Config, rows: list[dict[str, Any]], reference_file: Path, system_prompt: str | None, out_dir: Path
-) -> dict[str, Any]:
+) -> tuple[EvalContext, dict[str, Any]]:
     """eval.metrics for a run trained on Tinker: base and tuned are the service's sampling clients for the
     base model and the trained weights. `loss` comes from prompt logprobs; the metrics built on replies
     (samples, think_tags, judge, identity) run unchanged on the clients' greedy replies."""
@@ -424,10 +431,11 @@ def evaluate_reference(
             "tuned": TinkerSampler.connect(service, ref.model_path, ref.base_model, renderer, cfg.seed),
         },
     )
+    ctx.details_dir.mkdir(parents=True, exist_ok=True)  # a DVC output even when no metric writes there
     results: dict[str, Any] = {}
     for name in names:
         found = ctx.loss() if name == "loss" else METRICS[name](ctx)
         for key, value in found.items():
             merged = results.get(key)
             results[key] = {**merged, **value} if isinstance(value, dict) and isinstance(merged, dict) else value
-    return results
+    return ctx, results

@@ -36,9 +36,11 @@ from typing import Any
 from tqdm import tqdm
 
 from shaping.config.schema import Config, LoraConfig, TrainConfig
+from shaping.data.transforms import to_sft
 from shaping.errors import ShapingError
 from shaping.inference.tinker import (
     REFERENCE_FILE,
+    ChatTemplateRenderer,
     Renderer,
     TinkerReference,
     import_tinker,
@@ -49,6 +51,7 @@ from shaping.inference.tinker import (
 )
 from shaping.io import atomic_write_text
 from shaping.training.hf_peft import TrainingReport
+from shaping.training.sft import check_stop_token_learned, compile_loss_weights
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +63,11 @@ UNEMBED = frozenset({"lm_head"})
 
 @dataclass
 class Example:
-    """One conversation as hf_peft's SFTTrainer trains on it: `mask[i]` = 1 where labels[i] != -100."""
+    """One conversation as hf_peft's SFTTrainer trains on it: `weights[i]` is 0 where labels[i] == -100,
+    else 1 (or a train.loss_weights weight)."""
 
     tokens: list[int]
-    mask: list[int]
+    weights: list[float]
 
 
 def lora_targets(lora: LoraConfig) -> dict[str, bool]:
@@ -73,6 +77,8 @@ def lora_targets(lora: LoraConfig) -> dict[str, bool]:
         raise ShapingError(
             "lora=none (full fine-tuning): the Tinker service trains LoRA adapters only; use lora=default"
         )
+    if lora.quantization is not None:
+        raise ShapingError("lora=qlora: the Tinker service holds the base in its own precision; use lora=default")
     if lora.dora:
         raise ShapingError("lora.dora=true: the Tinker service has no DoRA; use lora=default with backend=tinker")
     if lora.bias != "none":
@@ -98,32 +104,36 @@ def lora_targets(lora: LoraConfig) -> dict[str, bool]:
 
 
 def encode_rows(rows: list[dict[str, Any]], renderer: Renderer, train: TrainConfig) -> list[Example]:
-    """Render, mask and truncate like SFTTrainer: keep_start to train.max_length, and rows left with no
-    loss token after truncation are dropped."""
+    """The rows as hf_peft's SFTTrainer gets them: to_sft, rendered, masked and weighted, cut to
+    train.max_length (keep_start). Where TRL tokenizes itself it then drops rows left with no loss
+    token; where hf_peft hands it tokenized rows (loss weights, padding-free without packing) it keeps them."""
+    conversations = [row["messages"] for row in to_sft(rows, "train.jsonl")]
+    weights = compile_loss_weights(train.loss_weights)
+    if isinstance(renderer, ChatTemplateRenderer):
+        template = renderer.training_template(train.train_on_prompt)
+        check_stop_token_learned(renderer.tokenizer, conversations, template, train.train_on_prompt, train.max_length)
+    keep_masked = bool(weights) or (train.padding_free and not train.packing)
     examples = []
-    for index, row in enumerate(rows):
-        assistant_only = not train.train_on_prompt
-        tokens, mask = renderer.supervised(row["messages"], assistant_only)
-        if assistant_only and 1 not in mask:
-            raise ShapingError(
-                f"train row {index} (id {row.get('id', '?')}): no assistant tokens to train on "
-                f"(renderer {renderer.name}); does it end with an assistant reply?"
-            )
-        tokens, mask = tokens[: train.max_length], mask[: train.max_length]
-        if any(mask):
-            examples.append(Example(tokens, mask))
+    for index, messages in enumerate(conversations, start=1):
+        tokens, token_weights = renderer.supervised(messages, train.train_on_prompt, weights)
+        if not any(token_weights) and not keep_masked:
+            raise ShapingError(f"train.jsonl:{index}: no token to train on (renderer {renderer.name})")
+        tokens, token_weights = tokens[: train.max_length], token_weights[: train.max_length]
+        if any(token_weights) or keep_masked:
+            examples.append(Example(tokens, token_weights))
     if not examples:
         raise ShapingError(f"train.max_length={train.max_length}: every row is cut before its first assistant token")
     return examples
 
 
 def build_datums(tinker: ModuleType, examples: list[Example]) -> list[Any]:
-    """One step's batch: next-token inputs and targets, the mask as weights divided by the step's count
-    of loss tokens (hf_peft's loss is the mean over those tokens; Tinker's cross_entropy is a sum)."""
-    count = sum(sum(e.mask[1:]) for e in examples)
+    """One step's batch: next-token inputs and targets, and each token's loss weight divided by the step's
+    count of loss tokens: hf_peft's loss is sum(w * -log p) / (tokens with w > 0) over the whole step
+    (gradient accumulation included), Tinker's cross_entropy is the plain sum sum(w * -log p)."""
+    count = sum(sum(1 for w in e.weights[1:] if w > 0) for e in examples)
     datums = []
     for e in examples:
-        weights = [m / count if count else 0.0 for m in e.mask[1:]]
+        weights = [w / count if count else 0.0 for w in e.weights[1:]]
         datums.append(
             tinker.Datum(
                 model_input=tinker.ModelInput.from_ints(e.tokens[:-1]),
@@ -244,6 +254,8 @@ def train(
     require_api_key()
     tinker = import_tinker()
     t, backend = cfg.train, cfg.backend
+    if t.method != "sft":
+        raise ShapingError(f"train.method={t.method}: backend=tinker trains SFT only; use train=sft or backend=hf_peft")
     if t.launcher != "none":
         raise ShapingError(
             f"train.launcher={t.launcher}: backend=tinker trains on the service; set train.launcher=none"
