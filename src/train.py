@@ -16,7 +16,6 @@ script; rank 0 is the stage and the others train alongside it, writing nothing o
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import logging
 import sys
@@ -28,7 +27,7 @@ from shaping.errors import ShapingError
 from shaping.io import atomic_dir, read_jsonl
 from shaping.stage import StageContext, run_stage
 from shaping.training import checkpointing, launch
-from shaping.training.hardware import pick_device, resolve_precision
+from shaping.training.hardware import check_liger, pick_device, resolve_precision
 
 log = logging.getLogger("shaping.train")
 
@@ -42,8 +41,8 @@ def main(ctx: StageContext) -> None:
         raise ShapingError(f"backend={cfg.backend.name}: unknown training backend; available: {', '.join(BACKENDS)}")
     if cfg.train.method not in ("sft", "dpo"):
         raise ShapingError(f"train.method={cfg.train.method}: unknown; available: sft, dpo")
-    if cfg.train.liger and importlib.util.find_spec("liger_kernel") is None:
-        raise ShapingError("train.liger=true: liger-kernel is not installed (pip install liger-kernel; it needs a GPU)")
+    if cfg.train.liger:
+        check_liger(pick_device())
     if launch.relaunch_needed(cfg):
         run_under_accelerate(ctx)
         return

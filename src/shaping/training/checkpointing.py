@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.integrations import DVCLiveCallback
 
 from shaping.config.schema import Config
 
@@ -121,3 +123,26 @@ def finish_run_dir(run_dir: Path, keep: bool) -> None:
         shutil.rmtree(last)
     run_dir.rename(last)
     log.info("checkpoints kept in %s (train.keep_checkpoints=true)", last)
+
+
+class DVCLiveResume(TrainerCallback):
+    """DVCLive numbers its steps itself, from 0. This pins them to the trainer's global step and,
+    on a resumed run, replays the checkpoint's log history first, so the plots of a killed and
+    resumed run read like one uninterrupted run's. Goes after `dvclive` in the callback list."""
+
+    def __init__(self, dvclive: DVCLiveCallback) -> None:
+        if dvclive.live is None:
+            raise ValueError("DVCLiveResume needs a DVCLiveCallback made with live=Live(...)")
+        self.dvclive = dvclive
+        self.live = dvclive.live
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        for entry in state.log_history:  # empty unless resumed from a checkpoint
+            self.live.step = int(entry["step"])
+            logs = {k: v for k, v in entry.items() if k != "step"}
+            self.dvclive.on_log(args, state, control, logs=logs, **kwargs)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self.live.step = state.global_step

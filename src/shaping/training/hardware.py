@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 import torch
@@ -75,3 +76,28 @@ def resolve_gradient_checkpointing(requested: object, device: str) -> tuple[bool
 
 def torch_dtype(precision: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def resolve_attn_implementation(requested: str, device: str, dtype: torch.dtype) -> tuple[str, str]:
+    """(attn_implementation, reason) for model.attn_implementation=`requested`. `auto` takes
+    FlashAttention-2 where it can run (flash-attn installed, CUDA, 16-bit weights), else PyTorch's SDPA."""
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if requested == "flash_attention_2" and not has_flash:
+        raise ShapingError(
+            "model.attn_implementation=flash_attention_2: flash-attn is not installed "
+            "(pip install 'shaping[flash-attn]', CUDA only); use auto or sdpa"
+        )
+    if requested != "auto":
+        return requested, "set in model.attn_implementation"
+    if has_flash and device == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        return "flash_attention_2", "flash-attn installed, CUDA, 16-bit weights"
+    return "sdpa", "flash-attn needs CUDA, 16-bit weights and the flash-attn package"
+
+
+def check_liger(device: str) -> None:
+    """train.liger=true: Liger's kernels are Triton GPU kernels; on a CPU they import but fail at the
+    first call ("0 active drivers"), so refuse before loading anything."""
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ShapingError("train.liger=true: liger-kernel is not installed (pip install 'shaping[liger]')")
+    if device != "cuda":
+        raise ShapingError(f"train.liger=true: Liger's Triton kernels need a CUDA GPU, this run is on {device}")

@@ -29,7 +29,7 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 from shaping.config.schema import Config
 from shaping.data.transforms import to_preferences, to_sft
 from shaping.errors import ShapingError
-from shaping.training.checkpointing import checkpoint_args, resume_checkpoint
+from shaping.training.checkpointing import DVCLiveResume, checkpoint_args, resume_checkpoint
 from shaping.training.export import compute_dtype, merge_adapter, quantization_config
 from shaping.training.failures import StopOnNonFiniteLoss, out_of_memory_message
 from shaping.training.hardware import (
@@ -273,7 +273,8 @@ def train(
         saving = {"output_dir": str(output_dir / "trainer"), "save_strategy": "no"}
     args = common_args(cfg, saving, precision, checkpointing, device)
     live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False)
-    callbacks: list[TrainerCallback] = [DVCLiveCallback(live=live), RankReport()]
+    dvclive = DVCLiveCallback(live=live)
+    callbacks: list[TrainerCallback] = [dvclive, DVCLiveResume(dvclive), RankReport()]
     build = dpo_trainer if cfg.train.method == "dpo" else sft_trainer
     trainer = build(cfg, model, tokenizer, rows, args, callbacks)
 

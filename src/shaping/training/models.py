@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from shaping.config.schema import ModelConfig
 from shaping.errors import ShapingError
+from shaping.training.hardware import pick_device, resolve_attn_implementation
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,14 @@ def load_base_model(
     linear layers are quantized as they load."""
     name, revision = base_location(model_cfg)
     extra: dict[str, Any] = {} if quantization_config is None else {"quantization_config": quantization_config}
+    attn, why = resolve_attn_implementation(model_cfg.attn_implementation, pick_device(), dtype)
+    log.info("attention: %s (%s)", attn, why)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name,
             revision=revision,
             dtype=dtype,
-            attn_implementation=model_cfg.attn_implementation,
+            attn_implementation=attn,
             trust_remote_code=model_cfg.trust_remote_code,
             **extra,
         )
