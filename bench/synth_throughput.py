@@ -3,7 +3,7 @@ openai.AsyncOpenAI loop and a bare aiohttp + orjson loop, measured in one run.
 
     python bench/synth_throughput.py                    # 10,000 records x 2 sequential requests, 64 in flight
     python bench/synth_throughput.py --records 500      # a quick run
-    python bench/synth_throughput.py --profile engine.prof   # cProfile the engine's client
+    python bench/synth_throughput.py --profile /tmp/synth.prof   # cProfile: /tmp/synth.prof.engine, ...
 
 Every client runs each record as two sequential chat completions (the second carries the first
 answer) with 64 in flight, against one endpoint that answers at once: a raw asyncio HTTP/1.1
@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--clients", default="engine,openai,aiohttp", help="which clients, comma-separated")
     parser.add_argument("--repeat", type=int, default=1, help="run the clients in turn this many times; best of each")
-    parser.add_argument("--profile", help="cProfile the engine client into this file")
+    parser.add_argument("--profile", help="cProfile each client into <this path>.<client>")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--client", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -225,7 +225,7 @@ def main() -> None:
         serve()
         return
     if args.client:
-        profile = args.profile if args.client == "engine" else None
+        profile = f"{args.profile}.{args.client}" if args.profile else None
         run_client(args.client, args.url, args.records, args.concurrency, profile)
         return
 

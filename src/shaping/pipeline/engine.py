@@ -18,12 +18,14 @@ engine's time), so a SIGKILL loses at most that long's answers, re-sent on the r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import hashlib
 import inspect
 import logging
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 Task = Callable[[dict[str, Any]], Any]
 TICK_S = 1.0  # progress refresh (and journal fsync) interval
 COMMIT_INTERVAL_S = 0.2  # the response cache's commits: at most this often, and this late
+GC_THRESHOLD = 20_000  # allocations between young-generation collections during a run (Python's default: 700)
 LOG_EVERY_S = 30.0  # progress as a log line when stderr is not a terminal
 # record workers per request slot: enough to fill every slot, few enough that records do not
 # queue at a model's semaphore (each wait costs a future and a wake-up)
@@ -187,7 +190,8 @@ class Engine:
         )
         try:
             if todo:
-                asyncio.run(self._run_records(method, chosen, keys, todo, results))
+                with _fewer_collections():
+                    asyncio.run(self._run_records(method, chosen, keys, todo, results))
         finally:
             self._refresh_bar()
             self._bar.close()
@@ -399,6 +403,21 @@ class Engine:
             sent=stats.sent,
             refresh=False,
         )
+
+
+@contextlib.contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """A run allocates a few objects per request and keeps many (steps, samples): at the default
+    thresholds the cyclic collector ran often and rescanned the growing heap, about a tenth of
+    the engine's time. Objects from before the run are frozen out of its scans."""
+    before = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
 
 
 class _Ticker:
