@@ -163,9 +163,10 @@ class CookbookRenderer:
                 "(or set backend.renderer=chat_template to render with the model's own chat template)"
             ) from None
         self.name = name
-        self.tokenizer = get_tokenizer(base_model)
+        self.tokenizer: Any = get_tokenizer(base_model)
         try:
-            self.renderer = renderers.get_renderer(name, self.tokenizer, model_name=base_model)
+            # Any: the cookbook types messages as its Message TypedDict; rows here are plain dicts
+            self.renderer: Any = renderers.get_renderer(name, self.tokenizer, model_name=base_model)
         except Exception as err:  # the cookbook raises its RendererError for a name it does not know
             raise ShapingError(f"backend.renderer={name}: {err}") from None
 
@@ -180,11 +181,11 @@ class CookbookRenderer:
                 "has none. Set backend.renderer=chat_template"
             )
         what = TrainOnWhat.ALL_TOKENS if train_on_prompt else TrainOnWhat.ALL_ASSISTANT_MESSAGES
-        model_input, mask = self.renderer.build_supervised_example(messages, train_on_what=what)  # type: ignore[arg-type]
+        model_input, mask = self.renderer.build_supervised_example(messages, train_on_what=what)
         return model_input.to_ints(), [1.0 if w > 0 else 0.0 for w in mask.tolist()]
 
     def generation_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
-        return list(self.renderer.build_generation_prompt(messages).to_ints())  # type: ignore[arg-type]
+        return list(self.renderer.build_generation_prompt(messages).to_ints())
 
     def stop_sequences(self) -> list[int] | list[str]:
         return self.renderer.get_stop_sequences()
