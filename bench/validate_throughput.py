@@ -1,13 +1,15 @@
 """Validation-gate throughput on a large chat JSONL, against bare JSON parsing of the same file.
 
-    python bench/validate_throughput.py [--rows 1000000]
+    python bench/validate_throughput.py [--rows 1000000] [--workers 2] [--repeat 5]
 
 Writes a synthetic chat JSONL (~500 bytes a row) to a temp folder, then times, in one run: a
-bare `orjson.loads` loop, a bare stdlib `json.loads` loop, and the gate's pass 1 (`Gate.scan`:
-parsing, the default dataset.schema rules, conversation structure, think tags and every quality
-figure, with the project's default config) in one process and with `--workers` processes
-(validation.workers). Each is timed `--repeat` times and the best kept (shared machines are
-noisy). Prints rows per second and the ratio gate / bare orjson.
+bare `orjson.loads` loop, a bare stdlib `json.loads` loop, and the whole gate (`Gate.scan`:
+parsing, the default dataset.schema rules, conversation structure, think tags and every
+quality key; then the quality figures and length statistics as the stage computes them; the
+project's default config) in one process and with `--workers` processes (validation.workers).
+The four take turns for `--repeat` rounds and each round's ratio to bare orjson is taken within
+that round, so load from other work on a shared machine moves both sides of it. Prints the
+median and the range of rows per second and of the ratios.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -70,21 +73,16 @@ def write_rows(path: Path, rows: int) -> int:
     return path.stat().st_size
 
 
-def timed(label: str, rows: int, fn: object, repeat: int) -> tuple[str, float]:
-    assert callable(fn)
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return label, rows / best
+def spread(values: list[float], fmt: str) -> str:
+    """`median (min-max)`."""
+    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     cfg = compose()
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,24 +103,31 @@ def main() -> int:
             def run() -> None:
                 g = Gate(cfg.dataset, cfg.validation.quality, workers=workers)
                 g.scan(path)
-                assert g.valid_rows == args.rows and not g.errors
+                checks = g.quality.checks(g.upstream_share())
+                g.quality.length_stats()
+                assert g.valid_rows == args.rows and not g.errors and checks["duplicate_share"]["value"] == 0
 
             return run
 
-        results = [
-            timed("bare orjson.loads loop", args.rows, bare_orjson, args.repeat),
-            timed("bare json.loads loop (stdlib)", args.rows, bare_json, args.repeat),
-            timed("validation gate, pass 1 (Gate.scan), 1 process", args.rows, gate(1), args.repeat),
-            timed(f"validation gate, pass 1, {args.workers} processes", args.rows, gate(args.workers), args.repeat),
-        ]
-    print(f"{args.rows:,} rows, {size / args.rows:.0f} bytes/row, {os.cpu_count()} CPU cores, best of {args.repeat}")
-    print("| reader | rows/s |")
-    print("|---|---|")
-    for label, rate in results:
-        print(f"| {label} | {rate:,.0f} |")
-    orjson_rate = results[0][1]
-    print(f"\ngate / bare orjson: {results[2][1] / orjson_rate:.2f} (1 process), ", end="")
-    print(f"{results[3][1] / orjson_rate:.2f} ({args.workers} processes)")
+        readers = {
+            "bare orjson.loads loop": bare_orjson,
+            "bare json.loads loop (stdlib)": bare_json,
+            "validation gate, 1 process": gate(1),
+            f"validation gate, {args.workers} processes": gate(args.workers),
+        }
+        rates: dict[str, list[float]] = {label: [] for label in readers}
+        for _ in range(args.repeat):
+            for label, fn in readers.items():
+                t0 = time.perf_counter()
+                fn()
+                rates[label].append(args.rows / (time.perf_counter() - t0))
+    base = rates["bare orjson.loads loop"]
+    print(f"{args.rows:,} rows, {size / args.rows:.0f} bytes/row, {os.cpu_count()} CPU cores, {args.repeat} rounds")
+    print("| reader | rows/s: median (min-max) | / bare orjson in the same round: median (min-max) |")
+    print("|---|---|---|")
+    for label, values in rates.items():
+        ratios = [rate / orjson_rate for rate, orjson_rate in zip(values, base, strict=True)]
+        print(f"| {label} | {spread(values, ',.0f')} | {spread(ratios, '.2f')} |")
     return 0
 
 

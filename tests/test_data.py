@@ -346,6 +346,8 @@ def test_fast_path_agrees_on_varied_shapes_and_bad_utf8_in_a_read_field(
     for j in range(len(mixed) - 300):  # the bad rows of mixed_rows, spread over the file
         rows.insert(j * 29, mixed[7 + j * 13])
     rows.insert(450, b'{"id": "\xff\xfe", "messages": ' + TWO_TURNS)
+    rows.insert(500, b'{"id": "lone", "note": "\\ud800", "messages": ' + TWO_TURNS)  # a lone surrogate, skipped
+    rows.insert(520, b'{"id": "lone2", "messages": [{"role": "user", "content": "\\udc00"}]}')
     path = tmp_path / "varied.jsonl"
     path.write_bytes(b"\n".join(rows) + b"\n")
     monkeypatch.setattr(validation, "BLOCK_BYTES", 4096)
@@ -440,3 +442,31 @@ def test_near_keys_match_one_at_a_time_and_lengths_give_statistics_median() -> N
         import statistics
 
         assert q.checks(0.0)["median_reply_chars"]["value"] == statistics.median(lengths)
+
+
+def test_distinct_n_matches_sets_of_words() -> None:
+    """The word-id counting of distinct-1/2 gives what sets of str words and bigrams give, for ASCII
+    replies (read as bytes), non-ASCII ones, empty ones and separators str.split() splits at."""
+    import itertools
+    import random
+    import string
+
+    from shaping.data.quality import Quality
+
+    rng = random.Random(5)
+    alphabet = ["seed", "Seed", "root,", "ROOT", "ünï", "ΣΑΣ", " ", "\t", "\x1c", "\xa0", "\u2003", "!!", "a.b", "\n"]
+    sample = ["", "   ", "...", "one"]
+    sample += ["".join(rng.choices(alphabet, k=rng.randrange(0, 12))) for _ in range(300)]
+    q = Quality(QualityConfig(distinct_sample=len(sample)))
+    q.sample.extend(sample)
+    unigrams: set[str] = set()
+    bigrams: set[tuple[str, str]] = set()
+    unigram_total = bigram_total = 0
+    for reply in sample:
+        words = reply.lower().translate(str.maketrans("", "", string.punctuation)).split()
+        unigrams.update(words)
+        bigrams.update(itertools.pairwise(words))
+        unigram_total += len(words)
+        bigram_total += max(0, len(words) - 1)
+    assert q._ngrams() == (len(unigrams), unigram_total, len(bigrams), bigram_total)
+    assert len(bigrams) > 50

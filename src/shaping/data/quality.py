@@ -10,8 +10,8 @@ parts of the data merge exactly (`Quality.merge`).
 from __future__ import annotations
 
 import itertools
+import operator
 import re
-import statistics
 import string
 from array import array
 from collections.abc import Iterable, Sequence
@@ -25,11 +25,18 @@ import xxhash
 from shaping.config.schema import QualityConfig
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
+# distinct-n words of an ASCII reply from its bytes: bytes.split() does not split at \x1c-\x1f as
+# str.split() does, so those become spaces
+_PUNCTUATION_BYTES = string.punctuation.encode()
+_WORD_BYTES = bytes.maketrans(
+    string.ascii_uppercase.encode() + b"\x1c\x1d\x1e\x1f", string.ascii_lowercase.encode() + b"    "
+)
 # near-duplicate key: the reply lowercased, without punctuation and whitespace (all ASCII, so the
 # same characters can be dropped from its UTF-8 bytes, and ASCII text lowercased as bytes)
 _DROP = (string.punctuation + string.whitespace).encode()
 _LOWER = bytes.maketrans(string.ascii_uppercase.encode(), string.ascii_lowercase.encode())
 _HEAD = 300  # error patterns look at the first characters of each reply
+_HEAD_SLICE = slice(_HEAD)
 _COMPACT_AT = 1 << 20  # pending keys sorted into the distinct ones at least this many at a time
 _xxh64 = xxhash.xxh3_64_intdigest  # unsalted, so the same in every process; 30x faster than hash() on bytes
 
@@ -113,6 +120,9 @@ class Quality:
     sample: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self._ordered = np.empty(0, dtype=np.int64)
+        self._ngram_counts: tuple[int, int, int, int] | None = None
+        self._ngrams_of = 0
         # one regex each: an alternation would defeat the fast paths for anchored and literal patterns
         self._error_like = [re.compile(p, re.IGNORECASE) for p in self.cfg.error_patterns]
 
@@ -136,8 +146,8 @@ class Quality:
         start = len(self.lengths)
         self.lengths.extend(map(len, replies))
         heads: Sequence[str] = replies
-        if max(self.lengths[start:], default=0) > _HEAD:
-            heads = [reply[:_HEAD] for reply in replies]  # a slice of a shorter string is the string itself
+        if max(self.lengths[start:], default=0) > _HEAD:  # (a slice of a shorter string is that string)
+            heads = list(map(operator.getitem, replies, itertools.repeat(_HEAD_SLICE)))
         for pattern in self._error_like:  # counts replies matching any pattern, each once
             found = list(map(pattern.search, heads))
             hits = len(found) - found.count(None)
@@ -159,27 +169,50 @@ class Quality:
         if room > 0:
             self.sample.extend(other.sample[:room])
 
-    def _distinct(self) -> tuple[int, int, int, int]:
-        """(distinct unigrams, unigrams, distinct bigrams, bigrams) over the sample."""
-        unigrams: set[str] = set()
-        bigrams: set[tuple[str, str]] = set()
-        unigram_total = bigram_total = 0
-        for reply in self.sample:
-            words = reply.lower().translate(_PUNCTUATION).split()
-            unigrams.update(words)
-            bigrams.update(itertools.pairwise(words))
-            unigram_total += len(words)
-            bigram_total += max(0, len(words) - 1)
-        return len(unigrams), unigram_total, len(bigrams), bigram_total
+    def _ngrams(self) -> tuple[int, int, int, int]:
+        """(distinct unigrams, unigrams, distinct bigrams, bigrams) over the sample's words.
 
-    def _sorted_lengths(self) -> list[int]:
-        return np.sort(np.frombuffer(self.lengths, dtype=np.int64)).tolist()
+        Words are the reply lowercased, without punctuation, split at whitespace. Each distinct
+        word gets an integer id and each bigram the number id1 * n + id2, counted with a sort.
+        """
+        if self._ngram_counts is not None and self._ngrams_of == len(self.sample):
+            return self._ngram_counts
+        words: list[bytes] = []
+        ends = [0]  # where each reply's words end in `words`
+        for reply in self.sample:
+            if reply.isascii():  # the same words as below, as bytes, without the slow str.translate
+                words.extend(reply.encode().translate(_WORD_BYTES, _PUNCTUATION_BYTES).split())
+            else:
+                words.extend(map(str.encode, reply.lower().translate(_PUNCTUATION).split()))
+            ends.append(len(words))
+        vocabulary: dict[bytes, int] = {}
+        n = len(words)
+        ids = np.fromiter(map(vocabulary.setdefault, words, itertools.count()), dtype=np.int64, count=n)
+        bigrams = ids[:-1] * max(n, 1) + ids[1:]
+        within = np.ones(len(bigrams), dtype=bool)
+        starts = np.asarray(ends[1:-1], dtype=np.int64)  # of every reply but the first
+        within[starts[(starts > 0) & (starts < n)] - 1] = False  # a bigram across two replies is none
+        bigrams = bigrams[within]
+        self._ngram_counts = (len(vocabulary), n, len(_sorted_distinct(bigrams)), len(bigrams))
+        self._ngrams_of = len(self.sample)
+        return self._ngram_counts
+
+    def _sorted_lengths(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        if len(self._ordered) != len(self.lengths):  # sorted once for all the figures
+            self._ordered = np.sort(np.frombuffer(self.lengths, dtype=np.int64))
+        return self._ordered
+
+    def _median_length(self) -> float:
+        """statistics.median of the lengths: the middle one (an int), or the mean of the middle two."""
+        ordered, n = self._sorted_lengths(), len(self.lengths)
+        if n % 2:
+            return int(ordered[n // 2])
+        return (int(ordered[n // 2 - 1]) + int(ordered[n // 2])) / 2
 
     def checks(self, upstream_share: float) -> dict[str, dict[str, Any]]:
         q, n = self.cfg, max(1, self.rows)
-        # statistics.median of the sorted lengths: an int, or the mean of the middle two
-        median = statistics.median(self._sorted_lengths()) if self.lengths else 0
-        _, _, distinct_bigrams, bigram_total = self._distinct()
+        median = self._median_length() if self.lengths else 0
+        _, _, distinct_bigrams, bigram_total = self._ngrams()
         distinct_2 = distinct_bigrams / bigram_total if bigram_total else 0.0
 
         def at_most(value: float, bound: float | None) -> dict[str, Any]:
@@ -209,13 +242,13 @@ class Quality:
         if not self.lengths:
             return {}
         ordered = self._sorted_lengths()
-        distinct_unigrams, unigram_total, _, _ = self._distinct()
+        distinct_unigrams, unigram_total, _, _ = self._ngrams()
 
         def pct(p: float) -> float:
             return float(ordered[min(len(ordered) - 1, int(p * len(ordered)))])
 
         return {
-            "mean": round(sum(ordered) / len(ordered), 1),
+            "mean": round(int(ordered.sum()) / len(ordered), 1),  # an exact integer sum, as Python's
             "p5": pct(0.05),
             "p50": pct(0.5),
             "p95": pct(0.95),

@@ -20,7 +20,8 @@ import mmap
 import multiprocessing
 import os
 import random
-from collections.abc import Callable, Container, Iterator
+from array import array
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 from pathlib import Path
@@ -99,7 +100,7 @@ class Gate:
         self.quality = Quality(quality)
         self.errors: list[RowError] = []
         self.sources: dict[str, SourceStats] = {}
-        self.valid: dict[str, list[int]] = {}
+        self.valid: dict[str, array[int]] = {}  # line numbers of valid rows, 8 bytes each
         self.fast: FastPath | None = compile_chat_fast_path(dataset.schema) if dataset.format == "chat" else None
         self._row_check: Callable[[dict[str, Any]], tuple[list[tuple[str, str]], int, str]] = (
             self._check_chat if dataset.format == "chat" else self._check_preference
@@ -148,7 +149,7 @@ class Gate:
     def scan(self, path: Path, upstream_errors: int = 0) -> None:
         name = path.as_posix()
         stats = self.sources.setdefault(name, SourceStats(upstream_errors=upstream_errors))
-        valid = self.valid.setdefault(name, [])
+        valid = self.valid.setdefault(name, array("q"))
         if not path.is_file():
             self.errors.append(RowError(name, 0, "file", "not found (did its synthesize stage run?)"))
             return
@@ -163,7 +164,7 @@ class Gate:
             offset = stats.lines
             if offset:
                 self.errors.extend(RowError(e.file, e.line + offset, e.field, e.message) for e in part.errors)
-                valid.extend(line + offset for line in part.valid)
+                valid.extend(map(offset.__add__, part.valid))
             else:
                 self.errors.extend(part.errors)
                 valid.extend(part.valid)
@@ -368,7 +369,7 @@ class _Part:
     lines: int = 0
     refusing: set[int] = field(default_factory=set)  # fast-path decodings this part's rows don't fit
     errors: list[RowError] = field(default_factory=list)
-    valid: list[int] = field(default_factory=list)
+    valid: array[int] = field(default_factory=lambda: array("q"))
 
 
 def _line_ranges(path: Path, workers: int) -> list[tuple[int, int]]:
@@ -424,7 +425,7 @@ def _json_problem(raw: bytes, err: orjson.JSONDecodeError, had_newline: bool) ->
 
 
 def choose_split(
-    valid: dict[str, list[int]], eval_fraction: float, seed: int, max_examples: int | None = None
+    valid: Mapping[str, Sequence[int]], eval_fraction: float, seed: int, max_examples: int | None = None
 ) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
     """Seeded shuffle of all valid (file, line) pairs: (train, eval); eval has at least one row."""
     if not 0 < eval_fraction < 1:
