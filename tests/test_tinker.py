@@ -448,6 +448,32 @@ def test_evaluate_a_tinker_run(service: Service, cfg: Config, tmp_path: Path) ->
         evaluate_reference(cfg, rows, reference, None, tmp_path / "eval")
 
 
+def test_evaluate_stage_scores_a_tinker_run(service: Service, cfg: Config, tmp_path: Path) -> None:
+    """src/evaluate.py's own main(): with tinker.json in paths.adapter_dir it loads no local weights."""
+    import importlib.util
+
+    from shaping.stage import StageContext
+    from shaping.tracking import RunRecord
+
+    cfg.eval.metrics, cfg.eval.samples.num_prompts = ["loss", "samples"], 2
+    cfg.paths.adapter_dir, cfg.paths.validated_dir = str(tmp_path / "adapter"), str(tmp_path / "validated")
+    (tmp_path / "adapter").mkdir()
+    write_reference(tmp_path / "adapter" / REFERENCE_FILE, cfg.model.name_or_path)
+    (tmp_path / "validated").mkdir()
+    (tmp_path / "validated" / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS[:3]))
+    spec = importlib.util.spec_from_file_location("evaluate_stage", REPO / "src" / "evaluate.py")
+    assert spec is not None and spec.loader is not None
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    record = RunRecord(stage="evaluate", params_fingerprint="test", params_sections=["eval"])
+    stage.main(StageContext(name="evaluate", cfg=cfg, record=record, out_root=tmp_path / "run"))
+
+    metrics = json.loads((tmp_path / "run" / cfg.paths.eval_dir / "metrics.json").read_text())
+    assert metrics["tuned"]["loss"] == pytest.approx(0.5) and metrics["base"]["loss"] == pytest.approx(1.0)
+    assert (tmp_path / "run" / cfg.paths.eval_dir / "details" / "checks.json").is_file()
+    assert {c.model_path for c in service.samplers} == {None, "tinker://run-0/sampler_weights/final"}
+
+
 def test_cookbook_renderer_when_installed(cfg: Config) -> None:
     pytest.importorskip("tinker_cookbook")
     from shaping.inference.tinker import load_renderer
