@@ -84,4 +84,5 @@ def cfg(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Confi
     config.synth.cache_dir = str(tmp_path_factory.mktemp("synth_cache"))
     config.model.name_or_path = str(tiny_model_dir)
     config.models["teacher"].model = str(tiny_model_dir)
+    config.models["base"].model = str(tiny_model_dir)
     return config
