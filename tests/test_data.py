@@ -445,8 +445,8 @@ def test_near_keys_match_one_at_a_time_and_lengths_give_statistics_median() -> N
 
 
 def test_distinct_n_matches_sets_of_words() -> None:
-    """The word-id counting of distinct-1/2 gives what sets of str words and bigrams give, for ASCII
-    replies (read as bytes), non-ASCII ones, empty ones and separators str.split() splits at."""
+    """Distinct-1/2 from words as bytes give what str words give, for ASCII replies (split as bytes),
+    non-ASCII ones, empty ones and the separators str.split() splits at and bytes.split() does not."""
     import itertools
     import random
     import string

@@ -170,30 +170,23 @@ class Quality:
             self.sample.extend(other.sample[:room])
 
     def _ngrams(self) -> tuple[int, int, int, int]:
-        """(distinct unigrams, unigrams, distinct bigrams, bigrams) over the sample's words.
-
-        Words are the reply lowercased, without punctuation, split at whitespace. Each distinct
-        word gets an integer id and each bigram the number id1 * n + id2, counted with a sort.
-        """
+        """(distinct unigrams, unigrams, distinct bigrams, bigrams) over the sample's words: each reply
+        lowercased, without punctuation, split at whitespace (computed once, for both figures)."""
         if self._ngram_counts is not None and self._ngrams_of == len(self.sample):
             return self._ngram_counts
-        words: list[bytes] = []
-        ends = [0]  # where each reply's words end in `words`
+        unigrams: set[bytes] = set()
+        bigrams: set[tuple[bytes, bytes]] = set()
+        unigram_total = bigram_total = 0
         for reply in self.sample:
             if reply.isascii():  # the same words as below, as bytes, without the slow str.translate
-                words.extend(reply.encode().translate(_WORD_BYTES, _PUNCTUATION_BYTES).split())
+                words = reply.encode().translate(_WORD_BYTES, _PUNCTUATION_BYTES).split()
             else:
-                words.extend(map(str.encode, reply.lower().translate(_PUNCTUATION).split()))
-            ends.append(len(words))
-        vocabulary: dict[bytes, int] = {}
-        n = len(words)
-        ids = np.fromiter(map(vocabulary.setdefault, words, itertools.count()), dtype=np.int64, count=n)
-        bigrams = ids[:-1] * max(n, 1) + ids[1:]
-        within = np.ones(len(bigrams), dtype=bool)
-        starts = np.asarray(ends[1:-1], dtype=np.int64)  # of every reply but the first
-        within[starts[(starts > 0) & (starts < n)] - 1] = False  # a bigram across two replies is none
-        bigrams = bigrams[within]
-        self._ngram_counts = (len(vocabulary), n, len(_sorted_distinct(bigrams)), len(bigrams))
+                words = list(map(str.encode, reply.lower().translate(_PUNCTUATION).split()))
+            unigrams.update(words)
+            bigrams.update(itertools.pairwise(words))
+            unigram_total += len(words)
+            bigram_total += max(0, len(words) - 1)
+        self._ngram_counts = (len(unigrams), unigram_total, len(bigrams), bigram_total)
         self._ngrams_of = len(self.sample)
         return self._ngram_counts
 
