@@ -257,3 +257,24 @@ def test_stage_summary_no_cache_flag_and_status(tmp_path: Path) -> None:
     )
     assert status.returncode == 0, status.stderr
     assert "identity_distillation" in status.stdout and "MISSING" in status.stdout
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_runs_small() -> None:
+    """bench/synth_throughput.py end to end with 150 records: the three clients, one table."""
+    done = subprocess.run(
+        [sys.executable, "bench/synth_throughput.py", "--records", "150", "--concurrency", "16"],
+        cwd=REPO,
+        env=STAGE_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "x |" in line]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| this engine (cache on)",
+        "| asyncio + openai.AsyncOpenAI",
+        "| aiohttp + orjson",
+    ]
+    assert all(float(r.split(" | ")[1].replace(",", "")) > 0 for r in rows)
