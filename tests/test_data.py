@@ -436,12 +436,18 @@ def test_near_keys_match_one_at_a_time_and_lengths_give_statistics_median() -> N
     assert list(near_keys(ascii_replies)) == [near_key(r) for r in ascii_replies]
     assert list(near_keys(mixed)) == [near_key(r) for r in mixed]
     assert len({near_key(r) for r in mixed}) == 3
-    for lengths in ([3, 1, 2], [4, 1, 3, 2]):
+    import random
+    import statistics
+
+    rng = random.Random(2)
+    for lengths in ([3, 1, 2], [4, 1, 3, 2], [5], [rng.randrange(1, 900) for _ in range(1001)]):
         q = Quality(QualityConfig())
         q.add_many(list(range(len(lengths))), ["x" * k for k in lengths])
-        import statistics
-
         assert q.checks(0.0)["median_reply_chars"]["value"] == statistics.median(lengths)
+        ordered, n = sorted(lengths), len(lengths)
+        stats = q.length_stats()
+        assert stats["mean"] == round(sum(lengths) / n, 1) and stats["max"] == max(lengths)
+        assert [stats[k] for k in ("p5", "p50", "p95")] == [ordered[min(n - 1, int(p * n))] for p in (0.05, 0.5, 0.95)]
 
 
 def test_distinct_n_matches_sets_of_words() -> None:

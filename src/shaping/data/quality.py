@@ -120,7 +120,7 @@ class Quality:
     sample: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._ordered = np.empty(0, dtype=np.int64)
+        self._ranked = np.empty(0, dtype=np.int64)  # lengths with the ranks _length_at needs in place
         self._ngram_counts: tuple[int, int, int, int] | None = None
         self._ngrams_of = 0
         # one regex each: an alternation would defeat the fast paths for anchored and literal patterns
@@ -143,10 +143,10 @@ class Quality:
         self.rows += len(keys)
         self.exact.extend(keys)
         self.near.extend(near_keys(replies))
-        start = len(self.lengths)
-        self.lengths.extend(map(len, replies))
+        lengths = list(map(len, replies))
+        self.lengths.extend(lengths)
         heads: Sequence[str] = replies
-        if max(self.lengths[start:], default=0) > _HEAD:  # (a slice of a shorter string is that string)
+        if max(lengths, default=0) > _HEAD:  # (a slice of a shorter string is that string)
             heads = list(map(operator.getitem, replies, itertools.repeat(_HEAD_SLICE)))
         for pattern in self._error_like:  # counts replies matching any pattern, each once
             found = list(map(pattern.search, heads))
@@ -190,17 +190,23 @@ class Quality:
         self._ngrams_of = len(self.sample)
         return self._ngram_counts
 
-    def _sorted_lengths(self) -> np.ndarray[Any, np.dtype[np.int64]]:
-        if len(self._ordered) != len(self.lengths):  # sorted once for all the figures
-            self._ordered = np.sort(np.frombuffer(self.lengths, dtype=np.int64))
-        return self._ordered
+    def _length_at(self, rank: int) -> int:
+        """The length of rank `rank` (0 = shortest) among all replies.
+
+        One np.partition places every rank the figures use (linear time, not a sort), once.
+        """
+        n = len(self.lengths)
+        if len(self._ranked) != n:
+            wanted = {min(n - 1, max(0, r)) for r in (n // 2 - 1, n // 2, int(0.05 * n), int(0.95 * n), n - 1)}
+            self._ranked = np.partition(np.frombuffer(self.lengths, dtype=np.int64), sorted(wanted))
+        return int(self._ranked[rank])
 
     def _median_length(self) -> float:
         """statistics.median of the lengths: the middle one (an int), or the mean of the middle two."""
-        ordered, n = self._sorted_lengths(), len(self.lengths)
+        n = len(self.lengths)
         if n % 2:
-            return int(ordered[n // 2])
-        return (int(ordered[n // 2 - 1]) + int(ordered[n // 2])) / 2
+            return self._length_at(n // 2)
+        return (self._length_at(n // 2 - 1) + self._length_at(n // 2)) / 2
 
     def checks(self, upstream_share: float) -> dict[str, dict[str, Any]]:
         q, n = self.cfg, max(1, self.rows)
@@ -234,17 +240,17 @@ class Quality:
     def length_stats(self) -> dict[str, float]:
         if not self.lengths:
             return {}
-        ordered = self._sorted_lengths()
+        n = len(self.lengths)
         distinct_unigrams, unigram_total, _, _ = self._ngrams()
 
         def pct(p: float) -> float:
-            return float(ordered[min(len(ordered) - 1, int(p * len(ordered)))])
+            return float(self._length_at(min(n - 1, int(p * n))))
 
         return {
-            "mean": round(int(ordered.sum()) / len(ordered), 1),  # an exact integer sum, as Python's
+            "mean": round(int(np.frombuffer(self.lengths, dtype=np.int64).sum()) / n, 1),  # exact integer sum
             "p5": pct(0.05),
             "p50": pct(0.5),
             "p95": pct(0.95),
-            "max": float(ordered[-1]),
+            "max": float(self._length_at(n - 1)),
             "distinct_1": round(distinct_unigrams / unigram_total, 4) if unigram_total else 0.0,
         }

@@ -216,7 +216,7 @@ class Gate:
             prompts = list(map(_CONTENT, map(_FIRST, conversations)))
             replies = list(map(_CONTENT, map(_SECOND, conversations)))
             keys = list(map(hash, zip(prompts, replies, strict=True)))
-            contents = [*prompts, *replies]
+            blank = any(map(str.isspace, prompts)) or any(map(str.isspace, replies))
             thinking = replies
         else:
             signatures = list(map(tuple, map(map, itertools.repeat(_ROLE), conversations)))
@@ -225,14 +225,12 @@ class Gate:
                 refused.update(i for i, s in enumerate(signatures) if s in wrong)
             texts = list(map(tuple, map(map, itertools.repeat(_CONTENT), conversations)))
             keys = list(map(hash, texts))
-            contents = list(itertools.chain.from_iterable(texts))
+            thinking = list(itertools.chain.from_iterable(texts))  # the loop below looks at the assistant's only
+            blank = any(map(str.isspace, thinking))
             replies = list(map(_LAST, texts))
-            thinking = contents  # the loop below looks at the assistant's only
         # no ">" in the block, not even as a \u escape: no think tag to check in any reply
         tags = b">" in block or (b"\\" in block and b"\\u" in block)
-        if any(map(str.isspace, contents)) or (
-            tags and any(map(str.__contains__, thinking, itertools.repeat("think>")))
-        ):
+        if blank or (tags and any(map(str.__contains__, thinking, itertools.repeat("think>")))):
             for i, conversation in enumerate(conversations):
                 for m in conversation:
                     if m.content.isspace() or (m.role == "assistant" and not validate_think_tags(m.content)[0]):
