@@ -54,7 +54,7 @@ def quantization_config(cfg: Config, compute: torch.dtype) -> object | None:
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
     except ImportError:
-        raise ShapingError("lora=qlora needs bitsandbytes: pip install 'shaping[qlora]'") from None
+        raise ShapingError("lora=qlora needs bitsandbytes: pip install bitsandbytes") from None
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quant.quant_type,

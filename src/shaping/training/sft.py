@@ -45,9 +45,10 @@ def training_template(tokenizer: PreTrainedTokenizerBase, train_on_prompt: bool,
         raise ShapingError(
             f"model {name}: its chat template has no {{% generation %}} markers and TRL has no training "
             "version of it, so the loss cannot be limited to the assistant's replies. Either set "
-            "train.train_on_prompt=true (loss on every token, prompts included), or set model.chat_template to "
-            "a Jinja file whose assistant turns (reply and end-of-turn token) sit inside "
-            "{% generation %}...{% endgeneration %}"
+            "train.train_on_prompt=true (loss on every token, prompts included), or edit the tokenizer's chat "
+            "template (chat_template.jinja or tokenizer_config.json in a local copy of the model, then "
+            "model.name_or_path=<that folder>) so that each assistant turn, reply and end-of-turn token, sits "
+            "inside {% generation %}...{% endgeneration %}"
         ) from None
     log.info("model %s: training with TRL's marked version of its chat template (loss on replies only)", name)
     return template
@@ -148,8 +149,8 @@ def check_stop_token_learned(
             raise ShapingError(
                 f"the training rows end on {last!r}, not on a stop token carrying loss "
                 f"({tokenizer.eos_token!r}), so the tuned model would never learn to stop. Put the end-of-turn "
-                "token inside the template's {% generation %} block (model.chat_template), or set "
-                "train.train_on_prompt=true"
+                "token inside the chat template's {% generation %} block (in a local copy of the tokenizer), or "
+                "set train.train_on_prompt=true"
             )
     if cut:
         log.warning(
