@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import orjson
 
@@ -29,6 +29,7 @@ from shaping.pipeline.journal import Journal
 from shaping.tracking import git_commit, hash_inputs, sha256_file
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # command-line flags, for `src/synthesize.py` and a pipeline file run as a script
 FLAGS = {"--no-cache": "synth.cache=false"}
@@ -75,10 +76,17 @@ class Pipeline:
         limit: int | None = None,
         annotate: bool | None = None,
     ) -> None:
-        self.root = find_repo_root()
-        if config is None:
-            # `python pipelines/<file>.py key=value --no-cache`: a pipeline run as a script takes overrides
-            config = compose(cli_overrides(sys.argv[1:]) if type(self).__module__ == "__main__" else [])
+        if type(self).__module__ == "__main__":
+            # `python pipelines/<file>.py key=value --no-cache`, from any folder: a pipeline run as a
+            # script finds the repository beside its file and takes overrides
+            source = self.source_file()
+            self.root = _as_script(lambda: find_repo_root(source.parent if source else None))
+            if config is None:
+                config = _as_script(lambda: compose(cli_overrides(sys.argv[1:]), config_dir=self.root / "conf"))
+        else:
+            self.root = find_repo_root()
+            if config is None:
+                config = compose()
         self.config = config
         self.limit = limit if limit is not None else self.config.synth.limit
         chosen = annotate if annotate is not None else self.config.synth.annotate
@@ -289,7 +297,7 @@ def _write_jsonl(path: Path, rows: Any) -> None:
     atomic_write_text(path, b"".join(orjson.dumps(row, option=options, default=str) + b"\n" for row in rows).decode())
 
 
-def _as_script(body: Callable[[], ExecuteResult]) -> ExecuteResult:
+def _as_script(body: Callable[[], T]) -> T:
     """`python pipelines/<file>.py`: log like a stage, and a ShapingError is one message, exit 1."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
