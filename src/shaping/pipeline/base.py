@@ -78,9 +78,8 @@ class Pipeline:
     ) -> None:
         if type(self).__module__ == "__main__":
             # `python pipelines/<file>.py key=value --no-cache`, from any folder: a pipeline run as a
-            # script finds the repository beside its file and takes overrides
-            source = self.source_file()
-            self.root = _as_script(lambda: find_repo_root(source.parent if source else None))
+            # script finds the repository above its file (else above the working folder), takes overrides
+            self.root = _as_script(lambda: _script_root(self.source_file()))
             if config is None:
                 config = _as_script(lambda: compose(cli_overrides(sys.argv[1:]), config_dir=self.root / "conf"))
         else:
@@ -295,6 +294,13 @@ def summary(manifest: dict[str, Any]) -> str:
 def _write_jsonl(path: Path, rows: Any) -> None:
     options = orjson.OPT_NON_STR_KEYS  # input records may hold int keys; json.dumps would write them too
     atomic_write_text(path, b"".join(orjson.dumps(row, option=options, default=str) + b"\n" for row in rows).decode())
+
+
+def _script_root(source: Path | None) -> Path:
+    try:
+        return find_repo_root(source.parent if source else None)
+    except ShapingError:
+        return find_repo_root()
 
 
 def _as_script(body: Callable[[], T]) -> T:
