@@ -4,6 +4,7 @@ CPU processes joined over gloo (DDP), on the session's tiny model."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import re
@@ -12,12 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from shaping.config import Config
 from shaping.errors import ShapingError
 from shaping.io import write_jsonl
 from shaping.training import launch
+from shaping.training.hardware import check_liger, resolve_attn_implementation
 
 from .conftest import DIALOGUES, REPO
 
@@ -91,3 +94,18 @@ def test_launch_command_passes_precision_and_a_free_port(cfg: Config, tmp_path: 
     assert int(cmd[cmd.index("--main_process_port") + 1]) > 0
     assert cmd[-3:] == [str(REPO / "src" / "train.py"), "--params", "p.yaml"]
     assert OmegaConf.load(tmp_path / "a.yaml")["num_processes"] == 2
+
+
+def test_attention_and_liger_choices() -> None:
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    assert resolve_attn_implementation("auto", "cpu", torch.float32)[0] == "sdpa"
+    assert resolve_attn_implementation("auto", "cuda", torch.float32)[0] == "sdpa", "flash-attn needs 16-bit weights"
+    assert resolve_attn_implementation("auto", "cuda", torch.bfloat16)[0] == (
+        "flash_attention_2" if has_flash else "sdpa"
+    )
+    assert resolve_attn_implementation("eager", "cpu", torch.float32) == ("eager", "set in model.attn_implementation")
+    if not has_flash:
+        with pytest.raises(ShapingError, match=r"model\.attn_implementation=flash_attention_2.*not installed"):
+            resolve_attn_implementation("flash_attention_2", "cuda", torch.bfloat16)
+    with pytest.raises(ShapingError, match=r"train\.liger=true"):
+        check_liger("cpu")  # not installed here, or installed but no GPU: refused either way
