@@ -9,7 +9,9 @@ quality key; then the quality figures and length statistics as the stage compute
 project's default config) in one process and with `--workers` processes (validation.workers).
 The four take turns for `--repeat` rounds and each round's ratio to bare orjson is taken within
 that round, so load from other work on a shared machine moves both sides of it. Prints the
-median and the range of rows per second and of the ratios.
+median and the range of rows per second and of the ratios, by the wall clock and by CPU time
+(this process and its workers): on a machine whose cores other work keeps busy, the CPU figures
+say what each reader costs, and the wall-clock ones what it got.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import statistics
 import tempfile
 import time
@@ -73,6 +76,12 @@ def write_rows(path: Path, rows: int) -> int:
     return path.stat().st_size
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (the gate's workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def spread(values: list[float], fmt: str) -> str:
     """`median (min-max)`."""
     return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
@@ -115,19 +124,25 @@ def main() -> int:
             "validation gate, 1 process": gate(1),
             f"validation gate, {args.workers} processes": gate(args.workers),
         }
-        rates: dict[str, list[float]] = {label: [] for label in readers}
+        wall: dict[str, list[float]] = {label: [] for label in readers}
+        cpu: dict[str, list[float]] = {label: [] for label in readers}
         for _ in range(args.repeat):
             for label, fn in readers.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), cpu_seconds()
                 fn()
-                rates[label].append(args.rows / (time.perf_counter() - t0))
-    base = rates["bare orjson.loads loop"]
+                wall[label].append(args.rows / (time.perf_counter() - t0))
+                cpu[label].append(args.rows / (cpu_seconds() - c0))
     print(f"{args.rows:,} rows, {size / args.rows:.0f} bytes/row, {os.cpu_count()} CPU cores, {args.repeat} rounds")
-    print("| reader | rows/s: median (min-max) | / bare orjson in the same round: median (min-max) |")
-    print("|---|---|---|")
-    for label, values in rates.items():
-        ratios = [rate / orjson_rate for rate, orjson_rate in zip(values, base, strict=True)]
-        print(f"| {label} | {spread(values, ',.0f')} | {spread(ratios, '.2f')} |")
+    print("| reader | rows/s | / bare orjson, same round | rows per CPU-second | / bare orjson, same round |")
+    print("|---|---|---|---|---|")
+    for label in readers:
+        cells = []
+        for rates in (wall, cpu):
+            base = rates["bare orjson.loads loop"]
+            ratios = [rate / orjson_rate for rate, orjson_rate in zip(rates[label], base, strict=True)]
+            cells += [spread(rates[label], ",.0f"), spread(ratios, ".2f")]
+        print(f"| {label} | {' | '.join(cells)} |")
+    print("(each cell: median (min-max) over the rounds)")
     return 0
 
 

@@ -476,3 +476,40 @@ def test_distinct_n_matches_sets_of_words() -> None:
         bigram_total += max(0, len(words) - 1)
     assert q._ngrams() == (len(unigrams), unigram_total, len(bigrams), bigram_total)
     assert len(bigrams) > 50
+
+
+def test_error_patterns_anchored_share_one_regex_and_count_the_same() -> None:
+    """Patterns anchored with ^ are tried together at the start; each reply is counted once, as with one
+    search per pattern. Anything the ^ might not anchor keeps its own regex; a bad regex names its key."""
+    import re
+
+    from shaping.data.quality import Quality, _anchored_body
+
+    assert _anchored_body(r"^\s*(error|exception)\b") == r"\s*(error|exception)\b"
+    assert _anchored_body(r"^[]|(]x") == r"[]|(]x"  # | and ( inside a class
+    for pattern in (r"^a|b", r"^[\](]|b", r"^(?i)x", r"^(a)\1", r"^(?=a)", "a^", r"^a\|b|c"):
+        assert _anchored_body(pattern) is None, pattern
+    patterns = [r"^\s*(error|exception|traceback)\b", "__ERROR__", r"^\s*i'?m sorry", r"^[\](]|sorry", r"^\d+$"]
+    replies = [
+        "Error: x",
+        "  exception",
+        "I'm sorry",
+        "im SORRY but",
+        "ok __error__",
+        "(paren",
+        "]bracket",
+        "fine, sorry",
+        "12345",
+        "123a",
+        "errors",
+        "",
+        "x" * 400 + "__ERROR__",
+    ]
+    q = Quality(QualityConfig(error_patterns=patterns))
+    assert len(q._error_like) == 3  # the three anchored ones share a regex
+    q.add_many(list(range(len(replies))), replies)
+    one_each = [re.compile(p, re.IGNORECASE) for p in patterns]
+    expected = sum(any(r.search(reply, 0, 300) for r in one_each) for reply in replies)
+    assert q.error_like == expected == 9
+    with pytest.raises(ShapingError, match=r"validation\.quality\.error_patterns\[1\]='\(unclosed'"):
+        Quality(QualityConfig(error_patterns=["ok", "(unclosed"]))

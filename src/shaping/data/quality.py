@@ -14,7 +14,7 @@ import operator
 import re
 import string
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import not_
 from typing import Any
@@ -23,6 +23,7 @@ import numpy as np
 import xxhash
 
 from shaping.config.schema import QualityConfig
+from shaping.errors import ShapingError
 
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 # distinct-n words of an ASCII reply from its bytes: bytes.split() does not split at \x1c-\x1f as
@@ -94,14 +95,71 @@ class DistinctKeys:
 
 
 def _sorted_distinct(*parts: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    # np.unique is ~10x slower than this sort and mask (numpy 2.4, 1M keys)
-    keys = np.sort(np.concatenate(parts))
+    # np.unique is ~10x slower than this sort and mask (numpy 2.4, 1M keys); a stable sort (timsort)
+    # merges already sorted parts in linear time
+    keys = np.sort(np.concatenate(parts), kind="stable")
     if len(keys) < 2:
         return keys
     keep = np.empty(len(keys), dtype=bool)
     keep[0] = True
     np.not_equal(keys[1:], keys[:-1], out=keep[1:])
     return keys[keep]
+
+
+def _anchored_body(pattern: str) -> str | None:
+    """`pattern` without its leading ^ when that ^ anchors all of it, else None.
+
+    Conservative: a top-level |, any (?...) group but (?:...) (flags, names, lookarounds) or a
+    numbered back-reference keeps the pattern on its own.
+    """
+    if not pattern.startswith("^"):
+        return None
+    depth, i, in_class = 0, 1, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            if pattern[i + 1 : i + 2].isdigit():
+                return None
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            i += 1 + pattern.startswith("^", i + 1)
+            i += pattern.startswith("]", i)  # a ] first in a class (after any ^) is a literal
+            continue
+        elif c == "(":
+            if pattern.startswith("(?", i) and not pattern.startswith("(?:", i):
+                return None
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            return None
+        i += 1
+    return pattern[1:]
+
+
+def _error_matchers(patterns: list[str]) -> list[Callable[[str], re.Match[str] | None]]:
+    """Callables that together find the replies matching any of `patterns` (case-insensitive).
+
+    Patterns anchored with ^ share one regex tried only at the start (`match`), since a call costs
+    about as much as an anchored search; the others keep one regex each, as an alternation with them
+    would lose the literal-prefix search that makes `search` fast.
+    """
+    compiled = []
+    for i, pattern in enumerate(patterns):
+        try:
+            compiled.append(re.compile(pattern, re.IGNORECASE))
+        except re.error as err:
+            raise ShapingError(f"validation.quality.error_patterns[{i}]={pattern!r}: not a regex ({err})") from None
+    bodies = [_anchored_body(pattern) for pattern in patterns]
+    anchored = [body for body in bodies if body is not None]
+    if len(anchored) < 2:
+        return [regex.search for regex in compiled]
+    together = re.compile("|".join(f"(?:{body})" for body in anchored), re.IGNORECASE)
+    return [together.match, *(regex.search for regex, body in zip(compiled, bodies, strict=True) if body is None)]
 
 
 @dataclass
@@ -123,8 +181,7 @@ class Quality:
         self._ranked = np.empty(0, dtype=np.int64)  # lengths with the ranks _length_at needs in place
         self._ngram_counts: tuple[int, int, int, int] | None = None
         self._ngrams_of = 0
-        # one regex each: an alternation would defeat the fast paths for anchored and literal patterns
-        self._error_like = [re.compile(p, re.IGNORECASE) for p in self.cfg.error_patterns]
+        self._error_like = _error_matchers(self.cfg.error_patterns)
 
     @property
     def duplicates(self) -> int:
@@ -148,8 +205,8 @@ class Quality:
         heads: Sequence[str] = replies
         if max(lengths, default=0) > _HEAD:  # (a slice of a shorter string is that string)
             heads = list(map(operator.getitem, replies, itertools.repeat(_HEAD_SLICE)))
-        for pattern in self._error_like:  # counts replies matching any pattern, each once
-            found = list(map(pattern.search, heads))
+        for matcher in self._error_like:  # counts replies matching any pattern, each once
+            found = list(map(matcher, heads))
             hits = len(found) - found.count(None)
             if hits:
                 self.error_like += hits

@@ -164,7 +164,7 @@ class Gate:
             offset = stats.lines
             if offset:
                 self.errors.extend(RowError(e.file, e.line + offset, e.field, e.message) for e in part.errors)
-                valid.extend(map(offset.__add__, part.valid))
+                valid.frombytes((np.frombuffer(part.valid, dtype=np.int64) + offset).tobytes())
             else:
                 self.errors.extend(part.errors)
                 valid.extend(part.valid)
