@@ -1,0 +1,44 @@
+"""`dvc exp run` of each training method and adapter on the embedded default, in ONE temp repo
+copy: the upstream stages run once, so every experiment reruns only train and evaluate."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from .test_end_to_end import SMOKE, sh
+from .test_end_to_end import repo as repo  # the module-scoped temp copy after `dvc repro`
+
+EXPERIMENTS = [
+    ("train=dpo", {"method": "dpo", "adapter": "lora"}),
+    ("lora=qlora", {"method": "sft", "adapter": "qlora"}),
+    ("lora=dora", {"method": "sft", "adapter": "dora"}),
+    ("lora=none", {"method": "sft", "adapter": "full"}),
+]
+
+
+@pytest.mark.slow
+def test_each_method_and_adapter_runs_end_to_end(repo: Path) -> None:
+    pytest.importorskip("bitsandbytes")  # lora=qlora (the 'qlora' extra); 4-bit runs on CPU since bnb 0.48
+    synthesized = json.loads((repo / "data/validated/train.jsonl").read_text().splitlines()[0])
+    assert synthesized["rejected"]  # the DPO pair survives validate's split
+    for override, expected in EXPERIMENTS:
+        out = sh(repo, "dvc", "exp", "run", "-S", override, "-S", SMOKE).stdout
+        ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+        assert ran == {"train", "evaluate"}, (override, out[-3000:])
+        record = json.loads((repo / "models/adapter/run.json").read_text())
+        assert record["exit_status"] == "success", override
+        assert {k: record["details"][k] for k in expected} == expected, override
+        assert record["details"]["device"] == "cpu" and record["details"]["steps"] == 6
+        metrics = json.loads((repo / "eval/metrics.json").read_text())
+        assert isinstance(metrics["tuned"]["loss"], float), override
+        if override == "lora=none":
+            assert (repo / "models/adapter/model.safetensors").is_file()
+        else:
+            assert (repo / "models/adapter/adapter_model.safetensors").is_file()
+        if override == "train=dpo":
+            assert 0.0 <= record["details"]["reward_accuracy"] <= 1.0
+    sh(repo, sys.executable, "-m", "shaping.config", SMOKE)  # the workspace's params back to the default
