@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,37 @@ def test_attention_and_liger_choices() -> None:
             resolve_attn_implementation("flash_attention_2", "cuda", torch.bfloat16)
     with pytest.raises(ShapingError, match=r"train\.liger=true"):
         check_liger("cpu")  # not installed here, or installed but no GPU: refused either way
+
+
+@pytest.mark.slow
+def test_hand_run_relaunches_into_its_own_hydra_folder(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`python src/train.py train.launcher=accelerate ...` (Hydra): every rank gets the parent's run
+    folder, and the parent's run record takes over rank 0's figures."""
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    write_jsonl(tmp_path / "data" / "validated" / "train.jsonl", [{"messages": d} for d in DIALOGUES * 4])
+    overrides = [
+        "+experiment=smoke",
+        f"model.name_or_path={tiny_model_dir}",
+        "train.launcher=accelerate",
+        "train.max_steps=2",
+        "train.batch_size=2",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "src" / "train.py"), *overrides],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    ranks = {int(m[0]): m for m in RANK_LINE.findall(log)}
+    assert set(ranks) == {0, 1} and ranks[0][3] == ranks[1][3], log[-4000:]
+    (out,) = (tmp_path / "outputs").glob("*/*")  # outputs/<date>/<time>: one folder for all three processes
+    record = json.loads((out / "models" / "adapter" / "run.json").read_text())
+    assert record["exit_status"] == "success" and record["details"]["launcher"] == "accelerate"
+    assert record["details"]["steps"] == 2
+    assert (out / "models" / "adapter" / "adapter_config.json").is_file()
+    assert not (tmp_path / "models").exists(), "a hand run writes under its Hydra folder only"
