@@ -10,11 +10,10 @@ parts of the data merge exactly (`Quality.merge`).
 from __future__ import annotations
 
 import itertools
-import operator
 import re
 import string
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from operator import not_
 from typing import Any
@@ -37,7 +36,6 @@ _WORD_BYTES = bytes.maketrans(
 _DROP = (string.punctuation + string.whitespace).encode()
 _LOWER = bytes.maketrans(string.ascii_uppercase.encode(), string.ascii_lowercase.encode())
 _HEAD = 300  # error patterns look at the first characters of each reply
-_HEAD_SLICE = slice(_HEAD)
 _COMPACT_AT = 1 << 20  # pending keys sorted into the distinct ones at least this many at a time
 _xxh64 = xxhash.xxh3_64_intdigest  # unsalted, so the same in every process; 30x faster than hash() on bytes
 
@@ -141,7 +139,7 @@ def _anchored_body(pattern: str) -> str | None:
     return pattern[1:]
 
 
-def _error_matchers(patterns: list[str]) -> list[Callable[[str], re.Match[str] | None]]:
+def _error_matchers(patterns: list[str]) -> list[Callable[[str, int, int], re.Match[str] | None]]:
     """Callables that together find the replies matching any of `patterns` (case-insensitive).
 
     Patterns anchored with ^ share one regex tried only at the start (`match`), since a call costs
@@ -200,17 +198,14 @@ class Quality:
         self.rows += len(keys)
         self.exact.extend(keys)
         self.near.extend(near_keys(replies))
-        lengths = list(map(len, replies))
-        self.lengths.extend(lengths)
-        heads: Sequence[str] = replies
-        if max(lengths, default=0) > _HEAD:  # (a slice of a shorter string is that string)
-            heads = list(map(operator.getitem, replies, itertools.repeat(_HEAD_SLICE)))
+        self.lengths.extend(map(len, replies))
+        left = replies
         for matcher in self._error_like:  # counts replies matching any pattern, each once
-            found = list(map(matcher, heads))
+            found = list(map(matcher, left, itertools.repeat(0), itertools.repeat(_HEAD)))
             hits = len(found) - found.count(None)
             if hits:
                 self.error_like += hits
-                heads = list(itertools.compress(heads, map(not_, found)))
+                left = list(itertools.compress(left, map(not_, found)))
         room = self.cfg.distinct_sample - len(self.sample)
         if room > 0:
             self.sample.extend(replies[:room])

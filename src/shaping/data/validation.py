@@ -164,12 +164,13 @@ class Gate:
             offset = stats.lines
             if offset:
                 self.errors.extend(RowError(e.file, e.line + offset, e.field, e.message) for e in part.errors)
-                valid.frombytes((np.frombuffer(part.valid, dtype=np.int64) + offset).tobytes())
             else:
                 self.errors.extend(part.errors)
-                valid.extend(part.valid)
+            if part.valid:
+                runs = [np.arange(first + offset, stop + offset, dtype=np.int64) for first, stop in part.valid]
+                valid.frombytes(np.concatenate(runs).tobytes())
             stats.lines += part.lines
-            stats.valid += len(part.valid)
+            stats.valid += sum(stop - first for first, stop in part.valid)
             if part.quality is not self.quality:
                 self.quality.merge(part.quality)
 
@@ -242,7 +243,7 @@ class Gate:
         first = part.lines + 1
         if not refused:
             part.lines += n
-            part.valid.extend(range(first, first + n))
+            part.add_valid(first, first + n)
             part.quality.add_many(keys, replies)
             return
         lines = block.split(b"\n")
@@ -250,7 +251,7 @@ class Gate:
         for i in [*sorted(refused), n]:
             if i > done:  # rows done..i-1 passed
                 part.lines += i - done
-                part.valid.extend(range(first + done, first + i))
+                part.add_valid(first + done, first + i)
                 part.quality.add_many(keys[done:i], replies[done:i])
             if i < n:
                 part.lines += 1
@@ -294,7 +295,7 @@ class Gate:
         if problems:
             errors.extend(RowError(name, lineno, where, text) for where, text in problems)
             return
-        part.valid.append(lineno)
+        part.add_valid(lineno, lineno + 1)
         part.quality.add(key, reply)
 
     @property
@@ -367,7 +368,13 @@ class _Part:
     lines: int = 0
     refusing: set[int] = field(default_factory=set)  # fast-path decodings this part's rows don't fit
     errors: list[RowError] = field(default_factory=list)
-    valid: array[int] = field(default_factory=lambda: array("q"))
+    valid: list[tuple[int, int]] = field(default_factory=list)  # runs [first, stop) of valid lines
+
+    def add_valid(self, first: int, stop: int) -> None:
+        if self.valid and self.valid[-1][1] == first:
+            self.valid[-1] = (self.valid[-1][0], stop)
+        else:
+            self.valid.append((first, stop))
 
 
 def _line_ranges(path: Path, workers: int) -> list[tuple[int, int]]:
