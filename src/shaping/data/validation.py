@@ -154,12 +154,12 @@ class Gate:
             self.errors.append(RowError(name, 0, "file", "not found (did its synthesize stage run?)"))
             return
         ranges = _line_ranges(path, self.workers)
+        part = _Part(name, self.quality)
         if len(ranges) == 1:
-            part = _Part(name, self.quality)
             self._scan_range(path, 0, ranges[0][1], part)
             parts = [part]
         else:
-            parts = _scan_forked(self, path, ranges)
+            parts = _scan_forked(self, path, ranges, part)
         for part in parts:  # line numbers in each part count from its first line
             offset = stats.lines
             if offset:
@@ -407,17 +407,20 @@ def _scan_part(job: tuple[str, int, int]) -> tuple[_Part, int]:
     return part, hash("shaping")
 
 
-def _scan_forked(gate: Gate, path: Path, ranges: list[tuple[int, int]]) -> list[_Part]:
+def _scan_forked(gate: Gate, path: Path, ranges: list[tuple[int, int]], first: _Part) -> list[_Part]:
+    """`first` gets the first range, scanned here while forked workers scan the others."""
     global _FORKED
     _FORKED = gate
     try:
-        with multiprocessing.get_context("fork").Pool(len(ranges)) as pool:
-            results = pool.map(_scan_part, [(str(path), start, end) for start, end in ranges])
+        with multiprocessing.get_context("fork").Pool(len(ranges) - 1) as pool:
+            pending = pool.map_async(_scan_part, [(str(path), start, end) for start, end in ranges[1:]])
+            gate._scan_range(path, *ranges[0], first)
+            results = pending.get()
     finally:
         _FORKED = None
     if any(probe != hash("shaping") for _, probe in results):  # forked workers share the hash seed
         raise RuntimeError("validation workers hash strings differently; set validation.workers=1")
-    return [part for part, _ in results]
+    return [first, *(part for part, _ in results)]
 
 
 def _json_problem(raw: bytes, err: orjson.JSONDecodeError, had_newline: bool) -> tuple[str, str]:
