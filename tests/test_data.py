@@ -292,7 +292,7 @@ def test_workers_split_a_file_and_merge_the_same_results(tmp_path: Path, monkeyp
     path.write_bytes(b"\n".join(rows + rows[:40]) + b"\n")  # duplicates across the two halves
     monkeypatch.setattr(validation, "MIN_SHARD_BYTES", 1000)
     monkeypatch.setattr(validation, "BLOCK_BYTES", 2048)
-    quality = QualityConfig(error_patterns=[r"^\s*error\b"], distinct_sample=100)
+    quality = QualityConfig(error_patterns=[r"^\s*error\b"], distinct_sample=250)  # more than one part holds
     one = Gate(DatasetConfig(), quality)
     one.scan(path, upstream_errors=3)
     two = Gate(DatasetConfig(), quality, workers=2)
@@ -300,6 +300,10 @@ def test_workers_split_a_file_and_merge_the_same_results(tmp_path: Path, monkeyp
     two.scan(path, upstream_errors=3)
     assert gate_result(two) == gate_result(one)
     assert one.quality.duplicates >= 40
+    three = Gate(DatasetConfig(), quality, workers=3)  # this process and two workers, merged in order
+    assert len(validation._line_ranges(path, 3)) == 3
+    three.scan(path, upstream_errors=3)
+    assert gate_result(three) == gate_result(one)
 
 
 def varied_rows(n: int) -> list[bytes]:
