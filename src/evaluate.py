@@ -27,6 +27,7 @@ from shaping.errors import ShapingError
 from shaping.evaluation import (
     EvalContext,
     check_baseline,
+    check_baseline_config,
     check_guards,
     check_metric_names,
     metric_deltas,
@@ -57,7 +58,10 @@ def main(ctx: StageContext) -> None:
         raise ShapingError(f"{adapter_dir}: no trained model; run `dvc repro train` first")
     ctx.record.add_inputs([eval_file])
     metrics_path = f"{cfg.paths.eval_dir}/metrics.json"
-    baseline, source = read_baseline(cfg.eval.baseline, metrics_path) if cfg.eval.baseline else (None, "")
+    baseline, source = None, ""
+    if cfg.eval.baseline:  # a bad ref or setting fails here, before any model loads
+        check_baseline_config(list(cfg.eval.baseline_checks), cfg.eval.baseline_tolerance)
+        baseline, source = read_baseline(cfg.eval.baseline, metrics_path)
     ctx.record.backend = cfg.backend.name
 
     system = ModelRegistry(cfg.models).system_prompt("teacher") if "teacher" in cfg.models else None

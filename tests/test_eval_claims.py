@@ -60,6 +60,9 @@ def test_fixture_loads_in_scifact_shape() -> None:
         and "[101] Soil moisture and wildflower germination\nWe sowed" in prompt
     )
     assert len(load_claims(CLAIMS, CORPUS, limit=2)) == 2
+    for template in ("{claim} {doc}", 'answer as {"claims": []}: {claim}'):
+        with pytest.raises(ShapingError, match=r"eval\.claims\.prompt: .* use \{claim\} and \{documents\}"):
+            claims_prompt(template, samples[0])
 
 
 def test_scores_match_a_hand_computation() -> None:

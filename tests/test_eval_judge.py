@@ -189,6 +189,16 @@ def test_bad_rubrics_are_refused_naming_the_key(rubric: RubricConfig, message: s
         check_rubric(rubric)
 
 
+def test_bad_interval_settings_are_refused_before_any_request(cfg: Config, tmp_path: Path) -> None:
+    ctx = make_ctx(cfg, tmp_path)
+    cfg.eval.judge.confidence = 95
+    with pytest.raises(ShapingError, match=r"eval\.judge\.confidence=95: must be between 0 and 1"):
+        run_metrics(ctx, ["judge"])
+    cfg.eval.judge.confidence, cfg.eval.judge.bootstrap_samples = 0.9, 0
+    with pytest.raises(ShapingError, match=r"eval\.judge\.bootstrap_samples=0: must be at least 1"):
+        run_metrics(ctx, ["judge"])
+
+
 def test_unknown_judge_model_names_the_registry_key(cfg: Config, tmp_path: Path) -> None:
     ctx = make_ctx(cfg, tmp_path)
     cfg.eval.judge.model = "oracle"

@@ -1,7 +1,7 @@
 """Evaluation: a metric registry (loss, samples, think_tags, judge, claims, identity), guards,
 baseline comparison, plot tables, and their helpers."""
 
-from shaping.evaluation.baseline import check_baseline, metric_deltas, read_baseline
+from shaping.evaluation.baseline import check_baseline, check_baseline_config, metric_deltas, read_baseline
 from shaping.evaluation.guards import check_guards
 from shaping.evaluation.loss import assistant_loss, encode_for_loss
 from shaping.evaluation.plots import plot_tables
@@ -13,6 +13,7 @@ __all__ = [
     "EvalContext",
     "assistant_loss",
     "check_baseline",
+    "check_baseline_config",
     "check_guards",
     "check_metric_names",
     "encode_for_loss",

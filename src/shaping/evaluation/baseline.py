@@ -82,15 +82,23 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def check_baseline_config(checks: list[BaselineCheck], tolerance: float) -> None:
+    """Bad settings name their key (evaluate calls this before loading any model)."""
+    for i, check in enumerate(checks):
+        if check.better not in ("lower", "higher"):
+            raise ShapingError(f"eval.baseline_checks[{i}].better={check.better!r}: must be lower or higher")
+    if tolerance < 0:
+        raise ShapingError(f"eval.baseline_tolerance={tolerance}: must be 0 or more (a share of the baseline value)")
+
+
 def check_baseline(
     current: dict[str, Any], baseline: dict[str, Any], checks: list[BaselineCheck], tolerance: float, source: str
 ) -> list[dict[str, Any]]:
     """One result per check: {metric, value, baseline, passed, message}. A check fails when the
     metric is worse than the baseline's by more than tolerance x |baseline value|."""
+    check_baseline_config(checks, tolerance)
     results = []
-    for i, check in enumerate(checks):
-        if check.better not in ("lower", "higher"):
-            raise ShapingError(f"eval.baseline_checks[{i}].better={check.better!r}: lower or higher")
+    for check in checks:
         value, base = lookup(current, check.metric), lookup(baseline, check.metric)
         if not (_number(value) and _number(base)):
             missing = "this run" if not _number(value) else f"the baseline {source}"

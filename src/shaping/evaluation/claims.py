@@ -115,8 +115,11 @@ def claims_prompt(template: str, sample: ClaimSample) -> str:
     documents = "\n\n".join(f"[{d['doc_id']}] {d['title']}\n{' '.join(d['abstract'])}" for d in sample.documents)
     try:
         return template.format(claim=sample.claim, documents=documents)
-    except (KeyError, IndexError) as err:
-        raise ShapingError(f"eval.claims.prompt: unknown placeholder {err}; use {{claim}} and {{documents}}") from None
+    except (KeyError, IndexError, ValueError) as err:
+        raise ShapingError(
+            f"eval.claims.prompt: {err!r} is not a placeholder it knows; use {{claim}} and {{documents}}, "
+            "and double other braces ({{ }})"
+        ) from None
 
 
 def parse_completion(text: str) -> dict[str, Any]:

@@ -40,6 +40,15 @@ class JudgeItem:
     reference: str | None = None
 
 
+def check_judge(cfg: JudgeConfig) -> tuple[float, float]:
+    """check_rubric, and the interval settings: a bad value names its key before any request."""
+    if not 0 < cfg.confidence < 1:
+        raise ShapingError(f"eval.judge.confidence={cfg.confidence}: must be between 0 and 1, e.g. 0.95")
+    if cfg.bootstrap_samples < 1:
+        raise ShapingError(f"eval.judge.bootstrap_samples={cfg.bootstrap_samples}: must be at least 1, e.g. 1000")
+    return check_rubric(cfg.rubric)
+
+
 def check_rubric(rubric: RubricConfig, where: str = "eval.judge.rubric") -> tuple[float, float]:
     """The scale's (low, high); a rubric the judge cannot be asked about raises ShapingError."""
     if not rubric.criteria:
@@ -79,7 +88,7 @@ def judge_messages(rubric: RubricConfig, item: JudgeItem) -> list[dict[str, str]
 
 def judge_replies(backend: ChatBackend, cfg: JudgeConfig, items: list[JudgeItem]) -> list[dict[str, Any]]:
     """One record per item: the judge's raw reply, the scores read from it and what could not be read."""
-    low, high = check_rubric(cfg.rubric)
+    low, high = check_judge(cfg)
     names = [c.name for c in cfg.rubric.criteria]
     options = {"temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens}
     requests = [ChatRequest(messages=judge_messages(cfg.rubric, item), options=options) for item in items]

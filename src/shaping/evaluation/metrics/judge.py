@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any, cast
 
-from shaping.evaluation.judge import JudgeItem, check_rubric, judge_replies, summarize_judgements
+from shaping.evaluation.judge import JudgeItem, check_judge, judge_replies, summarize_judgements
 from shaping.evaluation.registry import EvalContext, metric
 from shaping.inference import ChatBackend
 from shaping.io import write_jsonl
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 @metric("judge")
 def judge(ctx: EvalContext) -> dict[str, Any]:
     cfg = ctx.cfg.eval.judge
-    check_rubric(cfg.rubric)
+    check_judge(cfg)  # before the judge model loads
     # an unknown name fails here, naming models.<name>; every registry backend (the async openai one
     # too) also answers a whole list of requests through generate(), which is all the judge needs
     backend = cast(ChatBackend, ctx.registry.backend(cfg.model))
