@@ -136,7 +136,7 @@ def main(ctx: StageContext) -> None:
             atomic_write_bytes(out_dir / "eval.jsonl") as e,
         ):
             train_n, eval_n = write_split(files, train, held_out, FIELDS[cfg.dataset.format], t, e)
-    report = {
+    report: dict[str, Any] = {
         "passed": passed,
         "skipped_validation": skipped,
         "rows": {
