@@ -220,7 +220,7 @@ class Engine:
             await asyncio.gather(*workers, return_exceptions=True)
             raise
         finally:
-            ticker.stop()
+            await ticker.stop()
             await self._end_loop()
 
     async def _drive(self, method: Task, index: int, data: Any, key: str, results: dict[int, TrainingSample]) -> None:
@@ -422,20 +422,24 @@ def _fewer_collections() -> Iterator[None]:
 
 class _Ticker:
     """Once a second: requests/s on the progress bar (or a log line every 30 s without a
-    terminal), and the journal synced to disk."""
+    terminal), and the journal synced to disk in a worker thread (an fsync took ~5 ms here,
+    too long to hold the event loop)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.handle: asyncio.TimerHandle | None = None
+        self.syncing: asyncio.Future[None] | None = None
         self.last_sent = engine.stats.sent
         self.last_time = self.started = self.last_log = time.monotonic()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.handle = loop.call_later(TICK_S, self.tick, loop)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         if self.handle is not None:
             self.handle.cancel()
+        if self.syncing is not None:  # the journal is closed next: let its fsync finish first
+            await asyncio.gather(self.syncing, return_exceptions=True)
 
     def tick(self, loop: asyncio.AbstractEventLoop) -> None:
         engine, stats = self.engine, self.engine.stats
@@ -463,6 +467,6 @@ class _Ticker:
                 stats.sent,
                 rate,
             )
-        if engine.journal is not None:
-            engine.journal.sync()
+        if engine.journal is not None and (self.syncing is None or self.syncing.done()):
+            self.syncing = loop.run_in_executor(None, engine.journal.sync)
         self.handle = loop.call_later(TICK_S, self.tick, loop)
