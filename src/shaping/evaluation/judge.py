@@ -69,7 +69,7 @@ def check_rubric(rubric: RubricConfig, where: str = "eval.judge.rubric") -> tupl
 
 def judge_messages(rubric: RubricConfig, item: JudgeItem) -> list[dict[str, str]]:
     low, high = rubric.scale
-    criteria = "\n".join(f"- {c.name}: {c.description}".rstrip(": ") for c in rubric.criteria)
+    criteria = "\n".join(f"- {c.name}: {c.description}" if c.description else f"- {c.name}" for c in rubric.criteria)
     example = "\n".join(
         f'  <criterion name="{c.name}"><score>N</score><reason>one sentence</reason></criterion>'
         for c in rubric.criteria
