@@ -222,6 +222,24 @@ def test_hf_requests_that_arrive_together_share_one_generate_call(cfg: Config, t
     assert outputs[0] == outputs[1]
 
 
+def test_an_openai_model_and_a_local_hf_model_in_one_task(cfg: Config, tmp_path: Path) -> None:
+    """The judge answers over HTTP while the teacher generates locally (in its worker thread):
+    each record's list holds both answers, in order; the teacher's 24 prompts went out in
+    batches of at most its max_concurrency."""
+    with TimedEndpoint(delay=0.01) as url:
+        serve_model(cfg, "judge", url, concurrency=4)
+        teacher = cfg.models["teacher"]
+        teacher.max_concurrency, teacher.max_new_tokens, teacher.sysprompt_file = 8, 4, None
+        pipeline = PerModel(cfg, output_dir=tmp_path)
+        result = pipeline.execute()
+    assert result.samples == 24 and result.errors == 0
+    calls = pipeline.registry.async_backend("teacher").calls  # type: ignore[attr-defined]
+    assert 3 <= calls <= 6  # 24 prompts, at most 8 a call: 3 when every batch is full
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert all(r["messages"][0]["content"].startswith(f"echo: slow {r['id']}|") for r in rows)
+    assert [s["model"] for s in rows[0]["steps"]] == ["judge", "teacher"]
+
+
 STAGE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
