@@ -437,8 +437,8 @@ def test_near_keys_match_one_at_a_time_and_lengths_give_statistics_median() -> N
 
     ascii_replies = ["Hello, World!", "hello world", "HELLO\tWORLD.", "other"]
     mixed = [*ascii_replies, "Ünïcödé, ΣΑΣ!", "ünïcödé σας"]
-    assert list(near_keys(ascii_replies)) == [near_key(r) for r in ascii_replies]
-    assert list(near_keys(mixed)) == [near_key(r) for r in mixed]
+    for replies in (ascii_replies, mixed):
+        assert list(near_keys(replies, [r.encode() for r in replies])) == [near_key(r) for r in replies]
     assert len({near_key(r) for r in mixed}) == 3
     import random
     import statistics
@@ -446,7 +446,7 @@ def test_near_keys_match_one_at_a_time_and_lengths_give_statistics_median() -> N
     rng = random.Random(2)
     for lengths in ([3, 1, 2], [4, 1, 3, 2], [5], [rng.randrange(1, 900) for _ in range(1001)]):
         q = Quality(QualityConfig())
-        q.add_many(list(range(len(lengths))), ["x" * k for k in lengths])
+        q.add_many(list(range(len(lengths))), ["x" * k for k in lengths], [b"x" * k for k in lengths])
         assert q.checks(0.0)["median_reply_chars"]["value"] == statistics.median(lengths)
         ordered, n = sorted(lengths), len(lengths)
         stats = q.length_stats()
@@ -511,7 +511,7 @@ def test_error_patterns_anchored_share_one_regex_and_count_the_same() -> None:
     ]
     q = Quality(QualityConfig(error_patterns=patterns))
     assert len(q._error_like) == 3  # the three anchored ones share a regex
-    q.add_many(list(range(len(replies))), replies)
+    q.add_many(list(range(len(replies))), replies, [r.encode() for r in replies])
     one_each = [re.compile(p, re.IGNORECASE) for p in patterns]
     expected = sum(any(r.search(reply, 0, 300) for r in one_each) for reply in replies)
     assert q.error_like == expected == 9

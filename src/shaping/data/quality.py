@@ -13,7 +13,7 @@ import itertools
 import re
 import string
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import not_
 from typing import Any, Literal
@@ -37,23 +37,28 @@ _DROP = (string.punctuation + string.whitespace).encode()
 _LOWER = bytes.maketrans(string.ascii_uppercase.encode(), string.ascii_lowercase.encode())
 _HEAD = 300  # error patterns look at the first characters of each reply
 _COMPACT_AT = 1 << 20  # pending keys sorted into the distinct ones at least this many at a time
-_xxh64 = xxhash.xxh3_64_intdigest  # unsalted, so the same in every process; 30x faster than hash() on bytes
+digest = xxhash.xxh3_64_intdigest  # of bytes: several times faster than hash(), and unsalted
+
+
+def conversation_key(contents: Sequence[str]) -> int:
+    """Equal for conversations with the same texts (a valid conversation's roles follow from how many
+    messages it has). The reply, most of the text, goes in as the digest of its UTF-8, which the
+    fast path has at hand anyway for the near-duplicate key."""
+    return hash((digest(contents[-1].encode()), *contents[:-1]))
 
 
 def near_key(reply: str) -> int:
     """Equal for replies equal after lowercasing and dropping punctuation and whitespace."""
     if reply.isascii():
-        return _xxh64(reply.encode().translate(_LOWER, _DROP))
-    return _xxh64(reply.lower().encode().translate(None, _DROP))
+        return digest(reply.encode().translate(_LOWER, _DROP))
+    return digest(reply.lower().encode().translate(None, _DROP))
 
 
-def near_keys(replies: list[str]) -> Iterable[int]:
-    """`near_key` of each reply, at C speed when all are ASCII (str.lower is only needed otherwise)."""
+def near_keys(replies: list[str], encoded: list[bytes]) -> Iterable[int]:
+    """`near_key` of each reply (`encoded`: their UTF-8), at C speed when all are ASCII (str.lower is
+    only needed otherwise)."""
     if all(map(str.isascii, replies)):
-        return map(
-            _xxh64,
-            map(bytes.translate, map(str.encode, replies), itertools.repeat(_LOWER), itertools.repeat(_DROP)),
-        )
+        return map(digest, map(bytes.translate, encoded, itertools.repeat(_LOWER), itertools.repeat(_DROP)))
     return map(near_key, replies)
 
 
@@ -193,14 +198,16 @@ class Quality:
         return self.rows - len(self.near)
 
     def add(self, key: int, reply: str) -> None:
-        """`key`: a hash of the row's training content; `reply`: the text to judge."""
-        self.add_many([key], [reply])
+        """`key`: the row's `conversation_key` (or another hash of its training content); `reply`: the
+        text to judge."""
+        self.add_many([key], [reply], [reply.encode()])
 
-    def add_many(self, keys: list[int], replies: list[str]) -> None:
-        """Many rows at once: the same figures as `add` for each in turn, at C speed."""
+    def add_many(self, keys: list[int], replies: list[str], encoded: list[bytes]) -> None:
+        """Many rows at once: the same figures as `add` for each in turn, at C speed (`encoded`: the
+        replies' UTF-8)."""
         self.rows += len(keys)
         self.exact.extend(keys)
-        self.near.extend(near_keys(replies))
+        self.near.extend(near_keys(replies, encoded))
         self.lengths.extend(map(len, replies))
         left = replies
         for matcher in self._error_like:  # counts replies matching any pattern, each once

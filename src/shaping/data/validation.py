@@ -34,7 +34,7 @@ import orjson
 from shaping.config.schema import DatasetConfig, QualityConfig
 from shaping.data.fastpath import FastPath, block_is_plain, compile_chat_fast_path, roles_are_valid
 from shaping.data.messages import validate_messages
-from shaping.data.quality import Quality
+from shaping.data.quality import Quality, conversation_key, digest
 from shaping.data.schema import compile_schema
 from shaping.data.think_tags import validate_think_tags
 
@@ -120,8 +120,7 @@ class Gate:
                 ok, error = validate_think_tags(m["content"])
                 if not ok:
                     problems.append((f"messages[{i}].content", f"think tags: {error}"))
-        # the contents alone identify a valid conversation: its roles follow from how many messages it has
-        key = hash(tuple(m["content"] for m in messages))
+        key = conversation_key([m["content"] for m in messages])
         return problems, key, messages[-1]["content"]
 
     def _check_preference(self, row: dict[str, Any]) -> tuple[list[tuple[str, str]], int, str]:
@@ -216,7 +215,8 @@ class Gate:
         if pairs:  # (user, assistant): the roles are checked, every message but the first is a reply
             prompts = list(map(_CONTENT, map(_FIRST, conversations)))
             replies = list(map(_CONTENT, map(_SECOND, conversations)))
-            keys = list(map(hash, zip(prompts, replies, strict=True)))
+            encoded = list(map(str.encode, replies))
+            keys = list(map(hash, zip(map(digest, encoded), prompts, strict=True)))  # conversation_key
             blank = any(map(str.isspace, prompts)) or any(map(str.isspace, replies))
             thinking = replies
         else:
@@ -225,10 +225,11 @@ class Gate:
             if wrong:
                 refused.update(i for i, s in enumerate(signatures) if s in wrong)
             texts = list(map(tuple, map(map, itertools.repeat(_CONTENT), conversations)))
-            keys = list(map(hash, texts))
+            keys = list(map(conversation_key, texts))
             thinking = list(itertools.chain.from_iterable(texts))  # the loop below looks at the assistant's only
             blank = any(map(str.isspace, thinking))
             replies = list(map(_LAST, texts))
+            encoded = list(map(str.encode, replies))
         # no ">" in the block, not even as a \u escape: no think tag to check in any reply
         tags = b">" in block or (b"\\" in block and b"\\u" in block)
         if blank or (tags and any(map(str.__contains__, thinking, itertools.repeat("think>")))):
@@ -244,7 +245,7 @@ class Gate:
         if not refused:
             part.lines += n
             part.add_valid(first, first + n)
-            part.quality.add_many(keys, replies)
+            part.quality.add_many(keys, replies, encoded)
             return
         lines = block.split(b"\n")
         done = 0
@@ -252,7 +253,7 @@ class Gate:
             if i > done:  # rows done..i-1 passed
                 part.lines += i - done
                 part.add_valid(first + done, first + i)
-                part.quality.add_many(keys[done:i], replies[done:i])
+                part.quality.add_many(keys[done:i], replies[done:i], encoded[done:i])
             if i < n:
                 part.lines += 1
                 self._line(lines[i], i < len(lines) - 1, part)
