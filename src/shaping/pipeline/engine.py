@@ -130,7 +130,9 @@ class Engine:
         self.stats = Stats()
         self.errors: list[dict[str, Any]] = []
         self._models: dict[str, _Model] = {}
-        self._inflight: dict[str, asyncio.Future[ChatResponse]] = {}
+        # requests in flight by key, with the identical requests waiting on each (a future made
+        # only for such a waiter: most requests have none)
+        self._inflight: dict[str, list[asyncio.Future[ChatResponse]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_scheduled = False
         self._commit_timer: asyncio.TimerHandle | None = None
@@ -275,10 +277,12 @@ class Engine:
             sample_index = record.seen.get(payload, 0)
             record.seen[payload] = sample_index + 1
             key = request_key_from_payload(payload, sample_index)
-            shared = self._inflight.get(key)
-            if shared is not None:
+            waiting = self._inflight.get(key)
+            if waiting is not None:
                 self.stats.shared += 1
-                response = await asyncio.shield(shared)
+                future = asyncio.get_running_loop().create_future()
+                waiting.append(future)
+                response = await future
             else:
                 response = self.cache.get(key)
                 if response is not None:
@@ -294,27 +298,26 @@ class Engine:
         return ModelResponse(model=request.model, response=response, messages=messages)
 
     async def _send(self, model: _Model, key: str | None, request: ChatRequest, order: tuple[int, int]) -> ChatResponse:
-        future: asyncio.Future[ChatResponse] | None = None
         if key is not None:
-            future = self._inflight[key] = asyncio.get_running_loop().create_future()
+            self._inflight[key] = []
         try:
             response = await model.backend.complete(request, order)
         except BaseException as err:
-            if key is not None and future is not None:
-                self._inflight.pop(key, None)
+            for future in self._inflight.pop(key, []) if key is not None else []:
+                if future.done():
+                    continue
                 if isinstance(err, Exception):  # identical requests waiting on this one fail with it
                     future.set_exception(err)
-                    future.exception()  # retrieved: no "never retrieved" warning when none waits
                 else:
                     future.cancel()
             raise
         self.stats.sent += 1
         if not response.is_success:
             self.stats.failed_requests += 1
-        if key is not None and future is not None:
-            del self._inflight[key]
-            if not future.done():
-                future.set_result(response)
+        if key is not None:
+            for future in self._inflight.pop(key):
+                if not future.done():
+                    future.set_result(response)
             if self.cache is not None and response.is_success:
                 self.cache.put(key, response)
                 if self._commit_timer is None and self._loop is not None:
