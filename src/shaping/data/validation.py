@@ -6,8 +6,9 @@ checks need. For chat rows a fast path (`shaping.data.fastpath`) decodes a whole
 msgspec types compiled from `dataset.schema`; a block it refuses is split until the refused
 lines are found, and those go through the detailed line-by-line checks (orjson, the schema
 rules, conversation structure, think tags), so each problem is reported exactly as they word
-it. With `workers` > 1 a large file is cut into byte ranges at line boundaries, scanned in
-forked processes and merged (line numbers and duplicates across ranges included). Pass 2
+it. Quality figures go to `shaping.data.quality`, a block at a time. With `workers` > 1 a large
+file is cut into byte ranges at line boundaries, scanned here and in forked processes, and
+merged (line numbers and duplicates across ranges included). Pass 2
 (`write_split`) reads the files again and writes the valid rows of the seeded train/eval
 split. Every problem is a RowError naming file, line and field.
 """
@@ -85,8 +86,8 @@ def iter_rows(path: Path, lines: Container[int]) -> Iterator[tuple[int, dict[str
 class Gate:
     """Checks rows of one dataset format against the schema, structure and think-tag rules.
 
-    `workers`: processes for one large file (1: none; 0: one per CPU core). They are forked,
-    so they share this process's string hashes, which the duplicate checks compare.
+    `workers`: processes for one large file (1: this one; N: this one and N-1 forked; 0: one per
+    CPU core). Forked workers share this process's string hashes, which the duplicate checks compare.
     """
 
     def __init__(self, dataset: DatasetConfig, quality: QualityConfig, workers: int = 1) -> None:
