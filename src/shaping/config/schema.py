@@ -120,6 +120,7 @@ class ModelSpec:
 
     backend: str = "hf"
     model: str = MISSING
+    adapter: str | None = None  # hf backend: a PEFT adapter folder loaded over `model` (e.g. models/adapter)
     base_url: Any = None  # a URL or a list of URLs (OpenAI-compatible backends)
     api_key_env: str | None = None
     sysprompt: str | None = None

@@ -137,7 +137,8 @@ def generate_chat(
 
 
 class HFBackend:
-    """A local transformers model as a ChatBackend; `batch_size` prompts per generate() call."""
+    """A local transformers model (optionally with a PEFT adapter) as a ChatBackend; `batch_size`
+    prompts per generate() call."""
 
     def __init__(
         self,
@@ -145,9 +146,15 @@ class HFBackend:
         batch_size: int = 16,
         seed: int = 0,
         defaults: dict[str, Any] | None = None,
+        adapter: str | None = None,
     ) -> None:
         self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_name_or_path)
+        if adapter is not None:
+            from peft import PeftModel
+
+            # merged for generation: the same replies as base + adapter, without LoRA's extra matmuls per step
+            self.model = PeftModel.from_pretrained(self.model, adapter).merge_and_unload()
         self.model.to(pick_device())  # type: ignore[arg-type]  # transformers types .to() through a decorator
         self.model.eval()
         self.batch_size = max(1, batch_size)

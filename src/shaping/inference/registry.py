@@ -71,12 +71,16 @@ class ModelRegistry:
         spec = self.spec(name)
         ident = f"{spec.backend}:{spec.model}"
         local = self.root / spec.model
+        folders = [local] + ([self.root / spec.adapter] if spec.adapter else [])
         if spec.backend == "hf" and local.is_dir():
             stats = sorted(
-                (p.relative_to(local).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-                for p in local.rglob("*")
+                (i, p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                for i, folder in enumerate(folders)
+                for p in folder.rglob("*")
                 if p.is_file()
             )
+            if spec.adapter:
+                ident += f"+{spec.adapter}"
             ident += ":" + hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
         if spec.backend == "tinker" and local.is_file():  # a Tinker reference: retraining changes its tinker:// path
             ident += ":" + hashlib.sha256(local.read_bytes()).hexdigest()[:16]
@@ -128,8 +132,25 @@ class ModelRegistry:
                 return self._backends[name]
             from shaping.inference.hf import HFBackend
 
-            self._backends[name] = HFBackend(model_path, spec.max_concurrency, self.seed, defaults)
+            adapter = self._adapter_path(name)
+            self._backends[name] = HFBackend(model_path, spec.max_concurrency, self.seed, defaults, adapter)
         return self._backends[name]
+
+    def _adapter_path(self, name: str) -> str | None:
+        adapter = self.spec(name).adapter
+        if adapter is None:
+            return None
+        if self.spec(name).backend != "hf":
+            raise ShapingError(
+                f"models.{name}.adapter: only the hf backend loads adapters; serve it with shaping.serve"
+            )
+        path = self.root / adapter
+        if not (path / "adapter_config.json").is_file():
+            raise ShapingError(
+                f"models.{name}.adapter={adapter}: no adapter_config.json there; point it at a PEFT adapter folder "
+                "(the train stage writes models/adapter)"
+            )
+        return str(path)
 
     def _local_model_path(self, name: str) -> str:
         """A folder under the repository, or a hub id as given."""
