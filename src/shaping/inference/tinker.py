@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 API_KEY_ENV = "TINKER_API_KEY"
 REFERENCE_FILE = "tinker.json"  # what the train stage leaves in paths.adapter_dir for a Tinker run
 INSTALL_HINT = "pip install -e '.[tinker]'"
+COOKBOOK_HINT = "pip install -e '.[tinker-cookbook]'"
 TINKER_SCHEME = "tinker://"
 
 
@@ -159,7 +160,7 @@ class CookbookRenderer:
             from tinker_cookbook.tokenizer_utils import get_tokenizer
         except ImportError:
             raise ShapingError(
-                f"backend.renderer={name} is a tinker-cookbook renderer: {INSTALL_HINT} "
+                f"backend.renderer={name} is a tinker-cookbook renderer: {COOKBOOK_HINT} "
                 "(or set backend.renderer=chat_template to render with the model's own chat template)"
             ) from None
         self.name = name
@@ -207,7 +208,7 @@ def resolve_renderer_name(setting: str, base_model: str) -> str:
         from tinker_cookbook import model_info
     except ImportError:
         raise ShapingError(
-            f"backend.renderer=auto takes tinker-cookbook's renderer for {base_model}: {INSTALL_HINT}, "
+            f"backend.renderer=auto takes tinker-cookbook's renderer for {base_model}: {COOKBOOK_HINT}, "
             "or set backend.renderer=chat_template (or a cookbook renderer name)"
         ) from None
     try:
