@@ -18,7 +18,7 @@ from shaping.config import Config
 from shaping.training import checkpointing
 
 from .conftest import REPO
-from .test_train_launch import run_train, stage_params
+from .test_train_launch import RANK_LINE, run_train, stage_params
 
 
 def final_state(root: Path) -> tuple[dict[str, torch.Tensor], list[tuple[int, float]]]:
@@ -122,3 +122,42 @@ def test_checkpoint_folder_lifecycle(cfg: Config, tmp_path: Path) -> None:
     assert (root / "last").is_dir(), "kept checkpoints survive the next run's start"
     checkpointing.finish_run_dir(root / "fedcba9876543210", keep=False)
     assert sorted(p.name for p in root.iterdir()) == ["last"]
+
+
+@pytest.mark.slow
+def test_killed_two_process_run_stops_its_workers_and_resumes(cfg: Config, tmp_path: Path) -> None:
+    """SIGKILL to the stage process under train.launcher=accelerate: torchrun's workers (in sessions
+    of their own) must stop too, not train on as orphans; the re-run resumes on both ranks. (That
+    the resumed DDP run then equals an uninterrupted one was checked by hand: identical weights.)"""
+    cfg.train.epochs, cfg.train.max_steps, cfg.train.batch_size = 1, 100, 2
+    cfg.train.learning_rate, cfg.train.logging_steps, cfg.train.save_steps = 1e-2, 1, 20
+    cfg.train.launcher = "accelerate"
+    params = stage_params(cfg, tmp_path, rows=24)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    running = subprocess.Popen(
+        [sys.executable, str(REPO / "src" / "train.py"), "--params", str(params)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    while not [s for s in complete_checkpoints(tmp_path) if s >= 40] and time.monotonic() < deadline:
+        assert running.poll() is None, "training ended before the kill; make the run longer"
+        time.sleep(0.01)
+    running.send_signal(signal.SIGKILL)
+    running.wait()
+    time.sleep(10)  # the launcher gets SIGTERM from the kernel and stops the workers
+    left = subprocess.run(["pgrep", "-f", str(params)], capture_output=True, text=True).stdout.split()
+    assert left == [], "workers left training after the stage process was killed"
+    assert not (tmp_path / "models" / "adapter").exists()
+    saved = max(complete_checkpoints(tmp_path))
+
+    proc = run_train(tmp_path, params)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert log.count(f"checkpoint-{saved} (step {saved})") == 2, "both ranks resume from the same checkpoint"
+    ranks = {int(m[0]): m for m in RANK_LINE.findall(log)}
+    assert {r[2] for r in ranks.values()} == {"100"} and ranks[0][3] == ranks[1][3]
+    _, losses = final_state(tmp_path)
+    assert [step for step, _ in losses] == list(range(1, 101))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -87,9 +88,30 @@ def launch_command(cfg: Config, precision: str, script: Path, script_args: list[
 
 
 def relaunch(cmd: list[str]) -> int:
-    """Run `cmd` (from launch_command) to its end; its processes log to this one's stdout/stderr."""
+    """Run `cmd` (from launch_command) to its end; its processes log to this one's stdout/stderr.
+
+    torchrun starts the workers in sessions of their own, so a signal to this process group does
+    not reach them: the launcher has to stop them. It does on SIGTERM, which it gets when this
+    process is interrupted, and (Linux) when this process dies, even by SIGKILL."""
     log.info("launching: %s", " ".join(cmd))
-    return subprocess.run(cmd, check=False).returncode
+    process = subprocess.Popen(cmd, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    try:
+        return process.wait()
+    except BaseException:  # Ctrl-C, SIGTERM as an exception: stop the launcher, which stops its workers
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
+
+
+def _die_with_parent() -> None:
+    """In the launcher, before exec: ask the kernel for SIGTERM when its parent (this process) dies."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def relaunch_train(cfg: Config, precision: str, script: Path, script_args: list[str]) -> int:
