@@ -25,6 +25,9 @@ from shaping.training.hardware import check_liger, resolve_attn_implementation
 
 from .conftest import DIALOGUES, REPO
 
+# One thread per process: on the test model's tiny matrices a second OpenMP thread only adds
+# synchronisation, and on shared cores it spins against other work (60 steps: 57 s, 2 s with one)
+TRAIN_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 RANK_LINE = re.compile(r"rank (\d) of (\d): step (\d+), trainable-parameter checksum (\S+)")
 
 
@@ -40,11 +43,10 @@ def stage_params(cfg: Config, root: Path, rows: int) -> Path:
 
 
 def run_train(root: Path, params: Path, *overrides: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(
         [sys.executable, str(REPO / "src" / "train.py"), "--params", str(params), *overrides],
         cwd=root,
-        env=env,
+        env=TRAIN_ENV,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -125,11 +127,10 @@ def test_hand_run_relaunches_into_its_own_hydra_folder(tiny_model_dir: Path, tmp
         "train.max_steps=2",
         "train.batch_size=2",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
         [sys.executable, str(REPO / "src" / "train.py"), *overrides],
         cwd=tmp_path,
-        env=env,
+        env=TRAIN_ENV,
         capture_output=True,
         text=True,
         timeout=240,
