@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,6 +19,7 @@ from shaping.config import Config, compose
 from shaping.config.schema import ArchitectureConfig, PretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
+SMOKE = "+experiment=smoke"
 
 DIALOGUES = [
     [
@@ -86,3 +90,54 @@ def cfg(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Confi
     config.models["teacher"].model = str(tiny_model_dir)
     config.models["base"].model = str(tiny_model_dir)
     return config
+
+
+def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """A command in `repo` with this venv's tools first on PATH; raises with its output when it fails."""
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    proc = subprocess.run(list(cmd), cwd=repo, capture_output=True, text=True, env=env, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session")
+def smoke_repo_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh git repo with the project's files and the smoke params after `dvc repro`, its outputs
+    committed. Built once a session (minutes on 2 cores); tests take a copy (`smoke_repo`)."""
+    dest = tmp_path_factory.mktemp("smoke-built") / "repo"
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    stale = ("dvc.lock", "eval/", "metrics/", "dvclive/", "models/", "data/synth/", "data/validated/")
+    for name in listed:
+        if (REPO / name).is_file() and not name.startswith(stale):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    sh(dest, "git", "init", "-q", "-b", "main")
+    sh(dest, "git", "config", "user.email", "test@example.com")
+    sh(dest, "git", "config", "user.name", "test")
+    sh(dest, sys.executable, "-m", "shaping.config", SMOKE)
+    sh(dest, "git", "add", "-A")
+    sh(dest, "git", "commit", "-qm", "smoke")  # DVCLive needs a commit
+    sh(dest, "dvc", "repro")
+    sh(dest, "git", "add", "-A")
+    sh(dest, "git", "commit", "-qm", "smoke run")  # dvc.lock and the metrics (not DVC-cached) at HEAD
+    return dest
+
+
+def copy_smoke_repo(built: Path, dest: Path) -> Path:
+    """A private copy of the built smoke repo (git history, DVC cache and outputs included)."""
+    shutil.copytree(built, dest, symlinks=True)
+    sh(dest, "dvc", "status")  # DVC re-reads the copied files' stats (new inodes) once, here
+    return dest

@@ -3,60 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
-
-SMOKE = "+experiment=smoke"
-
-
-def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    proc = subprocess.run(list(cmd), cwd=repo, capture_output=True, text=True, env=env, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-        )
-    return proc
+from .conftest import SMOKE, copy_smoke_repo, sh
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh git repo with the project's files and the smoke params, after `dvc repro`."""
-    dest = tmp_path_factory.mktemp("e2e") / "repo"
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in listed:
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    for stale in ("dvc.lock", "eval", "metrics", "dvclive", "models", "data/synth", "data/validated"):
-        shutil.rmtree(dest / stale, ignore_errors=True) if (dest / stale).is_dir() else (dest / stale).unlink(
-            missing_ok=True
-        )
-    sh(dest, "git", "init", "-q", "-b", "main")
-    sh(dest, "git", "config", "user.email", "test@example.com")
-    sh(dest, "git", "config", "user.name", "test")
-    sh(dest, sys.executable, "-m", "shaping.config", SMOKE)
-    sh(dest, "git", "add", "-A")
-    sh(dest, "git", "commit", "-qm", "smoke")
-    sh(dest, "dvc", "repro")
-    return dest
+def repo(smoke_repo_built: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's copy of the session's smoke repo, after `dvc repro`."""
+    return copy_smoke_repo(smoke_repo_built, tmp_path_factory.mktemp("e2e") / "repo")
 
 
 @pytest.mark.slow

@@ -5,15 +5,12 @@ a regression past eval.baseline_tolerance failing `dvc repro` at evaluate, and `
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
-from .test_end_to_end import SMOKE, sh
+from .conftest import SMOKE, copy_smoke_repo, sh
 
 # the full metric set, kept small: two prompts (smoke), two SciFact claims of 16 tokens
 FULL = ["-S", SMOKE, "-S", "eval=full", "-S", "eval.claims.max_samples=2", "-S", "eval.claims.max_new_tokens=16"]
@@ -28,34 +25,9 @@ def lines(repo: Path, path: str) -> list[dict[str, object]]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh git repo with the project's files after `dvc repro` (smoke), outputs committed."""
-    dest = tmp_path_factory.mktemp("eval-stage") / "repo"
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in listed:
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    for stale in ("dvc.lock", "eval", "metrics", "dvclive", "models", "data/synth", "data/validated"):
-        shutil.rmtree(dest / stale, ignore_errors=True) if (dest / stale).is_dir() else (dest / stale).unlink(
-            missing_ok=True
-        )
-    sh(dest, "git", "init", "-q", "-b", "main")
-    sh(dest, "git", "config", "user.email", "test@example.com")
-    sh(dest, "git", "config", "user.name", "test")
-    sh(dest, sys.executable, "-m", "shaping.config", SMOKE)
-    sh(dest, "git", "add", "-A")
-    sh(dest, "git", "commit", "-qm", "smoke")  # DVCLive needs a commit
-    sh(dest, "dvc", "repro")
-    sh(dest, "git", "add", "-A")
-    sh(dest, "git", "commit", "-qm", "smoke run")  # eval/metrics.json (not DVC-cached) now at HEAD
-    return dest
+def repo(smoke_repo_built: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's copy of the session's smoke repo after `dvc repro`, outputs committed."""
+    return copy_smoke_repo(smoke_repo_built, tmp_path_factory.mktemp("eval-stage") / "repo")
 
 
 @pytest.mark.slow

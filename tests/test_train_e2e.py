@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from .test_end_to_end import SMOKE, sh
-from .test_end_to_end import repo as repo  # the module-scoped temp copy after `dvc repro`
+from .conftest import SMOKE, copy_smoke_repo, sh
+
+
+@pytest.fixture(scope="module")
+def repo(smoke_repo_built: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This module's copy of the session's smoke repo, after `dvc repro`."""
+    return copy_smoke_repo(smoke_repo_built, tmp_path_factory.mktemp("train-e2e") / "repo")
+
 
 EXPERIMENTS = [
     ("train=dpo", {"method": "dpo", "adapter": "lora"}),
