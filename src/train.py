@@ -27,7 +27,7 @@ from shaping.errors import ShapingError
 from shaping.io import atomic_dir, read_jsonl
 from shaping.stage import StageContext, run_stage
 from shaping.training import checkpointing, launch
-from shaping.training.hardware import check_liger, pick_device, resolve_precision
+from shaping.training.hardware import check_liger, pick_device, resolve_device, resolve_precision
 
 log = logging.getLogger("shaping.train")
 
@@ -41,8 +41,9 @@ def main(ctx: StageContext) -> None:
         raise ShapingError(f"backend={cfg.backend.name}: unknown training backend; available: {', '.join(BACKENDS)}")
     if cfg.train.method not in ("sft", "dpo"):
         raise ShapingError(f"train.method={cfg.train.method}: unknown; available: sft, dpo")
+    device = resolve_device(cfg.train.device)
     if cfg.train.liger:
-        check_liger(pick_device())
+        check_liger(device)
     if launch.relaunch_needed(cfg):
         run_under_accelerate(ctx)
         return
@@ -57,7 +58,7 @@ def main(ctx: StageContext) -> None:
     gate = validation_status(Path(cfg.paths.validated_dir) / "report.json")
     key = checkpointing.checkpoint_key(cfg, ctx.record.inputs[Path(train_file).as_posix()])
     checkpoints = checkpointing.claim_run_dir(ctx.out(cfg.paths.checkpoint_dir), key)
-    launch.share_plan(launch.TrainPlan(cfg, train_file, checkpoints), pick_device())
+    launch.share_plan(launch.TrainPlan(cfg, train_file, checkpoints), device)
     live_dir = ctx.out("dvclive/train")
     with atomic_dir(ctx.out(cfg.paths.adapter_dir)) as tmp:
         report = backend.train(cfg, rows, tmp, live_dir, checkpoints)
@@ -88,7 +89,7 @@ def run_under_accelerate(ctx: StageContext) -> None:
         args = [*HydraConfig.get().overrides.task, f"hydra.run.dir={ctx.out_root}"]
     else:
         args = sys.argv[1:]
-    precision, _ = resolve_precision(cfg.train.precision, pick_device())
+    precision, _ = resolve_precision(cfg.train.precision, resolve_device(cfg.train.device))
     code = launch.relaunch_train(cfg, precision, Path(__file__).resolve(), args)
     record = ctx.out(cfg.paths.adapter_dir) / "run.json"
     child = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}

@@ -81,6 +81,21 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def random_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter over the tiny model with random weights (init_lora_weights=False), so it
+    changes the replies."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tuned = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    out = tmp_path_factory.mktemp("adapter")
+    tuned.save_pretrained(out)
+    return out
+
+
 @pytest.fixture
 def cfg(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Config:
     """The real composed config, shrunk and pointed at the test's tiny model (response cache per test)."""

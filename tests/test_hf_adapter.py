@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from shaping.config.schema import ModelSpec
@@ -18,35 +17,26 @@ PROMPTS = ["Who are you?", "Tell me about the river.", "What is in the jar?", "H
 GREEDY = {"temperature": 0.0, "max_new_tokens": 12}
 
 
-@pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LoRA adapter with random weights (init_lora_weights=False), so it changes the replies."""
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    tuned = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
-    out = tmp_path_factory.mktemp("adapter")
-    tuned.save_pretrained(out)
-    return out
-
-
 def replies(registry: ModelRegistry, name: str) -> list[str | None]:
     requests = [ChatRequest([{"role": "user", "content": p}], dict(GREEDY)) for p in PROMPTS]
     backend = registry.backend(name)
     return [r.text for r in backend.generate(requests)]  # type: ignore[union-attr]
 
 
-def test_adapter_replies_are_base_plus_adapter(tiny_model_dir: Path, adapter_dir: Path) -> None:
+def test_adapter_replies_are_base_plus_adapter(tiny_model_dir: Path, random_adapter_dir: Path) -> None:
     registry = ModelRegistry(
         {
             "base": ModelSpec(model=str(tiny_model_dir)),
-            "tuned": ModelSpec(model=str(tiny_model_dir), adapter=str(adapter_dir)),
+            "tuned": ModelSpec(model=str(tiny_model_dir), adapter=str(random_adapter_dir)),
         }
     )
     tuned = replies(registry, "tuned")
     assert tuned != replies(registry, "base")
     # the backend merges the adapter for speed: its replies equal the unmerged PeftModel's
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(adapter_dir)).eval()
+    peft = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(random_adapter_dir)
+    ).eval()
     expected = generate_chat(peft, tokenizer, [[{"role": "user", "content": p}] for p in PROMPTS], **GREEDY)
     assert tuned == [c.text for c in expected]
     # a retrained adapter is a new model to the response cache

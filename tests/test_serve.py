@@ -10,9 +10,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
 
 from shaping.serve.launch import running_server
 
@@ -21,23 +18,12 @@ PROMPT = [{"role": "user", "content": "Who are you?"}]
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LoRA adapter with random weights (init_lora_weights=False), so it changes the replies."""
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    tuned = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
-    out = tmp_path_factory.mktemp("adapter")
-    tuned.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(tiny_model_dir: Path, random_adapter_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python -m shaping.serve` on a free port with the tiny model as `base` and the adapter as
     `tuned`; yields the base URL (…/v1). The API key is required, so every client passes it."""
     with running_server(
         tiny_model_dir,
-        {"tuned": adapter_dir},
+        {"tuned": random_adapter_dir},
         args=["--served-model-name", "base", "--device", "cpu", "--api-key-env", "SERVE_TEST_KEY"],
         env={"HF_HUB_OFFLINE": "1", "SERVE_TEST_KEY": API_KEY},
         log_path=tmp_path_factory.mktemp("serve") / "server.log",
