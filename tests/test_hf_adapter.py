@@ -47,3 +47,15 @@ def test_bad_adapter_path_names_the_key(tiny_model_dir: Path, tmp_path: Path) ->
     registry = ModelRegistry({"tuned": ModelSpec(model=str(tiny_model_dir), adapter=str(tmp_path))})
     with pytest.raises(ShapingError, match=r"models\.tuned\.adapter=.*adapter_config\.json"):
         registry.backend("tuned")
+
+
+def test_adapter_over_a_hub_id_is_its_own_model_to_the_cache(random_adapter_dir: Path) -> None:
+    """A hub base is not a local folder, but the adapter's files still make a new cache identity."""
+    registry = ModelRegistry(
+        {
+            "base": ModelSpec(model="Qwen/Qwen2.5-0.5B-Instruct"),
+            "tuned": ModelSpec(model="Qwen/Qwen2.5-0.5B-Instruct", adapter=str(random_adapter_dir)),
+        }
+    )
+    assert registry.model_id("base") == "hf:Qwen/Qwen2.5-0.5B-Instruct"
+    assert registry.model_id("tuned").startswith(f"hf:Qwen/Qwen2.5-0.5B-Instruct+{random_adapter_dir}:")

@@ -124,6 +124,11 @@ def test_load_spreads_over_base_urls() -> None:
     assert b.urls == [first, second]
 
 
+def test_base_url_without_a_scheme_names_the_key() -> None:
+    with pytest.raises(ShapingError, match=r"models\.judge\.base_url='localhost:8000/v1': not an http\(s\) URL"):
+        backend("localhost:8000/v1")
+
+
 def test_options_are_translated() -> None:
     body = backend("http://127.0.0.1:1/v1").body(ChatRequest([{"role": "user", "content": "x"}], {"stop": ["."]}))
     assert body == {

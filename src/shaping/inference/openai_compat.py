@@ -76,6 +76,9 @@ class OpenAIBackend:
         urls = [str(u).rstrip("/") for u in urls if u]
         if not urls:
             raise ShapingError(f"models.{name}.base_url: not set; the openai backend needs the endpoint's URL")
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ShapingError(f"models.{name}.base_url={url!r}: not an http(s) URL; e.g. http://127.0.0.1:8000/v1")
         self.name = name
         self.model = spec.model
         self.urls = urls
@@ -177,7 +180,7 @@ class OpenAIBackend:
                 body = await reply.read()
                 status = reply.status
                 retry_after = _retry_after(reply.headers.get("Retry-After")) if status != 200 else None
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as err:
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:  # connection, payload cut short, ...
             raise _Retryable(f"{self._where(url)}: {type(err).__name__}: {err}") from err
         if status == 200:
             try:

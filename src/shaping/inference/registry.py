@@ -71,8 +71,9 @@ class ModelRegistry:
         spec = self.spec(name)
         ident = f"{spec.backend}:{spec.model}"
         local = self.root / spec.model
-        folders = [local] + ([self.root / spec.adapter] if spec.adapter else [])
-        if spec.backend == "hf" and local.is_dir():
+        # local weights (a base or an adapter) enter the id by their files' stats: retraining makes a new model
+        folders = [f for f in ([local] + ([self.root / spec.adapter] if spec.adapter else [])) if f.is_dir()]
+        if spec.backend in ("hf", "vllm") and folders:
             stats = sorted(
                 (i, p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
                 for i, folder in enumerate(folders)
