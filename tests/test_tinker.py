@@ -354,6 +354,22 @@ def test_resume_after_a_kill_continues_where_the_run_stopped(
     assert TinkerReference.read(tmp_path / "b" / REFERENCE_FILE).model_path == "tinker://run-2/sampler_weights/final"
 
 
+def test_resume_from_a_state_the_service_lost_is_one_clear_error(
+    service: Service, tinker_cfg: Config, tmp_path: Path
+) -> None:
+    cfg = tinker_cfg
+    cfg.train.max_steps, cfg.train.save_steps = 6, 2
+    service.kill_at_step = 4
+    with pytest.raises(KeyboardInterrupt):
+        tinker_backend.train(cfg, ROWS, tmp_path / "a", tmp_path / "live", tmp_path / "ckpt")
+    service.kill_at_step = None
+    service.states.clear()  # expired on the service (checkpoint_ttl_seconds), or another account's
+    with pytest.raises(
+        ShapingError, match=r"cannot resume from tinker://run-0/weights/step-000002 .*checkpoints\.jsonl"
+    ):
+        tinker_backend.train(cfg, ROWS, tmp_path / "a", tmp_path / "live", tmp_path / "ckpt")
+
+
 def test_options_tinker_lacks_fail_or_are_logged(
     service: Service, tinker_cfg: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

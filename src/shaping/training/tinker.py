@@ -288,7 +288,13 @@ def train(
     service = service_client()
     if states:
         log.info("tinker: resuming after step %d from %s", states[-1]["step"], states[-1]["path"])
-        client = service.create_training_client_from_state_with_optimizer(states[-1]["path"]).result()
+        try:
+            client = service.create_training_client_from_state_with_optimizer(states[-1]["path"]).result()
+        except Exception as err:  # the SDK's API errors: an expired or foreign state, a key without access
+            raise ShapingError(
+                f"tinker: cannot resume from {states[-1]['path']} ({type(err).__name__}: {err}); check "
+                f"TINKER_API_KEY, or delete {runs.checkpoints_file} to start this run afresh"
+            ) from None
         start = int(states[-1]["step"])
     else:
         client = service.create_lora_training_client(
