@@ -122,11 +122,9 @@ def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess
     return proc
 
 
-@pytest.fixture(scope="session")
-def smoke_repo_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh git repo with the project's files and the smoke params after `dvc repro`, its outputs
-    committed. Built once a session (minutes on 2 cores); tests take a copy (`smoke_repo`)."""
-    dest = tmp_path_factory.mktemp("smoke-built") / "repo"
+def copy_project_files(dest: Path, skip: tuple[str, ...]) -> None:
+    """The project's files as git sees them (tracked, and untracked ones not ignored) into `dest`,
+    except paths starting with one of `skip` (stage outputs a test rebuilds or puts in place)."""
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
         cwd=REPO,
@@ -134,11 +132,20 @@ def smoke_repo_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         text=True,
         check=True,
     ).stdout.split()
-    stale = ("dvc.lock", "eval/", "metrics/", "dvclive/", "models/", "data/synth/", "data/validated/")
     for name in listed:
-        if (REPO / name).is_file() and not name.startswith(stale):
+        if (REPO / name).is_file() and not name.startswith(skip):
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, dest / name)
+
+
+@pytest.fixture(scope="session")
+def smoke_repo_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh git repo with the project's files and the smoke params after `dvc repro`, its outputs
+    committed. Built once a session (minutes on 2 cores); tests take a copy (`smoke_repo`)."""
+    dest = tmp_path_factory.mktemp("smoke-built") / "repo"
+    copy_project_files(
+        dest, skip=("dvc.lock", "eval/", "metrics/", "dvclive/", "models/", "data/synth/", "data/validated/")
+    )
     sh(dest, "git", "init", "-q", "-b", "main")
     sh(dest, "git", "config", "user.email", "test@example.com")
     sh(dest, "git", "config", "user.name", "test")

@@ -36,7 +36,7 @@ from shaping.training import hf_peft  # noqa: E402
 from shaping.training import tinker as tinker_backend  # noqa: E402
 from shaping.training.models import load_tokenizer  # noqa: E402
 
-from .conftest import DIALOGUES, REPO  # noqa: E402
+from .conftest import DIALOGUES, REPO, copy_project_files  # noqa: E402
 
 ROWS = [{"id": f"r{i}", "messages": d} for i, d in enumerate(DIALOGUES * 3)]  # 9 rows
 
@@ -511,18 +511,7 @@ def test_dvc_exp_run_without_a_key_fails_at_train_naming_it(tiny_model_dir: Path
     """The real `dvc exp run -S backend=tinker`, train stage only (-s): the upstream stages' outputs are
     put in place and committed to dvc.lock by hand instead of rebuilt (minutes on 2 cores)."""
     repo = tmp_path / "repo"
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for name in listed:
-        if (REPO / name).is_file() and not name.startswith(("data/validated", "models/", "eval/", "dvclive/")):
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, repo / name)
-    (repo / "dvc.lock").unlink(missing_ok=True)
+    copy_project_files(repo, skip=("dvc.lock", "data/validated", "models/", "eval/", "dvclive/"))
     shutil.copytree(tiny_model_dir, repo / "models" / "base")
     (repo / "models" / "pretrain").mkdir()
     (repo / "models" / "pretrain" / "config.json").write_text("{}")
