@@ -9,8 +9,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -90,6 +92,36 @@ def test_bad_accelerate_config_is_one_clear_error(cfg: Config, tmp_path: Path) -
         launch.relaunch_needed(cfg)
 
 
+def accelerate_config(tmp_path: Path, name: str, **changes: object) -> object:
+    """accelerate's own parse of conf/accelerate/<name>.yaml with `changes` applied."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    settings = {**OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "accelerate" / f"{name}.yaml")), **changes}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(OmegaConf.to_yaml(settings), encoding="utf-8")
+    return load_config_from_file(str(path))
+
+
+def test_gpu_launches_are_refused_where_accelerate_would_quietly_run_something_else(tmp_path: Path) -> None:
+    """accelerate runs plain DDP on the CPU when asked for FSDP on a machine without GPUs, or with
+    use_cpu: each such launch is one error before any process starts. `gpus` is the CUDA device count."""
+    fsdp, multi = accelerate_config(tmp_path, "fsdp"), accelerate_config(tmp_path, "multi_gpu")
+    for config, name in ((fsdp, "fsdp"), (multi, "multi_gpu")):
+        with pytest.raises(ShapingError, match=rf"accelerate={name} .*needs CUDA GPUs and this machine has none"):
+            launch.check_target(config, "auto", gpus=0)
+        with pytest.raises(ShapingError, match=rf"train\.device=cpu with accelerate={name}"):
+            launch.check_target(config, "cpu", gpus=2)
+        launch.check_target(config, "auto", gpus=2)
+    with pytest.raises(ShapingError, match=r"accelerate\.num_processes=8 with accelerate=fsdp: .* 2 visible"):
+        launch.check_target(accelerate_config(tmp_path, "fsdp", num_processes=8), "cuda", gpus=2)
+    with pytest.raises(ShapingError, match=r"accelerate\.use_cpu=true with accelerate=fsdp"):
+        launch.check_target(accelerate_config(tmp_path, "fsdp", use_cpu=True), "auto", gpus=0)
+    launch.check_target(accelerate_config(tmp_path, "cpu"), "cpu", gpus=0)
+    launch.check_target(accelerate_config(tmp_path, "deepspeed_zero3"), "auto", gpus=0)  # DeepSpeed runs on CPU
+    with pytest.raises(ShapingError, match=r"train\.device=cpu with accelerate=deepspeed_zero3"):
+        launch.check_target(accelerate_config(tmp_path, "deepspeed_zero3"), "cpu", gpus=1)
+
+
 def test_launch_command_passes_precision_and_a_free_port(cfg: Config, tmp_path: Path) -> None:
     cmd = launch.launch_command(cfg, "bf16", REPO / "src" / "train.py", ["--params", "p.yaml"], tmp_path / "a.yaml")
     assert cmd[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
@@ -145,3 +177,56 @@ def test_hand_run_relaunches_into_its_own_hydra_folder(tiny_model_dir: Path, tmp
     assert record["details"]["steps"] == 2
     assert (out / "models" / "adapter" / "adapter_config.json").is_file()
     assert not (tmp_path / "models").exists(), "a hand run writes under its Hydra folder only"
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_resumes_after_a_kill_and_ends_where_ddp_does(cfg: Config, tmp_path: Path) -> None:
+    """accelerate=deepspeed_zero3 on two CPU processes (DeepSpeed's CPU accelerator, gloo): parameters,
+    gradients and AdamW's state partitioned across the ranks, the adapter gathered from the partitions
+    when saved. Killed after a checkpoint and run again, it must end with the weights and per-step
+    losses of an uninterrupted DDP run on the same data (fp32: the same sums, in another order)."""
+    pytest.importorskip("deepspeed", reason="accelerate=deepspeed_zero3 needs the deepspeed extra (in .[dev])")
+    from .test_train_resume import complete_checkpoints, final_state
+
+    cfg.train.epochs, cfg.train.max_steps, cfg.train.batch_size = 1, -1, 2
+    cfg.train.learning_rate, cfg.train.logging_steps, cfg.train.save_steps = 1e-2, 1, 4
+    cfg.train.launcher = "accelerate"
+    ddp, zero3 = tmp_path / "ddp", tmp_path / "zero3"
+    proc = run_train(ddp, stage_params(cfg, ddp, rows=48))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    expected_weights, expected_losses = final_state(ddp)
+    assert [step for step, _ in expected_losses] == list(range(1, 13))
+
+    cfg.accelerate = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "accelerate" / "deepspeed_zero3.yaml"))
+    params = stage_params(cfg, zero3, rows=48)
+    running = subprocess.Popen(
+        [sys.executable, str(REPO / "src" / "train.py"), "--params", str(params)],
+        cwd=zero3,
+        env=TRAIN_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    while not complete_checkpoints(zero3) and time.monotonic() < deadline:
+        assert running.poll() is None, "training ended before the kill; make the run longer"
+        time.sleep(0.01)
+    running.send_signal(signal.SIGKILL)
+    running.wait()
+    time.sleep(5)  # the launcher gets SIGTERM from the kernel and stops the workers
+    saved = max(complete_checkpoints(zero3))
+    assert saved < 12 and not (zero3 / "models" / "adapter").exists()
+
+    proc = run_train(zero3, params)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert log.count(f"checkpoint-{saved} (step {saved})") == 2, "both ranks resume from the same checkpoint"
+    weights, losses = final_state(zero3)
+    assert [step for step, _ in losses] == [step for step, _ in expected_losses]
+    torch.testing.assert_close(
+        [loss for _, loss in losses], [loss for _, loss in expected_losses], rtol=1e-4, atol=1e-5
+    )
+    assert weights.keys() == expected_weights.keys()
+    # gathered whole, not one rank's empty partition; reduce-scatter sums in another order than DDP's
+    # all-reduce, so a few weights differ by ~3e-6 after 12 steps (a lost optimizer state: ~1e-3)
+    for name, tensor in weights.items():
+        torch.testing.assert_close(tensor, expected_weights[name], rtol=1e-3, atol=1e-5)

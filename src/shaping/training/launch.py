@@ -10,6 +10,7 @@ others its plan over the process group, so every rank trains on exactly the conf
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import signal
@@ -79,12 +80,63 @@ def launch_command(cfg: Config, precision: str, script: Path, script_args: list[
         loaded = load_config_from_file(str(config_file))
     except (ValueError, TypeError) as err:
         raise ShapingError(f"accelerate (conf/accelerate/, -S accelerate.<key>): {err}") from None
+    check_target(loaded, cfg.train.device, cuda_devices())
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file)]
     cmd += ["--mixed_precision", MIXED_PRECISION[precision]]
     if loaded.num_machines <= 1 and not settings.get("main_process_port"):
         # torchrun's default port (29500) collides with any other run on this machine
         cmd += ["--main_process_port", str(free_port())]
     return [*cmd, str(script), *script_args]
+
+
+def cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_target(loaded: Any, device: str, gpus: int) -> None:
+    """Refuse, before any process starts, what accelerate would otherwise get wrong quietly or deep
+    in a worker: FSDP or multi_gpu on a machine without GPUs (accelerate falls back to plain DDP on
+    the CPU and says nothing), more processes than GPUs, DeepSpeed not installed, and a CPU
+    train.device under a GPU config. `loaded` is accelerate's parsed config, `gpus` the CUDA devices."""
+    from accelerate.utils import DistributedType
+
+    kind = loaded.distributed_type
+    name = {DistributedType.FSDP: "fsdp", DistributedType.DEEPSPEED: "deepspeed_zero3"}.get(kind, "multi_gpu")
+    if kind not in (DistributedType.FSDP, DistributedType.MULTI_GPU, DistributedType.DEEPSPEED):
+        return
+    if kind == DistributedType.DEEPSPEED and importlib.util.find_spec("deepspeed") is None:
+        raise ShapingError(
+            "accelerate=deepspeed_zero3 (distributed_type: DEEPSPEED) needs DeepSpeed, which is not installed: "
+            "pip install -e '.[deepspeed]'"
+        )
+    if loaded.use_cpu and kind != DistributedType.MULTI_GPU:  # MULTI_GPU + use_cpu is accelerate=cpu
+        raise ShapingError(
+            f"accelerate.use_cpu=true with accelerate={name}: accelerate would run plain DDP instead; on the CPU "
+            "use accelerate=cpu (DDP), or accelerate=deepspeed_zero3 with use_cpu=false (DeepSpeed finds no GPU "
+            "and runs on the CPU)"
+        )
+    if loaded.use_cpu:
+        return
+    if gpus == 0:
+        if kind == DistributedType.DEEPSPEED:  # DeepSpeed's CPU accelerator over gloo: tested, slow
+            log.info("DeepSpeed on the CPU (no GPU here): %d processes over gloo", loaded.num_processes)
+            return
+        raise ShapingError(
+            f"accelerate={name} (distributed_type: {kind.value}) needs CUDA GPUs and this machine has none "
+            "(accelerate would run plain DDP on the CPU without saying so): use accelerate=cpu for several CPU "
+            "processes, or run on a GPU machine"
+        )
+    if device == "cpu":
+        raise ShapingError(
+            f"train.device=cpu with accelerate={name}, a GPU launch: use accelerate=cpu, or train.device=auto"
+        )
+    if loaded.num_processes > gpus:
+        raise ShapingError(
+            f"accelerate.num_processes={loaded.num_processes} with accelerate={name}: one process per GPU, and "
+            f"{gpus} visible (-S accelerate.num_processes={gpus}, or set CUDA_VISIBLE_DEVICES)"
+        )
 
 
 def relaunch(cmd: list[str]) -> int:
