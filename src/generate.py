@@ -14,28 +14,25 @@ temperature 0 is greedy. --chat wraps the prompt as a user turn in the model's c
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from shaping.errors import ShapingError
 from shaping.training.generation import generate
-from shaping.training.runs import load_model
+from shaping.training.model_command import read_text_file, run_model_command
+from shaping.training.runs import LoadedModel
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="a run folder: models/pretrain, models/base, a checkpoint")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="the text to continue")
     source.add_argument("--prompt-file", type=Path, help="a UTF-8 file holding the prompt")
     source.add_argument("--chat", help="a user message, rendered with the chat template")
-    parser.add_argument("--adapter", help="a PEFT adapter folder (models/adapter) to apply")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-k", type=int, default=0, help="0 = off")
@@ -44,52 +41,41 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-stop-on-eos", action="store_true", help="keep going past the EOS token")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-return-sequences", type=int, default=1)
-    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    return parser.parse_args(argv)
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        loaded = load_model(args.model, args.adapter, args.device)
-        if args.chat is not None:
-            messages = [{"role": "user", "content": args.chat}]
-            prompt = str(loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        elif args.prompt_file is not None:
-            if not args.prompt_file.is_file():
-                raise ShapingError(f"{args.prompt_file}: file not found")
-            prompt = args.prompt_file.read_text(encoding="utf-8")
-        else:
-            prompt = args.prompt
-        results = generate(
-            loaded.model,
-            loaded.tokenizer,
-            prompt,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            stop_sequences=args.stop,
-            stop_on_eos=not args.no_stop_on_eos,
-            seed=args.seed,
-            num_return_sequences=args.num_return_sequences,
-        )
-    except ShapingError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    report = {
-        "model": args.model,
-        "adapter": args.adapter,
-        "kind": loaded.kind,
+def run(args: argparse.Namespace, load: Callable[[], LoadedModel]) -> dict[str, Any]:
+    loaded = load()
+    if args.chat is not None:
+        messages = [{"role": "user", "content": args.chat}]
+        prompt = str(loaded.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    elif args.prompt_file is not None:
+        prompt = read_text_file(args.prompt_file)
+    else:
+        prompt = args.prompt
+    results = generate(
+        loaded.model,
+        loaded.tokenizer,
+        prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        stop_sequences=args.stop,
+        stop_on_eos=not args.no_stop_on_eos,
+        seed=args.seed,
+        num_return_sequences=args.num_return_sequences,
+    )
+    return {
         "prompt": prompt,
         "settings": {
             k: v for k, v in vars(args).items() if k not in ("model", "adapter", "prompt", "prompt_file", "chat")
         },
         "outputs": [asdict(r) for r in results],
     }
-    print(json.dumps(report, ensure_ascii=False, indent=2))
-    return 0
+
+
+def main(argv: list[str]) -> int:
+    return run_model_command(argv, __doc__.splitlines()[0], add_arguments, run)
 
 
 if __name__ == "__main__":

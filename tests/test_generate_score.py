@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -154,3 +156,44 @@ def test_commands_print_json(tiny_model_dir: Path, char_lstm_dir: Path) -> None:
     assert (
         missing.returncode == 1 and "nope.txt: file not found" in missing.stderr and "Traceback" not in missing.stderr
     )
+
+
+def _command(name: str) -> Any:
+    """src/<name>.py as a module, so its main(argv) runs in this process."""
+    spec = importlib.util.spec_from_file_location(f"{name}_command", REPO / "src" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_commands_share_loading_and_error_handling(
+    tiny_model_dir: Path, random_adapter_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    generate_cmd, score_cmd = _command("generate"), _command("score")
+    no_model = tmp_path / "no-model"
+    # score names a missing file before loading the model (a folder that does not exist here)
+    assert score_cmd.main([str(no_model), "--file", "nope.txt"]) == 1
+    assert capsys.readouterr().err.strip() == "error: nope.txt: file not found"
+    assert generate_cmd.main([str(no_model), "--prompt", "x"]) == 1
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: {no_model}: no model here (expected config.json, char_lstm.json or reference.json)"
+    )
+    assert generate_cmd.main([str(tiny_model_dir), "--prompt-file", "nope.txt"]) == 1
+    err = capsys.readouterr().err  # transformers' loading progress comes first
+    assert err.strip().splitlines()[-1] == "error: nope.txt: file not found" and "Traceback" not in err
+
+    args = [str(tiny_model_dir), "--adapter", str(random_adapter_dir), "--device", "cpu"]
+    assert score_cmd.main([*args, "--text", KNOWN]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert (scored["model"], scored["adapter"], scored["kind"]) == (
+        str(tiny_model_dir),
+        str(random_adapter_dir),
+        "transformers",
+    )
+    assert generate_cmd.main([*args, "--chat", "Who are you?", "--max-new-tokens", "4"]) == 0
+    generated = json.loads(capsys.readouterr().out)
+    assert generated["adapter"] == str(random_adapter_dir) and generated["kind"] == "transformers"
+    assert generated["prompt"].endswith("assistant\n") and generated["settings"]["max_new_tokens"] == 4
+    assert generated["settings"]["device"] == "cpu" and len(generated["outputs"]) == 1
