@@ -165,6 +165,25 @@ def test_failed_judge_requests_are_counted_as_errors(cfg: Config, tmp_path: Path
     assert all(r["problems"][0].startswith("request failed: ") for r in judgements(tmp_path))
 
 
+def test_failed_generations_are_counted_and_not_judged(cfg: Config, tmp_path: Path) -> None:
+    """A tuned generation that failed (a sampling service's error: text None) is not sent to the judge;
+    it counts in `failed`, in no mean, and its record in judge.jsonl says why."""
+    ctx = make_ctx(cfg, tmp_path)
+    ctx.replies("tuned")[1]["text"] = None  # the bread question's generation failed
+    judge = cfg.models["judge"]
+    with ScriptedJudge() as url:
+        judge.backend, judge.base_url, judge.model = "openai", url, "scripted-judge"
+        metrics = run_metrics(ctx, ["judge"])["judge"]
+        assert ScriptedJudge.last is not None and ScriptedJudge.last.requests == 5  # not 6: nothing to judge
+    tuned, base = metrics["tuned"], metrics["base"]
+    assert (tuned["judged"], tuned["unparseable"], tuned["errors"], tuned["failed"]) == (2, 1, 0, 1)
+    assert tuned["voice"] == {"mean": 5.0, "ci_low": 5.0, "ci_high": 5.0, "n": 1}  # the bread reply's 3 is gone
+    assert (base["judged"], base["failed"]) == (3, 0) and base["voice"]["n"] == 2
+    assert metrics["failed"] == 1 and metrics["unparseable"] == 3
+    skipped = [r for r in judgements(tmp_path) if r.get("skipped")]
+    assert skipped == [{"model": "tuned", "id": "r1", "reply": None, "skipped": "generation failed"}]
+
+
 def test_judge_prompt_carries_rubric_scale_and_reply() -> None:
     item = JudgeItem(model="tuned", id="1", prompt=DIALOGUES[1][:-1], reply="Flour.", reference="Flour and water.")
     system, user = judge_messages(RUBRIC, item)

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 import random
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +24,8 @@ from shaping.config.schema import ModelSpec
 from shaping.errors import ShapingError
 from shaping.inference import ChatRequest
 from shaping.inference.openai_compat import OpenAIBackend
-from shaping.pipeline import load_pipeline_class
+from shaping.inference.redact import redact
+from shaping.pipeline import Pipeline, TrainingSample, load_pipeline_class, model_request
 from shaping.serve import running_server
 
 from .conftest import REPO
@@ -92,6 +98,9 @@ class Endpoint:
         self.thread.join(5)
 
 
+STAGE_ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
 def backend(url: str | list[str], **overrides: object) -> OpenAIBackend:
     spec = ModelSpec(backend="openai", model="echo-model", base_url=url, max_concurrency=16)
     spec.backoff_initial_s, spec.backoff_max_s = 0.01, 0.05
@@ -156,6 +165,132 @@ def test_missing_key_variable_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("JUDGE_KEY", raising=False)
     with pytest.raises(ShapingError, match=r"models\.judge\.api_key_env: environment variable JUDGE_KEY is not set"):
         backend("http://127.0.0.1:1/v1", api_key_env="JUDGE_KEY")
+
+
+SECRET = "pa55-w0rd-7f3e"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"http://shaping:{SECRET}@127.0.0.1:8000/v1", "'http://***@127.0.0.1:8000/v1'"),
+        (f"https://{SECRET}@api.example.com/v1", "'https://***@api.example.com/v1'"),
+        (f"http://user:{SECRET[:4]}/{SECRET[5:]}@127.0.0.1/v1", "'http://***@127.0.0.1/v1'"),  # '/' in it
+        (f"shaping:{SECRET}@localhost:8000/v1", "'***@localhost:8000/v1'"),  # no scheme: still not printed
+        (f"http://127.0.0.1/v1?api-version=2&api_key={SECRET}", "'http://127.0.0.1/v1?api-version=2&api_key=***'"),
+    ],
+)
+def test_credentials_in_base_url_are_refused_without_printing_them(url: str, shown: str) -> None:
+    with pytest.raises(ShapingError) as err:
+        backend(url)
+    message = str(err.value)
+    assert message.startswith(f"models.judge.base_url={shown}: the URL carries ")
+    assert "models.judge.api_key_env" in message
+    assert SECRET not in message and SECRET[:4] not in message and SECRET[5:] not in message
+
+
+def test_secret_looking_keys_are_masked_and_others_kept() -> None:
+    engine_options = {
+        "hf_token": "hf_abc",
+        "tensor_parallel_size": 2,
+        "max_num_batched_tokens": 8192,
+        "tokenizer_mode": "auto",
+        "hf_overrides": {"headers": {"Authorization": "Bearer x", "x-api-key": "k"}, "clientSecret": "s"},
+        "stop_token_ids": [1, 2],
+        "download": [{"password": "p", "path": "/models"}],
+        "use_auth_token": None,  # unset: nothing to hide
+    }
+    assert redact(engine_options) == {
+        "hf_token": "***",
+        "tensor_parallel_size": 2,
+        "max_num_batched_tokens": 8192,
+        "tokenizer_mode": "auto",
+        "hf_overrides": {"headers": {"Authorization": "***", "x-api-key": "***"}, "clientSecret": "***"},
+        "stop_token_ids": [1, 2],
+        "download": [{"password": "***", "path": "/models"}],
+        "use_auth_token": None,
+    }
+    assert engine_options["hf_token"] == "hf_abc"  # a copy: vLLM still gets the token
+
+
+class Asker(Pipeline):
+    name = "asker"
+    judge = Pipeline.model_dep("judge")
+
+    def run(self) -> list[TrainingSample]:
+        return self.run_task(self.ask, records=[{"id": str(i)} for i in range(10)])
+
+    def ask(self, record: dict[str, Any]) -> Any:
+        reply = yield model_request([{"role": "user", "content": f"q{record['id']}"}], model=self.judge)
+        return TrainingSample(id=record["id"], messages=[{"role": "assistant", "content": reply.get_text()}])
+
+
+def test_no_secret_reaches_logs_errors_or_files(
+    cfg: Config,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A run against a real endpoint that fails half the requests, with a key from the environment
+    and a token among the registry options: the key goes out in the header and the token in the
+    request body, and neither appears in a log line, an error, the output, the manifest or the cache."""
+    key, token = "sk-test-9f8e7d6c", "tok-5a4b3c2d"
+    monkeypatch.setenv("SHAPING_TEST_KEY", key)
+    cfg.synth.limit, cfg.synth.cache_dir, cfg.synth.max_failure_rate = None, str(tmp_path / "cache"), 1.0
+    judge = cfg.models["judge"]
+    judge.backend, judge.model, judge.api_key_env, judge.max_retries = "openai", "echo", "SHAPING_TEST_KEY", 0
+    judge.sysprompt, judge.sysprompt_file, judge.options = None, None, {"session_token": token}
+    caplog.set_level(logging.DEBUG)
+    with Endpoint(fail_rate=0.5, seed=3) as url:
+        judge.base_url = url
+        result = Asker(cfg, output_dir=tmp_path / "out").execute()
+        endpoint = Endpoint.last
+    assert endpoint is not None and endpoint.authorizations == [f"Bearer {key}"] * 10  # the key was used
+    assert 0 < result.errors < 10  # some requests failed, and their errors name the endpoint
+    errors = (tmp_path / "out" / "errors.jsonl").read_text()
+    assert f"at {url}): HTTP " in errors
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["model_deps"]["judge"]["fingerprint"]["options"]["session_token"] == "***"
+    out, err = capfd.readouterr()
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {p.name for p in written} >= {"samples.jsonl", "errors.jsonl", "manifest.json", "asker.sqlite"}
+    for secret in (key, token):
+        assert secret not in caplog.text and secret not in out and secret not in err
+        assert not [p for p in written if secret.encode() in p.read_bytes()]
+
+
+@pytest.mark.slow
+def test_stage_refuses_a_password_in_base_url_and_prints_it_nowhere(tmp_path: Path) -> None:
+    """`python src/synthesize.py` with credentials in the URL: exit 1 with one message naming the
+    key and api_key_env, no request sent, and the password in no output, log or written file
+    (Hydra's own copy of the command line, .hydra/overrides.yaml, is switched off here)."""
+    with Endpoint() as url:
+        endpoint = Endpoint.last
+        with_password = url.replace("http://", f"http://shaping:{SECRET}@")
+        command = [
+            sys.executable,
+            "src/synthesize.py",
+            "pipeline=my_pipeline",
+            f"synth.cache_dir={tmp_path / 'cache'}",
+            "models.cubsfan-release-full.backend=openai",
+            f"models.cubsfan-release-full.base_url={with_password}",
+            "models.cubsfan-release-full.model=served",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            "hydra.output_subdir=null",
+        ]
+        done = subprocess.run(command, cwd=REPO, env=STAGE_ENV, capture_output=True, text=True, timeout=300)
+    assert endpoint is not None and endpoint.requests == 0
+    printed = done.stdout + done.stderr
+    assert done.returncode == 1, printed[-2000:]
+    masked = url.replace("http://", "http://***@")
+    assert f"synthesize failed: models.cubsfan-release-full.base_url='{masked}': the URL carries" in printed
+    assert "Traceback" not in printed and SECRET not in printed
+    record = json.loads((tmp_path / "run" / "data/synth/my_pipeline/run.json").read_text())
+    assert record["exit_status"] == "failed" and "models.cubsfan-release-full.api_key_env" in record["error"]
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".log" for p in written)  # Hydra's log file of the run
+    assert not [p for p in written if SECRET.encode() in p.read_bytes()]
 
 
 def test_connection_refused_fails_each_request_after_retries() -> None:

@@ -12,8 +12,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from shaping.config import Config
+from shaping.errors import ShapingError
+from shaping.pipeline import Pipeline, TrainingSample, model_request
 from shaping.pipeline.engine import COMMIT_INTERVAL_S
 
 from .conftest import REPO
@@ -160,3 +165,52 @@ def test_ctrl_c_is_one_message_and_the_rerun_resumes(tmp_path: Path) -> None:
         assert len(endpoint.contents) <= 80 + 4  # nothing answered and stored before Ctrl-C was sent again
     manifest = json.loads((tmp_path / "out2" / "manifest.json").read_text())
     assert manifest["resumed"] == finished and manifest["samples"] == 40
+
+
+class TwoRounds(Pipeline):
+    """The same task twice over the same records (a second round with other settings); `interrupt`
+    stops the run after both rounds finished, before the outputs are written, as a Ctrl-C would."""
+
+    name = "two-rounds"
+    judge = Pipeline.model_dep("judge")
+    interrupt = True
+
+    def run(self) -> list[TrainingSample]:
+        records = [{"id": str(i)} for i in range(4)]
+        self.round = "first"
+        first = self.run_task(self.ask, records=records)
+        self.round = "second"
+        second = self.run_task(self.ask, records=records)
+        if self.interrupt:
+            raise KeyboardInterrupt
+        return first + second
+
+    def ask(self, record: dict[str, Any]) -> Any:
+        reply = yield model_request([{"role": "user", "content": f"{self.round} {record['id']}"}], model=self.judge)
+        return TrainingSample(
+            id=f"{self.round}-{record['id']}", messages=[{"role": "assistant", "content": reply.get_text()}]
+        )
+
+
+def test_a_task_run_twice_resumes_each_round_from_its_own_journal_entries(cfg: Config, tmp_path: Path) -> None:
+    cfg.synth.limit, cfg.synth.cache_dir = None, str(tmp_path / "cache")
+    judge = cfg.models["judge"]
+    judge.backend, judge.model, judge.sysprompt, judge.sysprompt_file = "openai", "echo", None, None
+    with Endpoint() as url:
+        judge.base_url = url
+        endpoint = Endpoint.last
+        with pytest.raises(ShapingError, match="interrupted"):
+            TwoRounds(cfg, output_dir=tmp_path / "out").execute()
+        assert endpoint is not None and endpoint.requests == 8
+        (journal,) = (tmp_path / "cache").glob("two-rounds.*.journal.jsonl")
+        assert len(journal.read_text().splitlines()) == 8, "both rounds' records, journaled apart"
+        TwoRounds.interrupt = False
+        try:
+            result = TwoRounds(cfg, output_dir=tmp_path / "out").execute()
+        finally:
+            TwoRounds.interrupt = True
+        assert endpoint.requests == 8, "every record of both rounds came from the journal"
+    assert result.manifest["resumed"] == 8
+    rows = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    got = {r["id"]: r["messages"][-1]["content"] for r in rows}
+    assert got == {f"{r}-{i}": f"echo: {r} {i}" for r in ("first", "second") for i in range(4)}

@@ -92,7 +92,7 @@ def judge_replies(backend: ChatBackend, cfg: JudgeConfig, items: list[JudgeItem]
     names = [c.name for c in cfg.rubric.criteria]
     options = {"temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens}
     requests = [ChatRequest(messages=judge_messages(cfg.rubric, item), options=options) for item in items]
-    responses = backend.generate(requests)
+    responses = backend.generate(requests) if requests else []  # every generation failed: nothing to ask
     records = []
     for item, response in zip(items, responses, strict=True):
         if response.is_success:
@@ -115,16 +115,22 @@ def judge_replies(backend: ChatBackend, cfg: JudgeConfig, items: list[JudgeItem]
     return records
 
 
-def summarize_judgements(records: list[dict[str, Any]], cfg: JudgeConfig, seed: int) -> dict[str, Any]:
+def summarize_judgements(
+    records: list[dict[str, Any]], cfg: JudgeConfig, seed: int, failed: dict[str, int] | None = None
+) -> dict[str, Any]:
     """Per model: each criterion's mean with its bootstrap interval over the replies that scored it,
-    `judged` replies, `unparseable` ones (any criterion unread, failed requests included) and `errors`."""
+    `judged` replies, `unparseable` ones (any criterion unread, failed judge requests included),
+    `errors` (failed judge requests) and `failed`: the model's generations that failed, which were
+    not judged and count in no interval (`failed` per model, from the caller)."""
+    failed = failed or {}
     out: dict[str, Any] = {}
-    for model in dict.fromkeys(r["model"] for r in records):
+    for model in dict.fromkeys([*(r["model"] for r in records), *failed]):
         mine = [r for r in records if r["model"] == model]
         summary: dict[str, Any] = {
             "judged": len(mine),
             "unparseable": sum(not r["parsed"] for r in mine),
             "errors": sum(r["error"] is not None for r in mine),
+            "failed": failed.get(model, 0),
         }
         for criterion in cfg.rubric.criteria:
             scores = [r["scores"][criterion.name] for r in mine if r["scores"][criterion.name] is not None]

@@ -5,7 +5,8 @@ Requests go out concurrently over aiohttp (orjson bodies), at most `max_concurre
 time, spread round-robin over the spec's `base_url`s. 429, 5xx, connection errors and
 timeouts are retried with exponential backoff and jitter, honouring `Retry-After`; after
 `max_retries` the request fails on its own (the record becomes an `__ERROR__`). 401/403
-and 404 stop the run at once with a message naming the model and URL, never the key.
+and 404 stop the run at once with a message naming the model and URL, never the key (a URL
+carrying credentials is refused before any request: `redact.check_base_url`).
 
 The first attempt of a request runs straight, not inside a retry object: at thousands of
 requests per second the client's own CPU time per request is the bottleneck.
@@ -27,6 +28,7 @@ import orjson
 
 from shaping.config.schema import ModelSpec
 from shaping.errors import ShapingError
+from shaping.inference.redact import check_base_url
 from shaping.inference.types import ChatRequest, ChatResponse
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -77,6 +79,7 @@ class OpenAIBackend:
         if not urls:
             raise ShapingError(f"models.{name}.base_url: not set; the openai backend needs the endpoint's URL")
         for url in urls:
+            check_base_url(name, url)  # first: the messages below name the URL
             if not url.startswith(("http://", "https://")):
                 raise ShapingError(f"models.{name}.base_url={url!r}: not an http(s) URL; e.g. http://127.0.0.1:8000/v1")
         self.name = name

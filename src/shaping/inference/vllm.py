@@ -14,6 +14,7 @@ from typing import Any
 
 from shaping.config.schema import ModelSpec
 from shaping.errors import ShapingError
+from shaping.inference.redact import redact
 from shaping.inference.types import ChatRequest, ChatResponse
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ class VLLMBackend:
         self.name = name
         self.defaults = defaults
         self._vllm = vllm
-        log.info("loading %s into vLLM (%s)", model_path, spec.engine_options or "default engine options")
+        # engine_options may hold hf_token or the like: the log line masks them
+        log.info("loading %s into vLLM (%s)", model_path, redact(spec.engine_options) or "default engine options")
         self.llm = vllm.LLM(model=model_path, seed=seed, **spec.engine_options)
 
     def generate(

@@ -21,6 +21,7 @@ import orjson
 from shaping.config import Config, compose, find_repo_root
 from shaping.errors import ShapingError
 from shaping.inference import ModelRegistry
+from shaping.inference.redact import redact
 from shaping.io import atomic_write_text, write_json
 from shaping.pipeline.api import FileDep, ModelDep, ModelRequest, ModelResponse, PipelineError, TrainingSample
 from shaping.pipeline.cache import ResponseCache
@@ -265,14 +266,15 @@ class Pipeline:
 
 
 def model_fingerprint(registry: ModelRegistry, name: str) -> dict[str, Any]:
-    """What in a model's registry entry changes its answers (not its URL or concurrency)."""
+    """What in a model's registry entry changes its answers (not its URL or concurrency), as the
+    manifest records it: secret-looking option values (a token in `options`) masked."""
     try:
         system = registry.system_prompt(name)
         return {
             "backend": registry.spec(name).backend,
             "model_id": registry.model_id(name),
             "system_prompt_sha256": hashlib.sha256(system.encode()).hexdigest() if system else None,
-            "options": registry.defaults(name),
+            "options": redact(registry.defaults(name)),  # written to the manifest: no secrets
         }
     except ShapingError as err:
         return {"error": str(err)}

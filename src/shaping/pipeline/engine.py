@@ -63,7 +63,8 @@ def now() -> str:
 
 
 def record_key(task: str, index: int, data: Any) -> str:
-    """What identifies one record of one task in the journal."""
+    """What identifies one record of one task in the journal. `task` is the step's label (see
+    `Engine.run_task`): a task run twice over the same records is two steps, journaled apart."""
     payload = orjson.dumps([task, index, data], option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS, default=str)
     return hashlib.blake2b(payload, digest_size=16).hexdigest()
 
@@ -138,6 +139,7 @@ class Engine:
         self._commit_timer: asyncio.TimerHandle | None = None
         self._bar: tqdm[Any] | None = None
         self._task_name = ""
+        self._task_runs: dict[str, int] = {}  # run_task calls so far per task name
         # request slots of the models the pipeline declares (every model in the registry if none)
         used = [registry.specs[m] for m in models if m in registry.specs] or list(registry.specs.values())
         self.workers = max(8, round(WORKERS_PER_SLOT * sum(max(1, spec.max_concurrency) for spec in used)))
@@ -169,7 +171,12 @@ class Engine:
                 "(a method that does `response = yield model_request(...)`)"
             )
         chosen = list(records[:limit] if limit is not None else records)
-        task = method.__name__
+        # The same task may run again over the same records (a second pass with other settings, a
+        # refinement round): the journal must tell the runs apart, or a resumed second run takes the
+        # first's samples. The n-th run is `task#n` (the first keeps the bare name), which holds as
+        # long as run() makes its calls in the same order, as a re-run of the same file does.
+        runs = self._task_runs[method.__name__] = self._task_runs.get(method.__name__, 0) + 1
+        task = method.__name__ if runs == 1 else f"{method.__name__}#{runs}"
         keys = [record_key(task, i, data) for i, data in enumerate(chosen)]
         results: dict[int, TrainingSample] = {}
         todo: list[int] = []
