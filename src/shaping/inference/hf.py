@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -19,11 +20,13 @@ from transformers import (
 )
 
 from shaping.inference.types import ChatRequest, ChatResponse
+from shaping.training.families import max_positions
 from shaping.training.hardware import pick_device
 
 log = logging.getLogger(__name__)
 
 SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "min_new_tokens")
+DEFAULT_MAX_NEW_TOKENS = 64
 CHATML_MARKERS = ("<|im_start|>", "<|im_end|>")
 
 
@@ -80,7 +83,7 @@ def generate_chat(
     *,
     temperature: float,
     top_p: float = 1.0,
-    max_new_tokens: int = 64,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     min_new_tokens: int = 0,
     seed: int | None = 0,
     n: int = 1,
@@ -160,7 +163,9 @@ class HFBackend:
         self.batch_size = max(1, batch_size)
         self.seed = seed
         self.defaults = defaults or {}
+        self.context_length = max_positions(self.model)
         self._calls = 0
+        self._clip_logged = False
 
     def generate(
         self, requests: list[ChatRequest], on_response: Callable[[int, ChatResponse], None] | None = None
@@ -168,7 +173,13 @@ class HFBackend:
         results: list[ChatResponse | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
-            options = {**self.defaults, **request.options}
+            options = self._fit_to_context(request, {**self.defaults, **request.options})
+            if isinstance(options, Completion):  # this request alone fails; the rest of the batch runs
+                results[index] = options
+                if on_response is not None:
+                    on_response(index, options)
+                continue
+            # the clipped max_new_tokens is part of the key: a batch's rows all fit the context together
             groups[tuple(options.get(k) for k in SAMPLING_KEYS)].append(index)
         for key, indices in groups.items():
             options = {k: v for k, v in zip(SAMPLING_KEYS, key, strict=True) if v is not None}
@@ -189,3 +200,43 @@ class HFBackend:
                     if on_response is not None:
                         on_response(i, reply)
         return [r for r in results if r is not None]
+
+    def _fit_to_context(self, request: ChatRequest, options: dict[str, Any]) -> dict[str, Any] | Completion:
+        """`options` with max_new_tokens (and min_new_tokens) clipped to the room the prompt leaves in the
+        model's context, as an OpenAI-compatible server clips a default; or an error response for a prompt
+        that leaves no room (or that the chat template refuses). Generating past the context would give
+        garbage, or an index error inside the model that fails the whole batch."""
+        try:
+            prompt = str(
+                self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+            )
+        except TemplateError as err:  # e.g. roles out of order: the template raises
+            return Completion(text=None, error=f"the chat template rejects the messages ({err})")
+        if self.context_length is None:
+            return options
+        prompt_tokens = len(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        room = self.context_length - prompt_tokens
+        if room <= 0:
+            return Completion(
+                text=None,
+                prompt_tokens=prompt_tokens,
+                error=f"context_length_exceeded: the model's maximum context length is {self.context_length} "
+                f"tokens and the messages take {prompt_tokens}; shorten them",
+            )
+        wanted = int(options.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS)
+        if wanted <= room:
+            return options
+        if not self._clip_logged:
+            self._clip_logged = True
+            log.warning(
+                "max_new_tokens=%d clipped to %d: a prompt of %d tokens leaves no more of the model's context "
+                "of %d (later clips are not logged)",
+                wanted,
+                room,
+                prompt_tokens,
+                self.context_length,
+            )
+        clipped = {**options, "max_new_tokens": room}
+        if options.get("min_new_tokens"):
+            clipped["min_new_tokens"] = min(int(options["min_new_tokens"]), room)
+        return clipped
