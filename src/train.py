@@ -18,10 +18,14 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from accelerate.utils import str_to_bool
 
 from shaping.errors import ShapingError
 from shaping.io import atomic_dir, read_jsonl
@@ -57,10 +61,16 @@ def main(ctx: StageContext) -> None:
     ctx.record.add_inputs([train_file])
     gate = validation_status(Path(cfg.paths.validated_dir) / "report.json")
     key = checkpointing.checkpoint_key(cfg, ctx.record.inputs[Path(train_file).as_posix()])
-    checkpoints = checkpointing.claim_run_dir(ctx.out(cfg.paths.checkpoint_dir), key)
+    checkpoints = checkpointing.claim_run_dir(
+        ctx.out(cfg.paths.checkpoint_dir), key, keep_unfinished=cfg.train.keep_unfinished_runs
+    )
+    if launch.world_size() > 1:
+        check_group_device(device, cfg.train.device, os.environ)
     launch.share_plan(launch.TrainPlan(cfg, train_file, checkpoints), device)
     live_dir = ctx.out("dvclive/train")
-    with atomic_dir(ctx.out(cfg.paths.adapter_dir)) as tmp:
+    adapter_dir = ctx.out(cfg.paths.adapter_dir)
+    checkpointing.remove_stale_temp_dirs(adapter_dir)
+    with atomic_dir(adapter_dir) as tmp, checkpointing.hold_temp_dir(tmp):
         report = backend.train(cfg, rows, tmp, live_dir, checkpoints)
     launch.wait_for_everyone()  # the other ranks may still write their part of the last checkpoint
     checkpointing.finish_run_dir(checkpoints, keep=cfg.train.keep_checkpoints)
@@ -71,12 +81,34 @@ def train_alongside() -> None:
     """A rank other than 0: train on rank 0's plan; what this rank writes goes to a scratch folder
     (the Trainer itself writes this rank's share of each checkpoint to the shared folder)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    plan = launch.share_plan(None, pick_device())
+    plan = launch.share_plan(None, group_device(os.environ))
     backend = importlib.import_module(BACKENDS[plan.cfg.backend.name])
     rows = read_jsonl(plan.train_file)
     with tempfile.TemporaryDirectory(prefix="shaping-rank-") as scratch:
         backend.train(plan.cfg, rows, Path(scratch) / "adapter", Path(scratch) / "live", plan.checkpoint_dir)
     launch.wait_for_everyone()
+
+
+def group_device(env: Mapping[str, str]) -> str:
+    """The device a rank makes its process group for (gloo on cpu, NCCL on cuda) before it has rank 0's
+    plan, decided from what every rank has alike: the launch (accelerate's use_cpu or --cpu put every
+    process on the CPU) and the machine. Rank 0 checks that its train.device agrees (check_group_device),
+    so that every rank trains on the plan's device and joins the same kind of group."""
+    if str_to_bool(env.get("ACCELERATE_USE_CPU", "false")):
+        return "cpu"
+    return pick_device()
+
+
+def check_group_device(device: str, requested: str, env: Mapping[str, str]) -> None:
+    """Rank 0: refuse a train.device the other ranks cannot know of (they would wait on NCCL while rank 0
+    waits on gloo, or the reverse, until the launcher's timeout)."""
+    others = group_device(env)
+    if device != others:
+        how = "accelerate's use_cpu (or --cpu)" if others == "cpu" else "a launch without use_cpu on this machine"
+        raise ShapingError(
+            f"train.device={requested} ({device}) under {how}, which puts every process on {others}: "
+            f"set train.device={others}, or launch {'without' if others == 'cpu' else 'with'} use_cpu"
+        )
 
 
 def run_under_accelerate(ctx: StageContext) -> None:

@@ -73,7 +73,8 @@ class ModelConfig:
     name_or_path: str = MISSING
     revision: str | None = None
     dtype: str = "auto"
-    attn_implementation: str = "sdpa"
+    # auto = flash_attention_2 where flash-attn is installed (CUDA, bf16/fp16), else sdpa | sdpa | eager
+    attn_implementation: str = "auto"
     chat_template: str = "own"
     trust_remote_code: bool = False
     pretrain_dir: str = "models/pretrain"  # the `pretrain` stage's run folder
@@ -239,6 +240,7 @@ class TrainConfig:
     save_steps: int = 50  # checkpoint every N optimizer steps into paths.checkpoint_dir (0 = never)
     save_total_limit: int = 2  # checkpoints kept while training (the newest may be cut short by a kill)
     keep_checkpoints: bool = False  # after a finished run: False deletes them, True moves them to <dir>/last
+    keep_unfinished_runs: int = 3  # killed runs of other configs/data whose checkpoints stay (resumable); older go
     liger: bool = False  # Liger kernels (fused RMSNorm/RoPE/SwiGLU/cross-entropy); needs liger-kernel + a GPU
     merge: bool = False  # also save the adapter merged into the base's weights (<adapter_dir>/merged, safetensors)
     # dpo only (conf/train/dpo.yaml)

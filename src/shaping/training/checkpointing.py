@@ -1,23 +1,30 @@
 """Resumable training: where checkpoints go, which one to resume from, what happens after a run.
 
 Checkpoints live in `<paths.checkpoint_dir>/<key>/checkpoint-<step>/` (a persistent DVC out, so
-`dvc repro` after a kill finds them). The key hashes everything the run's result depends on:
-the train stage's params (less the checkpointing knobs), the training data and the base model.
-A run resumes only from checkpoints with its own key, so a finished or killed experiment never
-leaks its state into a different one. transformers' Trainer restores the rest from a checkpoint:
-step count, optimizer, LR scheduler, RNG states and the position in the data order.
+`dvc repro` after a kill finds them). The key hashes what the trained weights depend on: the train
+stage's params (less the knobs that only change saving, logging or export), the training data and
+the base model's content. A run resumes only from checkpoints with its own key, so a finished or
+killed experiment never leaks its state into a different one, and the checkpoints of the last few
+killed runs of other configs stay, so that each can still resume (`train.keep_unfinished_runs`).
+transformers' Trainer restores the rest from a checkpoint: step count, optimizer, LR scheduler,
+RNG states and the position in the data order.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import xxhash
 from omegaconf import OmegaConf
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations import DVCLiveCallback
@@ -28,53 +35,145 @@ log = logging.getLogger(__name__)
 
 # what the train stage's result depends on (dvc.yaml's train params)
 KEY_SECTIONS = ("seed", "model", "lora", "backend", "train", "accelerate")
-# train keys that change where and how often state is saved, not the trained weights
-CHECKPOINT_KEYS = ("save_steps", "save_total_limit", "keep_checkpoints", "logging_steps")
+# train keys that change where, how often and what is saved or logged, not the trained weights;
+# gradient checkpointing recomputes the same activations (the out-of-memory message suggests turning
+# it on, and the re-run should then resume)
+UNWEIGHTED_TRAIN_KEYS = (
+    "save_steps",
+    "save_total_limit",
+    "keep_checkpoints",
+    "keep_unfinished_runs",
+    "logging_steps",
+    "merge",
+    "gradient_checkpointing",
+)
+# accelerate keys that say where and how the processes meet, not what they compute
+UNWEIGHTED_ACCELERATE_KEYS = ("main_process_ip", "main_process_port", "machine_rank", "rdzv_backend", "same_network")
 LAST = "last"  # where keep_checkpoints=true leaves a finished run's checkpoints
+README = "README.txt"
+_KEY = re.compile(r"^[0-9a-f]{16}$")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # the Trainer writes this file last; a checkpoint without it was cut short by a kill
 _COMPLETE_MARKER = "trainer_state.json"
+# a stage's own record (times, host) beside a model's files: not part of the model
+_NOT_MODEL = ("run.json",)
+_CHUNK = 1 << 24
+
+README_TEXT = """\
+Resumable checkpoints of the train stage (src/train.py); a DVC out with persist: true and
+cache: false, so `dvc repro` after a kill finds them, and DVC never caches them.
+
+<key>/checkpoint-<step>/  a run's saved state, every train.save_steps steps. <key> hashes the params
+                          that change the weights, the training data and the base model's content:
+                          running the same experiment again resumes from its newest checkpoint.
+last/                     a finished run's checkpoints, with train.keep_checkpoints=true.
+
+A finished run deletes its own folder. The folders of the train.keep_unfinished_runs most recent
+killed runs of other experiments stay, so each resumes when it is run again; older ones are deleted
+when a run starts. Delete a <key> folder (or all of them) to drop a killed run's state by hand.
+This file is rewritten at every start; it also keeps DVC from warning that the out is empty.
+"""
 
 
 def checkpoint_key(cfg: Config, data_sha256: str) -> str:
-    """A short hash of the params, the training data (its SHA-256) and the base model's files."""
+    """A short hash of the params that change the weights, the training data (its SHA-256) and the
+    base model's content."""
     container = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
     assert isinstance(container, dict)
     chosen = {name: container.get(name) for name in KEY_SECTIONS}
     train = container["train"]
     assert isinstance(train, dict)
-    chosen["train"] = {k: v for k, v in train.items() if k not in CHECKPOINT_KEYS}
+    chosen["train"] = {k: v for k, v in train.items() if k not in UNWEIGHTED_TRAIN_KEYS}
+    accelerate = container.get("accelerate") or {}
+    assert isinstance(accelerate, dict)
+    # not launched, the accelerate section is not read; launched, num_processes sets the global batch
+    launched = cfg.train.launcher == "accelerate"
+    chosen["accelerate"] = (
+        {k: v for k, v in accelerate.items() if k not in UNWEIGHTED_ACCELERATE_KEYS} if launched else None
+    )
     chosen["data"] = data_sha256
-    chosen["base"] = _base_identity(cfg.model.name_or_path)
+    chosen["base"] = base_identity(cfg.model.name_or_path)
     blob = json.dumps(chosen, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _base_identity(name_or_path: str) -> str:
-    """A local base model by its files' names, sizes and mtimes (a rebuilt base is another model;
-    hashing gigabytes of weights at every start would cost minutes); a hub id by name (its
-    revision is in the params)."""
+def base_identity(name_or_path: str) -> str:
+    """A local base model by its files' names and content (xxh3-128: about as fast as the disk
+    reads, and the model load that follows reads the same bytes again from the page cache), so
+    a `dvc checkout`, a restore from DVC's cache or a `touch` leaves it the same model; a hub id
+    by name (its revision is in the params)."""
     local = Path(name_or_path)
     if not local.is_dir():
         return name_or_path
-    stats = sorted(
-        (p.relative_to(local).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-        for p in local.rglob("*")
-        if p.is_file()
-    )
-    return hashlib.sha256(repr(stats).encode()).hexdigest()
+    digest = xxhash.xxh3_128()
+    for path in sorted(p for p in local.rglob("*") if p.is_file() and p.name not in _NOT_MODEL):
+        digest.update(path.relative_to(local).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
-def claim_run_dir(root: Path, key: str) -> Path:
-    """`root/key`, created; other runs' unfinished checkpoints under `root` are deleted (a different
-    config or data: never resumed, and DVC would hash them after every run). Main process only."""
+def claim_run_dir(root: Path, key: str, keep_unfinished: int) -> Path:
+    """`root/key`, created. Of the other runs' unfinished checkpoints under `root` (killed runs of
+    other configs or data), the `keep_unfinished` most recently written stay, so that each resumes
+    when run again; older ones are deleted. Writes the folder's README. Main process only."""
     root.mkdir(parents=True, exist_ok=True)
-    for stale in sorted(p for p in root.iterdir() if p.is_dir() and p.name not in (key, LAST)):
-        log.info("deleting checkpoints of another config or dataset: %s", stale)
+    (root / README).write_text(README_TEXT, encoding="utf-8")
+    others = [p for p in root.iterdir() if p.is_dir() and _KEY.match(p.name) and p.name != key]
+    others.sort(key=_last_written, reverse=True)
+    for stale in others[max(keep_unfinished, 0) :]:
+        log.info(
+            "deleting %s: checkpoints of an older killed run of another config or dataset "
+            "(train.keep_unfinished_runs=%d keeps the newest %d)",
+            stale,
+            keep_unfinished,
+            keep_unfinished,
+        )
         shutil.rmtree(stale)
+    for kept in others[: max(keep_unfinished, 0)]:
+        log.info("keeping %s: a killed run of another config or dataset, resumed when it runs again", kept)
     run_dir = root / key
     run_dir.mkdir(exist_ok=True)
     return run_dir
+
+
+def _last_written(run_dir: Path) -> float:
+    """When a run folder last changed: a new checkpoint or a rotated-out one changes the folder's mtime."""
+    return max([run_dir.stat().st_mtime, *(p.stat().st_mtime for p in run_dir.iterdir())])
+
+
+@contextlib.contextmanager
+def hold_temp_dir(tmp: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `tmp` (a shaping.io.atomic_dir temp folder) while this process writes
+    it, so that `remove_stale_temp_dirs` in another process leaves it alone. The kernel drops the
+    lock when the process dies, however it dies."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_dirs(target: Path) -> None:
+    """Delete the atomic_dir temp folders beside `target` (`.<name>.*.tmp`) that no live process
+    holds: a SIGKILL (OOM killer, preemption, DVC's kill) skips the clean-up that removes them."""
+    for tmp in sorted(target.parent.glob(f".{target.name}.*.tmp")):
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a running stage's
+        else:
+            log.info("deleting %s: left by a run that was killed while training", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 def checkpoint_args(cfg: Config, run_dir: Path) -> dict[str, Any]:
@@ -146,3 +245,17 @@ class DVCLiveResume(TrainerCallback):
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self.live.step = state.global_step
+
+
+class RunStart(TrainerCallback):
+    """Where this run started: step and tokens seen, restored from the checkpoint it resumed (0 and
+    0 for a fresh run), so that its report can tell this run's work from the whole run's."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.tokens = 0
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.step, self.tokens = state.global_step, int(state.num_input_tokens_seen)

@@ -29,7 +29,7 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 from shaping.config.schema import Config
 from shaping.data.transforms import to_preferences, to_sft
 from shaping.errors import ShapingError
-from shaping.training.checkpointing import DVCLiveResume, checkpoint_args, resume_checkpoint
+from shaping.training.checkpointing import DVCLiveResume, RunStart, checkpoint_args, resume_checkpoint
 from shaping.training.export import compute_dtype, merge_adapter, quantization_config
 from shaping.training.failures import StopOnNonFiniteLoss, out_of_memory_message
 from shaping.training.hardware import (
@@ -152,6 +152,8 @@ def common_args(
         "gradient_checkpointing": checkpointing,
         "logging_steps": t.logging_steps,
         "logging_nan_inf_filter": False,  # a NaN loss must surface (StopOnNonFiniteLoss), not be averaged away
+        # the Trainer's token count is saved in checkpoints and continues on resume (TRL's num_tokens restarts at 0)
+        "include_num_input_tokens_seen": "non_padding",
         "use_liger_kernel": t.liger,
         "eval_strategy": "no",
         "report_to": "none",  # DVCLive is attached as a callback with our own Live
@@ -274,7 +276,8 @@ def train(
     args = common_args(cfg, saving, precision, checkpointing, device)
     live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False)
     dvclive = DVCLiveCallback(live=live)
-    callbacks: list[TrainerCallback] = [dvclive, DVCLiveResume(dvclive), RankReport()]
+    start = RunStart()
+    callbacks: list[TrainerCallback] = [dvclive, DVCLiveResume(dvclive), RankReport(), start]
     build = dpo_trainer if cfg.train.method == "dpo" else sft_trainer
     trainer = build(cfg, model, tokenizer, rows, args, callbacks)
 
@@ -288,14 +291,17 @@ def train(
     except torch.OutOfMemoryError as err:
         raise ShapingError(out_of_memory_message(cfg, device, err)) from None
     seconds = time.perf_counter() - t0
-    tokens = last_logged(trainer, "num_tokens") or 0
+    tokens = int(trainer.state.num_input_tokens_seen)
+    tokens_this_run = tokens - start.tokens  # a resumed run's speed is its own tokens over its own time
     metrics: dict[str, Any] = {
         "method": cfg.train.method,
         "adapter": adapter_kind(cfg),
         "train_loss": round(float(result.training_loss), 6),
         "steps": int(result.global_step),
-        "tokens": int(tokens),
-        "tokens_per_second": round(tokens / seconds, 1) if seconds else 0.0,
+        "resumed_from_step": start.step,
+        "tokens": tokens,
+        "tokens_this_run": tokens_this_run,
+        "tokens_per_second": round(tokens_this_run / seconds, 1) if seconds else 0.0,
         "seconds": round(seconds, 2),
         "trainable_parameters": trainable,
         "precision": precision,
