@@ -271,3 +271,26 @@ def test_sections_imported_not_read_are_still_read_somewhere() -> None:
     for (base, section), where in SECTIONS_IMPORTED_NOT_READ.items():
         stage = next(stage for name, stage in STAGES.items() if name.split("@")[0] == base)
         assert any(section in _sections_read(file) for file in _closure(_roots(stage))), f"{base}: {where}"
+
+
+def test_each_plotted_file_is_drawn_once() -> None:
+    """A file that a top-level plot draws is not also under a stage's `plots:` (DVC would draw it
+    twice: once labelled, once as a bare file), and every file a top-level plot draws is an out."""
+    dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    drawn = [
+        file
+        for plot in _interpolate(dvc_yaml["plots"], params)
+        for spec in plot.values()
+        for file in (spec["y"] if isinstance(spec["y"], dict) else {})
+    ]
+    assert len(drawn) >= 4 and len(drawn) == len(set(drawn))
+
+    def paths(stage: dict[str, Any], key: str) -> list[str]:
+        return [p if isinstance(p, str) else next(iter(p)) for p in stage.get(key, [])]
+
+    stage_plots = [p for stage in STAGES.values() for p in paths(stage, "plots")]
+    outs = [p for stage in STAGES.values() for key in ("outs", "metrics", "plots") for p in paths(stage, key)]
+    for file in drawn:
+        assert not _covered(file, stage_plots), f"{file}: drawn by a top-level plot and a stage's plots"
+        assert _covered(file, outs), f"{file}: drawn, but no stage writes it"

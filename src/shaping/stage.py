@@ -24,6 +24,15 @@ from shaping.tracking import RunRecord
 
 log = logging.getLogger("shaping")
 
+# bitsandbytes on a CPU with AVX512-BF16 tries, at import, to fetch an optional fused 4-bit matmul
+# from the Hugging Face hub (the `kernels` package) and warns when it cannot; every stage imports it
+# through peft. Without it, QLoRA on CPU uses bitsandbytes' own compiled CPU kernel instead,
+# so the warning says nothing a user can act on: it is dropped, and only that one.
+_BNB_KERNELS_HINT = "Failed to load CPU gemm_4bit_forward from kernels-community"
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(
+    lambda record: not str(record.msg).startswith(_BNB_KERNELS_HINT)
+)
+
 
 @dataclass
 class StageContext:
