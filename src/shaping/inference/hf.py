@@ -20,7 +20,6 @@ from transformers import (
 )
 
 from shaping.inference.types import ChatRequest, ChatResponse
-from shaping.training.families import max_positions
 from shaping.training.hardware import pick_device
 
 log = logging.getLogger(__name__)
@@ -163,7 +162,8 @@ class HFBackend:
         self.batch_size = max(1, batch_size)
         self.seed = seed
         self.defaults = defaults or {}
-        self.context_length = max_positions(self.model)
+        # transformers' configs name it max_position_embeddings (GPT-2's n_positions maps to it)
+        self.context_length: int | None = getattr(self.model.config, "max_position_embeddings", None)
         self._calls = 0
         self._clip_logged = False
 
