@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,8 +23,8 @@ from shaping.training.export import compute_dtype, merged_model, quantization_co
 from shaping.training.models import load_base_model
 
 from .conftest import DIALOGUES, REPO
-from .test_train_launch import TRAIN_ENV, run_train, stage_params
-from .test_train_resume import complete_checkpoints, final_state
+from .test_train_launch import run_train, stage_params
+from .test_train_resume import complete_checkpoints, final_state, kill_after_checkpoint
 
 pytestmark = [
     pytest.mark.gpu,
@@ -107,16 +103,7 @@ def test_fsdp2_saves_the_adapter_whole_and_resumes_after_a_kill(cfg: Config, tmp
     cfg.accelerate = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "accelerate" / "fsdp.yaml"))
     cfg.accelerate["num_processes"] = gpus
     params = stage_params(cfg, fsdp, rows=48)
-    running = subprocess.Popen(
-        [sys.executable, str(REPO / "src" / "train.py"), "--params", str(params)], cwd=fsdp, env=TRAIN_ENV
-    )
-    deadline = time.monotonic() + 240
-    while not complete_checkpoints(fsdp) and time.monotonic() < deadline:
-        assert running.poll() is None, "training ended before the kill; make the run longer"
-        time.sleep(0.01)
-    running.send_signal(signal.SIGKILL)
-    running.wait()
-    time.sleep(5)
+    kill_after_checkpoint(fsdp, params)
     saved = max(complete_checkpoints(fsdp))
     proc = run_train(fsdp, params)
     log = proc.stdout + proc.stderr

@@ -9,10 +9,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -186,7 +184,7 @@ def test_deepspeed_zero3_resumes_after_a_kill_and_ends_where_ddp_does(cfg: Confi
     when saved. Killed after a checkpoint and run again, it must end with the weights and per-step
     losses of an uninterrupted DDP run on the same data (fp32: the same sums, in another order)."""
     pytest.importorskip("deepspeed", reason="accelerate=deepspeed_zero3 needs the deepspeed extra (in .[dev])")
-    from .test_train_resume import complete_checkpoints, final_state
+    from .test_train_resume import complete_checkpoints, final_state, kill_after_checkpoint
 
     cfg.train.epochs, cfg.train.max_steps, cfg.train.batch_size = 1, -1, 2
     cfg.train.learning_rate, cfg.train.logging_steps, cfg.train.save_steps = 1e-2, 1, 4
@@ -199,20 +197,7 @@ def test_deepspeed_zero3_resumes_after_a_kill_and_ends_where_ddp_does(cfg: Confi
 
     cfg.accelerate = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "accelerate" / "deepspeed_zero3.yaml"))
     params = stage_params(cfg, zero3, rows=48)
-    running = subprocess.Popen(
-        [sys.executable, str(REPO / "src" / "train.py"), "--params", str(params)],
-        cwd=zero3,
-        env=TRAIN_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 240
-    while not complete_checkpoints(zero3) and time.monotonic() < deadline:
-        assert running.poll() is None, "training ended before the kill; make the run longer"
-        time.sleep(0.01)
-    running.send_signal(signal.SIGKILL)
-    running.wait()
-    time.sleep(5)  # the launcher gets SIGTERM from the kernel and stops the workers
+    kill_after_checkpoint(zero3, params)
     saved = max(complete_checkpoints(zero3))
     assert saved < 12 and not (zero3 / "models" / "adapter").exists()
 

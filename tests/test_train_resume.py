@@ -41,6 +41,25 @@ def complete_checkpoints(root: Path) -> list[int]:
     )
 
 
+def kill_after_checkpoint(root: Path, params: Path, at_least: int = 1, settle_s: float = 5) -> None:
+    """Start the train stage under `root`, SIGKILL it once a complete checkpoint at step `at_least` or
+    later is saved, then wait `settle_s` (a launcher gets SIGTERM from the kernel and stops its workers)."""
+    running = subprocess.Popen(
+        [sys.executable, str(REPO / "src" / "train.py"), "--params", str(params)],
+        cwd=root,
+        env=TRAIN_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    while not [s for s in complete_checkpoints(root) if s >= at_least] and time.monotonic() < deadline:
+        assert running.poll() is None, "training ended before the kill; make the run longer"
+        time.sleep(0.01)
+    running.send_signal(signal.SIGKILL)
+    running.wait()
+    time.sleep(settle_s)
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_where_it_stopped(cfg: Config, tmp_path: Path) -> None:
     # 24 rows, batch 2: 12 steps an epoch; the kill lands mid-epoch, so resuming must also
@@ -57,19 +76,7 @@ def test_killed_run_resumes_where_it_stopped(cfg: Config, tmp_path: Path) -> Non
     assert [p.name for p in (straight / "models" / "checkpoints").iterdir()] == ["README.txt"], "the DVC out stays"
 
     params = stage_params(cfg, killed, rows=24)
-    running = subprocess.Popen(
-        [sys.executable, str(REPO / "src" / "train.py"), "--params", str(params)],
-        cwd=killed,
-        env=TRAIN_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 180
-    while not [s for s in complete_checkpoints(killed) if s >= 20] and time.monotonic() < deadline:
-        assert running.poll() is None, "training ended before the kill; make the run longer"
-        time.sleep(0.01)
-    running.send_signal(signal.SIGKILL)
-    running.wait()
+    kill_after_checkpoint(killed, params, at_least=20, settle_s=0)
     saved = complete_checkpoints(killed)
     assert saved and max(saved) < 100, saved
     assert not (killed / "models" / "adapter").exists()
@@ -266,20 +273,7 @@ def test_killed_two_process_run_stops_its_workers_and_resumes(cfg: Config, tmp_p
     cfg.train.learning_rate, cfg.train.logging_steps, cfg.train.save_steps = 1e-2, 1, 20
     cfg.train.launcher = "accelerate"
     params = stage_params(cfg, tmp_path, rows=24)
-    running = subprocess.Popen(
-        [sys.executable, str(REPO / "src" / "train.py"), "--params", str(params)],
-        cwd=tmp_path,
-        env=TRAIN_ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 240
-    while not [s for s in complete_checkpoints(tmp_path) if s >= 40] and time.monotonic() < deadline:
-        assert running.poll() is None, "training ended before the kill; make the run longer"
-        time.sleep(0.01)
-    running.send_signal(signal.SIGKILL)
-    running.wait()
-    time.sleep(10)  # the launcher gets SIGTERM from the kernel and stops the workers
+    kill_after_checkpoint(tmp_path, params, at_least=40, settle_s=10)
     left = subprocess.run(["pgrep", "-f", str(params)], capture_output=True, text=True).stdout.split()
     assert left == [], "workers left training after the stage process was killed"
     assert not (tmp_path / "models" / "adapter").exists()
