@@ -19,10 +19,14 @@ and value (metrics.json is written first, so nothing is lost).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from transformers import PreTrainedModel
+
+from shaping.config import Config
 from shaping.errors import ShapingError
 from shaping.evaluation import (
     EvalContext,
@@ -39,14 +43,12 @@ from shaping.inference import ModelRegistry
 from shaping.io import read_jsonl, write_json
 from shaping.stage import StageContext, run_stage
 from shaping.training import load_base_model, load_tokenizer, pick_device
+from shaping.training.export import compute_dtype, quantization_config
 
 log = logging.getLogger("shaping.evaluate")
 
 
 def main(ctx: StageContext) -> None:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     cfg = ctx.cfg
     check_metric_names(list(cfg.eval.metrics))
     eval_file = f"{cfg.paths.validated_dir}/eval.jsonl"
@@ -72,11 +74,7 @@ def main(ctx: StageContext) -> None:
         eval_ctx, metrics = evaluate_reference(cfg, rows, tinker_reference, system, ctx.out(cfg.paths.eval_dir))
     else:
         tokenizer = load_tokenizer(cfg.model)
-        base = load_base_model(cfg.model).to(pick_device())
-        if cfg.lora.enabled:  # one copy in memory: base = the tuned model with adapters disabled
-            tuned, separate_base = PeftModel.from_pretrained(base, str(adapter_dir)), None
-        else:
-            tuned, separate_base = AutoModelForCausalLM.from_pretrained(str(adapter_dir)).to(base.device), base
+        tuned, separate_base, quantization = load_models(cfg, adapter_dir)
         eval_ctx = EvalContext(
             cfg=cfg,
             tokenizer=tokenizer,
@@ -87,6 +85,11 @@ def main(ctx: StageContext) -> None:
             out_dir=ctx.out(cfg.paths.eval_dir),
         )
         metrics = run_metrics(eval_ctx, list(cfg.eval.metrics))
+        # which weights were measured: the tuned model on the base it trained on, the base (and the
+        # teacher, the base prompted) on the unquantized weights users start from
+        for name, measured in (("base", "none"), ("teacher", "none"), ("tuned", quantization)):
+            if name in metrics or name == "tuned":
+                metrics[name] = {**metrics.get(name, {}), "base_quantization": measured}
     guards = check_guards(metrics, list(cfg.eval.guards))
     if guards:
         metrics["guards"] = {"failed": sum(not g["passed"] for g in guards), "total": len(guards)}
@@ -114,6 +117,56 @@ def main(ctx: StageContext) -> None:
         problems.append("baseline regression: " + "; ".join(regressed))
     if problems:
         raise ShapingError("; ".join(problems))
+
+
+def load_models(cfg: Config, adapter_dir: Path) -> tuple[PreTrainedModel, PreTrainedModel | None, str]:
+    """(tuned, separate base or None, the tuned model's base quantization: nf4, fp4 or none).
+
+    An adapter is scored on the base it was trained on, as `lora` in params.yaml says (what train
+    read, and what export merges into): a QLoRA adapter over the base loaded in 4 bits again, since
+    over the 16/32-bit weights it would be a model that was never trained. The base itself is
+    scored unquantized, so QLoRA keeps two copies in memory: that one, and the 4-bit one (whose
+    linear layers take an eighth of their fp32 size)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    check_trained_alike(cfg, adapter_dir)
+    device = pick_device()
+    base = load_base_model(cfg.model)
+    base.to(device)  # type: ignore[arg-type]  # transformers types .to() through a decorator
+    if not cfg.lora.enabled:
+        full = AutoModelForCausalLM.from_pretrained(str(adapter_dir))
+        full.to(device)  # type: ignore[arg-type]
+        return full, base, "none"
+    if cfg.lora.quantization is None:  # one copy in memory: base = the tuned model with its adapter disabled
+        return cast(PreTrainedModel, PeftModel.from_pretrained(base, str(adapter_dir))), None, "none"
+    # evaluate computes in fp32 throughout; an explicit lora.quantization.compute_dtype is kept.
+    # bitsandbytes puts the 4-bit model on the GPU when there is one (no .to(): 4-bit weights don't move)
+    quantized = load_base_model(cfg.model, quantization_config=quantization_config(cfg, compute_dtype(cfg, "fp32")))
+    tuned = cast(PreTrainedModel, PeftModel.from_pretrained(quantized, str(adapter_dir)))
+    return tuned, base, cfg.lora.quantization.quant_type
+
+
+def check_trained_alike(cfg: Config, adapter_dir: Path) -> None:
+    """The adapter's run record (the train stage's, when there is one) says whether it was trained as
+    QLoRA; `python src/evaluate.py lora=...` by hand over an adapter trained otherwise is refused."""
+    record = adapter_dir / "run.json"
+    if not record.is_file():
+        return
+    try:
+        saved = json.loads(record.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ShapingError(f"{record}: not valid JSON ({err.msg}); run `dvc repro train` again") from None
+    trained = (saved.get("details") or {}).get("adapter") if isinstance(saved, dict) else None
+    if trained is None:  # a failed run (its details are empty), or a backend that does not say
+        return
+    quantized = cfg.lora.enabled and cfg.lora.quantization is not None
+    if (trained == "qlora") != quantized:
+        raise ShapingError(
+            f"{record}: this adapter was trained as {trained}, but lora.quantization is "
+            f"{'set' if quantized else 'unset'} here, so it would be scored on a base it was not trained on; "
+            "evaluate with the lora settings it was trained with (lora=qlora for QLoRA), or train it again"
+        )
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ class EvalContext:
     tokenizer: PreTrainedTokenizerBase
     rows: list[dict[str, Any]]
     tuned: PreTrainedModel
-    base: PreTrainedModel | None  # None when `tuned` is a PeftModel: base = adapters disabled
+    # None: base = `tuned` with its LoRA adapter disabled. A QLoRA adapter's `tuned` sits on the 4-bit
+    # base it trained on, so its base comes separately, unquantized (the model users start from)
+    base: PreTrainedModel | None
     system_prompt: str | None
     out_dir: Path
     _replies: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -69,7 +71,7 @@ class EvalContext:
 
     @contextlib.contextmanager
     def model(self, name: str) -> Iterator[PreTrainedModel]:
-        """`base` or `tuned`; with LoRA, base is the tuned model with its adapters disabled."""
+        """`base` or `tuned`; with LoRA (not QLoRA), base is the tuned model with its adapter disabled."""
         if name == "tuned":
             yield self.tuned
         elif name == "base" and self.base is not None:

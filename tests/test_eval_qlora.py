@@ -1,0 +1,170 @@
+"""The evaluate stage scores an adapter on the base it was trained on: a QLoRA adapter over the
+4-bit base (bitsandbytes NF4, on this CPU), a LoRA adapter over the full-precision base, and the
+base model itself always unquantized. Each tuned loss is checked against one computed here with
+transformers + peft + BitsAndBytesConfig directly, outside the project's loading code."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+
+from shaping.config import Config, compose
+from shaping.config.schema import ArchitectureConfig, PretrainConfig, QuantizationConfig
+from shaping.errors import ShapingError
+from shaping.stage import StageContext
+from shaping.tracking import RunRecord
+from shaping.training import hf_peft
+
+from .conftest import DIALOGUES, PROSE, REPO
+
+pytest.importorskip("bitsandbytes")
+
+# metrics.json rounds losses to 6 decimals; batching and padding add float noise below that
+TOL = 5e-6
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """conftest's tiny Llama, but 64 wide: bitsandbytes' CPU inference kernel (eval mode, on CPUs with
+    AVX512-BF16) works in blocks of 64 values and fails on the session model's 32-wide layers. 50
+    pretraining steps: 10 leave weights so close to their init that 4 bits barely move the loss."""
+    from shaping.training.scratch import build_model, encode_streams, pretrain
+    from shaping.training.tokenizer import train_bpe_tokenizer
+
+    out = tmp_path_factory.mktemp("model-64")
+    tokenizer = train_bpe_tokenizer(PROSE + [m["content"] for d in DIALOGUES for m in d], vocab_size=320)
+    arch = ArchitectureConfig(
+        hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=128, max_position_embeddings=1024
+    )
+    torch.manual_seed(0)
+    model = build_model(arch, tokenizer)
+    prose_ids, dialogue_ids, starts = encode_streams(tokenizer, PROSE, DIALOGUES * 10)
+    pretrain(model, prose_ids, dialogue_ids, starts, PretrainConfig(steps=50, batch_size=4, block_size=32), seed=0)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def make_cfg(model_dir: Path, tmp_path: Path, quantized: bool) -> Config:
+    cfg = compose(["+experiment=smoke", "lora=qlora" if quantized else "lora=default"])
+    cfg.model.name_or_path = str(model_dir)
+    cfg.models["teacher"].model = str(model_dir)
+    cfg.models["base"].model = str(model_dir)
+    cfg.lora.dropout = 0.0
+    cfg.train.max_steps, cfg.train.batch_size, cfg.train.learning_rate = 3, 2, 2e-2
+    cfg.eval.metrics = ["loss"]
+    cfg.paths.adapter_dir = str(tmp_path / "adapter")
+    cfg.paths.validated_dir = str(tmp_path / "validated")
+    (tmp_path / "validated").mkdir()
+    (tmp_path / "validated" / "eval.jsonl").write_text("".join(json.dumps({"messages": d}) + "\n" for d in DIALOGUES))
+    return cfg
+
+
+def train(cfg: Config) -> None:
+    """The train stage's backend, and the run record the stage writes next to the adapter."""
+    adapter = Path(cfg.paths.adapter_dir)
+    report = hf_peft.train(cfg, [{"messages": d} for d in DIALOGUES] * 2, adapter, adapter.parent / "live")
+    record = RunRecord(stage="train", params_fingerprint="test", params_sections=["lora"])
+    record.details = report.metrics
+    record.finish(adapter / "run.json", "success")
+
+
+def evaluate_stage() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("evaluate_stage", REPO / "src" / "evaluate.py")
+    assert spec is not None and spec.loader is not None
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    return stage
+
+
+def evaluate(cfg: Config, out: Path) -> dict[str, Any]:
+    record = RunRecord(stage="evaluate", params_fingerprint="test", params_sections=["eval"])
+    evaluate_stage().main(StageContext(name="evaluate", cfg=cfg, record=record, out_root=out))
+    metrics: dict[str, Any] = json.loads((out / cfg.paths.eval_dir / "metrics.json").read_text())
+    return metrics
+
+
+def held_out_loss(model: torch.nn.Module, model_dir: Path) -> float:
+    """Mean loss over the assistant tokens of DIALOGUES (no system message, as evaluate scores the
+    student), one conversation at a time through the model's own `labels` loss."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    total, count = 0.0, 0
+    model.eval()  # as evaluate runs it: no dropout, bitsandbytes' inference kernel
+    for dialogue in DIALOGUES:
+        messages = [m for m in dialogue if m["role"] != "system"]
+        enc: Any = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        ids = torch.tensor([enc["input_ids"]])
+        mask = enc["assistant_masks"]
+        labels = torch.tensor([[t if m else -100 for t, m in zip(enc["input_ids"], mask, strict=True)]])
+        scored = int((labels[:, 1:] != -100).sum())
+        with torch.no_grad():
+            total += float(model(input_ids=ids, labels=labels).loss) * scored
+        count += scored
+    return total / count
+
+
+def nf4_base(model_dir: Path) -> PreTrainedModel:
+    """The 4-bit base as QLoRA trains on it: lora=qlora's NF4 with double quantization, fp32 compute on CPU."""
+    bnb = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    )
+    return AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=bnb, dtype=torch.float32)
+
+
+def full_base(model_dir: Path) -> PreTrainedModel:
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+
+@pytest.mark.slow
+def test_qlora_adapter_is_scored_on_the_4bit_base(model_dir: Path, tmp_path: Path) -> None:
+    cfg = make_cfg(model_dir, tmp_path, quantized=True)
+    assert cfg.lora.quantization == QuantizationConfig()  # nf4, double quantization: what nf4_base builds
+    train(cfg)
+    metrics = evaluate(cfg, tmp_path / "run")
+
+    on_nf4 = held_out_loss(PeftModel.from_pretrained(nf4_base(model_dir), cfg.paths.adapter_dir), model_dir)
+    on_full = held_out_loss(PeftModel.from_pretrained(full_base(model_dir), cfg.paths.adapter_dir), model_dir)
+    assert metrics["tuned"]["loss"] == pytest.approx(on_nf4, abs=TOL)
+    # the test tells the two apart: the quantisation error moves the loss far more than the tolerance
+    assert abs(on_nf4 - on_full) > 100 * TOL
+    assert metrics["tuned"]["base_quantization"] == "nf4"
+    # the base model is the one users start from: scored unquantized
+    assert metrics["base"]["loss"] == pytest.approx(held_out_loss(full_base(model_dir), model_dir), abs=TOL)
+    assert metrics["base"]["base_quantization"] == "none"
+
+
+@pytest.mark.slow
+def test_lora_adapter_is_scored_on_the_full_precision_base(model_dir: Path, tmp_path: Path) -> None:
+    cfg = make_cfg(model_dir, tmp_path, quantized=False)
+    train(cfg)
+    metrics = evaluate(cfg, tmp_path / "run")
+
+    on_full = held_out_loss(PeftModel.from_pretrained(full_base(model_dir), cfg.paths.adapter_dir), model_dir)
+    assert metrics["tuned"]["loss"] == pytest.approx(on_full, abs=TOL)
+    assert metrics["tuned"]["base_quantization"] == "none"
+    assert metrics["base"]["loss"] == pytest.approx(held_out_loss(full_base(model_dir), model_dir), abs=TOL)
+
+
+@pytest.mark.slow
+def test_adapter_trained_with_another_quantization_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    """An evaluate run by hand with other lora settings than the adapter's training would score a model
+    that was never trained: the adapter's run record says how it was trained, and evaluate stops."""
+    cfg = make_cfg(model_dir, tmp_path, quantized=True)
+    train(cfg)
+    cfg.lora.quantization = None  # e.g. `python src/evaluate.py lora=default` over a QLoRA adapter
+    refused = r"run\.json: this adapter was trained as qlora, but lora\.quantization is unset"
+    with pytest.raises(ShapingError, match=refused):
+        evaluate(cfg, tmp_path / "run")
