@@ -4,6 +4,7 @@ SamplingClient), with futures that answer like the service; a `live` test runs o
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -352,6 +353,97 @@ def test_resume_after_a_kill_continues_where_the_run_stopped(
     steps = [json.loads(line)["step"] for line in (tmp_path / "ckpt-b" / "steps.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # step 3, logged before the kill, was redone once, not twice
     assert TinkerReference.read(tmp_path / "b" / REFERENCE_FILE).model_path == "tinker://run-2/sampler_weights/final"
+
+
+def dvclive_curves(live_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Each DVCLive plot of `live_dir` as (step, value) rows; the wall-clock timestamp column left out."""
+    curves = {}
+    for tsv in sorted((live_dir / "plots" / "metrics").glob("*.tsv")):
+        with tsv.open() as f:
+            curves[tsv.stem] = [(int(row["step"]), float(row[tsv.stem])) for row in csv.DictReader(f, delimiter="\t")]
+    return curves
+
+
+@pytest.mark.parametrize(
+    ("kill", "live_dir_after_kill"),
+    [
+        ("mid-step", "kept"),  # rerun by hand: the killed run's DVCLive files are still there
+        ("mid-step", "removed"),  # `dvc repro` removes the stage's outs before it runs
+        ("before-record", "kept"),  # step 4's history written, its state not yet recorded
+    ],
+)
+def test_resumed_run_logs_dvclive_like_an_uninterrupted_run(
+    monkeypatch: pytest.MonkeyPatch,
+    service: Service,
+    tinker_cfg: Config,
+    tmp_path: Path,
+    kill: str,
+    live_dir_after_kill: str,
+) -> None:
+    cfg = tinker_cfg
+    cfg.train.max_steps, cfg.train.save_steps = 6, 2
+    tinker_backend.train(cfg, ROWS, tmp_path / "a", tmp_path / "live-a", tmp_path / "ckpt-a")
+    expected = dvclive_curves(tmp_path / "live-a")
+    # hf_peft's numbering (the trainer's global step), so that `dvc plots diff` lines the backends up
+    assert set(expected) == {"loss", "learning_rate", "epoch", "num_tokens"}
+    assert all([step for step, _ in rows] == [1, 2, 3, 4, 5, 6] for rows in expected.values())
+    assert [loss for _, loss in expected["loss"]] == pytest.approx([2.0 / (1 + 0.1 * k) for k in range(6)], rel=1e-5)
+    assert [epoch for _, epoch in expected["epoch"]] == pytest.approx([k / 3 for k in range(1, 7)])
+
+    record = tinker_backend.RunLog.add_checkpoint
+    if kill == "mid-step":
+        service.kill_at_step = 4
+    else:
+
+        def killed_at_step_4(self: Any, step: int, kind: str, path: str) -> None:
+            if step == 4:
+                raise KeyboardInterrupt("killed")
+            record(self, step, kind, path)
+
+        monkeypatch.setattr(tinker_backend.RunLog, "add_checkpoint", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        tinker_backend.train(cfg, ROWS, tmp_path / "b", tmp_path / "live-b", tmp_path / "ckpt-b")
+    # the history beside the states is written whole at each save (steps 1..2, not step 3 logged after it);
+    # killed before step 4's state was recorded, it holds step 4's history, and the resume reads 1..2 of it
+    history = [json.loads(line) for line in (tmp_path / "ckpt-b" / "steps.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == ([1, 2] if kill == "mid-step" else [1, 2, 3, 4])
+    logged = [step for step, _ in dvclive_curves(tmp_path / "live-b")["loss"]]
+    assert logged == ([1, 2, 3] if kill == "mid-step" else [1, 2, 3, 4])
+    if live_dir_after_kill == "removed":
+        shutil.rmtree(tmp_path / "live-b")
+
+    service.kill_at_step = None
+    monkeypatch.setattr(tinker_backend.RunLog, "add_checkpoint", record)
+    tinker_backend.train(cfg, ROWS, tmp_path / "b", tmp_path / "live-b", tmp_path / "ckpt-b")
+    assert service.created[-1] == {"from_state": "tinker://run-1/weights/step-000002"}
+    resumed = dvclive_curves(tmp_path / "live-b")
+    assert resumed.keys() == expected.keys()
+    for name, rows in expected.items():  # step 3 once, from the resumed run, and every value the same
+        assert [step for step, _ in resumed[name]] == [step for step, _ in rows], name
+        assert [value for _, value in resumed[name]] == pytest.approx([value for _, value in rows], rel=1e-9), name
+    summary_a, summary_b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("live-a", "live-b"))
+    timing = {"seconds", "tokens_per_second", "resumed_from_step"}
+    assert {k: v for k, v in summary_b.items() if k not in timing} == {
+        k: v for k, v in summary_a.items() if k not in timing
+    }
+    assert summary_a["step"] == summary_b["step"] == 6 and summary_b["resumed_from_step"] == 2
+
+
+def test_resume_without_its_history_warns_and_trains_on(
+    service: Service, tinker_cfg: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tinker_cfg
+    cfg.train.max_steps, cfg.train.save_steps = 6, 2
+    service.kill_at_step = 4
+    with pytest.raises(KeyboardInterrupt):
+        tinker_backend.train(cfg, ROWS, tmp_path / "a", tmp_path / "live", tmp_path / "ckpt")
+    service.kill_at_step = None
+    (tmp_path / "ckpt" / "steps.jsonl").unlink()  # deleted by hand, or left by a version that kept none
+    with caplog.at_level(logging.WARNING, logger="shaping.training.tinker"):
+        report = tinker_backend.train(cfg, ROWS, tmp_path / "a", tmp_path / "live", tmp_path / "ckpt")
+    assert "steps.jsonl holds 0 of the 2 steps before the resumed state" in caplog.text
+    assert report.metrics["steps"] == 6 and report.metrics["resumed_from_step"] == 2
+    assert [step for step, _ in dvclive_curves(tmp_path / "live")["loss"]] == [3, 4, 5, 6]
 
 
 def test_resume_from_a_state_the_service_lost_is_one_clear_error(

@@ -16,8 +16,10 @@ say so), and precision (the service's).
 
 Every `train.save_steps` steps the full state (weights + optimizer) is saved on the service and
 its tinker:// path appended to checkpoints.jsonl in the train stage's run folder (paths.checkpoint_dir/
-<key>, kept across kills); a rerun of the same run resumes from the last one. At the end the sampler
-weights are saved and `tinker.json` (a TinkerReference) is the stage's adapter output.
+<key>, kept across kills), after the steps logged so far are written beside it (steps.jsonl); a rerun
+of the same run resumes from the last state and replays those steps into DVCLive first, so the plots
+read like one uninterrupted run's (as hf_peft replays its checkpoint's log history). At the end the
+sampler weights are saved and `tinker.json` (a TinkerReference) is the stage's adapter output.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -52,6 +54,9 @@ from shaping.inference.tinker import (
 from shaping.io import atomic_write_text
 from shaping.training.hf_peft import TrainingReport
 from shaping.training.sft import check_stop_token_learned, compile_loss_weights
+
+if TYPE_CHECKING:
+    from dvclive import Live
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +205,8 @@ def step_batch(step: int, n_examples: int, per_epoch: int, train: TrainConfig, s
 
 
 class RunLog:
-    """The run folder's checkpoints.jsonl (tinker:// paths of saved states) and steps.jsonl (loss per step)."""
+    """The run folder's checkpoints.jsonl (tinker:// paths of saved states) and steps.jsonl (what each
+    step logged, up to the newest saved state: the log history that state resumes with)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -226,9 +232,17 @@ class RunLog:
         return [c for c in self._read(self.checkpoints_file) if c.get("kind") == kind]
 
     def steps(self, upto: int) -> list[dict[str, Any]]:
-        """Logged steps 1..upto, and the file cut to them (steps after the resumed state are redone)."""
+        """The logged steps 1..upto (a kill between writing the history and recording its state leaves
+        steps after the resumed state, which are redone)."""
         kept = [s for s in self._read(self.steps_file) if s["step"] <= upto]
-        atomic_write_text(self.steps_file, "".join(json.dumps(s) + "\n" for s in kept))
+        if [s["step"] for s in kept] != list(range(1, upto + 1)):
+            log.warning(
+                "%s holds %d of the %d steps before the resumed state: DVCLive's plots and train_loss of this "
+                "run cover only the steps it holds and those run from here",
+                self.steps_file,
+                len(kept),
+                upto,
+            )
         return kept
 
     @staticmethod
@@ -240,8 +254,23 @@ class RunLog:
     def add_checkpoint(self, step: int, kind: str, path: str) -> None:
         self._append(self.checkpoints_file, {"step": step, "kind": kind, "path": path, "time": time.time()})
 
-    def add_step(self, record: dict[str, Any]) -> None:
-        self._append(self.steps_file, record)
+    def add_state(self, step: int, history: list[dict[str, Any]], path: str) -> None:
+        """Record a saved state after the history it resumes with: the history is written whole
+        (temp file, then rename) before the state's record is appended, so every recorded state
+        finds its steps beside it."""
+        atomic_write_text(self.steps_file, "".join(json.dumps(s) + "\n" for s in history))
+        self.add_checkpoint(step, "state", path)
+
+
+def log_step(live: Live, record: dict[str, Any], tokens: int, per_epoch: int) -> None:
+    """One step's DVCLive row under hf_peft's names and numbering (the optimizer step, from 1), so that
+    `dvc plots diff` lines the two backends up; `tokens` is the count seen up to and including it."""
+    live.step = record["step"]
+    for key in ("loss", "learning_rate"):
+        live.log_metric(key, record[key])
+    live.log_metric("epoch", record["step"] / per_epoch)
+    live.log_metric("num_tokens", tokens)
+    live.next_step()
 
 
 def train(
@@ -303,10 +332,15 @@ def train(
         start = 0
     history = runs.steps(start)
 
-    live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False, resume=start > 0)
+    # a fresh Live (it clears what a killed run left, or DVC removed it), then the resumed state's history
+    # replayed, as hf_peft's DVCLiveResume does: the plots read like one uninterrupted run's
+    live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False)
     live.log_params({"backend": dataclasses.asdict(backend), "train": dataclasses.asdict(t), "lora_r": cfg.lora.r})
-    live.step = start
-    tokens = sum(int(s["num_tokens"]) for s in history)
+    tokens = 0
+    for record in history:
+        tokens += int(record["num_tokens"])
+        log_step(live, record, tokens, per_epoch)
+    tokens_before = tokens
     t0 = time.perf_counter()
     for step in tqdm(range(start, steps), initial=start, total=steps, desc="tinker train"):
         batch = [examples[i] for i in step_batch(step, len(examples), per_epoch, t, cfg.seed)]
@@ -326,20 +360,16 @@ def train(
         tokens += batch_tokens
         record = {"step": step + 1, "loss": loss, "learning_rate": rates[step], "num_tokens": batch_tokens}
         history.append(record)
-        runs.add_step(record)
-        for key in ("loss", "learning_rate"):
-            live.log_metric(key, record[key])
-        live.log_metric("epoch", (step + 1) / per_epoch)
-        live.log_metric("num_tokens", tokens)
-        live.next_step()
+        log_step(live, record, tokens, per_epoch)
         if t.save_steps > 0 and (step + 1) % t.save_steps == 0 and step + 1 < steps:
             saved = client.save_state(f"step-{step + 1:06d}", ttl_seconds=backend.checkpoint_ttl_seconds).result()
-            runs.add_checkpoint(step + 1, "state", saved.path)
+            runs.add_state(step + 1, history, saved.path)
     seconds = time.perf_counter() - t0
+    live.step = steps  # the last step logged (next_step moved it one on), as hf_peft's summary has it
 
     # the final state (to train on from later), then the weights a SamplingClient loads
     state_path = client.save_state("final").result().path
-    runs.add_checkpoint(steps, "state", state_path)
+    runs.add_state(steps, history, state_path)
     model_path = client.save_weights_for_sampler("final").result().path
     runs.add_checkpoint(steps, "sampler", model_path)
     TinkerReference(
@@ -357,7 +387,7 @@ def train(
         "steps": steps,
         "resumed_from_step": start,
         "tokens": tokens,
-        "tokens_per_second": round(sum(s["num_tokens"] for s in history[start:]) / seconds, 1) if ran else 0.0,
+        "tokens_per_second": round((tokens - tokens_before) / seconds, 1) if ran else 0.0,
         "seconds": round(seconds, 2),
         "base_model": base_model,
         "renderer": renderer_name,
