@@ -270,7 +270,6 @@ def log_step(live: Live, record: dict[str, Any], tokens: int, per_epoch: int) ->
         live.log_metric(key, record[key])
     live.log_metric("epoch", record["step"] / per_epoch)
     live.log_metric("num_tokens", tokens)
-    live.next_step()
 
 
 def train(
@@ -340,6 +339,8 @@ def train(
     for record in history:
         tokens += int(record["num_tokens"])
         log_step(live, record, tokens, per_epoch)
+    if history:  # once: each sync re-reads every plot file (next_step per replayed step is quadratic)
+        live.sync()
     tokens_before = tokens
     t0 = time.perf_counter()
     for step in tqdm(range(start, steps), initial=start, total=steps, desc="tinker train"):
@@ -361,6 +362,7 @@ def train(
         record = {"step": step + 1, "loss": loss, "learning_rate": rates[step], "num_tokens": batch_tokens}
         history.append(record)
         log_step(live, record, tokens, per_epoch)
+        live.next_step()
         if t.save_steps > 0 and (step + 1) % t.save_steps == 0 and step + 1 < steps:
             saved = client.save_state(f"step-{step + 1:06d}", ttl_seconds=backend.checkpoint_ttl_seconds).result()
             runs.add_state(step + 1, history, saved.path)
