@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import xxhash
+from dvclive.plots import Metric
+from dvclive.utils import standardize_metric_name
 from omegaconf import OmegaConf
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations import DVCLiveCallback
@@ -238,10 +240,16 @@ class DVCLiveResume(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        for entry in state.log_history:  # empty unless resumed from a checkpoint
+        if not state.log_history or not state.is_world_process_zero:  # a fresh run, or not the writing rank
+            return
+        # what DVCLiveCallback.on_log logs, without its next_step() per entry: each sync re-reads every
+        # plot file, so syncing per replayed step grows with the square of the history; one sync at the end
+        for entry in state.log_history:
             self.live.step = int(entry["step"])
-            logs = {k: v for k, v in entry.items() if k != "step"}
-            self.dvclive.on_log(args, state, control, logs=logs, **kwargs)
+            for key, value in entry.items():
+                if key != "step" and Metric.could_log(value):
+                    self.live.log_metric(standardize_metric_name(key, "dvclive.huggingface"), value)
+        self.live.sync()
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self.live.step = state.global_step
