@@ -143,6 +143,15 @@ def load_models(cfg: Config, adapter_dir: Path) -> tuple[PreTrainedModel, PreTra
     # evaluate computes in fp32 throughout; an explicit lora.quantization.compute_dtype is kept.
     # bitsandbytes puts the 4-bit model on the GPU when there is one (no .to(): 4-bit weights don't move)
     quantized = load_base_model(cfg.model, quantization_config=quantization_config(cfg, compute_dtype(cfg, "fp32")))
+    from bitsandbytes.nn import Linear4bit  # installed: quantization_config checked
+
+    for module in quantized.modules():
+        # bitsandbytes' CPU inference kernel (eval mode, AVX512-BF16 CPUs) repacks the 4-bit weights with
+        # their scales in bf16, so it computes another model than training did, and it fails on layers
+        # whose width is no multiple of its 64-value block (the demo model's 352). Score with training's
+        # path: dequantize, then multiply in the compute dtype
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
     tuned = cast(PreTrainedModel, PeftModel.from_pretrained(quantized, str(adapter_dir)))
     return tuned, base, cfg.lora.quantization.quant_type
 

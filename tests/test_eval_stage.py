@@ -109,3 +109,25 @@ def test_regression_past_the_tolerance_fails_evaluate(repo: Path) -> None:
     finally:
         (repo / "params.yaml").write_text(params)
         (repo / "baseline.json").unlink()
+
+
+@pytest.mark.slow
+def test_qlora_experiment_scores_the_4bit_base_and_refuses_other_lora_settings(
+    smoke_repo_built: Path, tmp_path: Path
+) -> None:
+    """`dvc exp run -S lora=qlora` (in its own copy: it retrains): the train stage's own run record next
+    to the adapter, read by evaluate."""
+    repo = copy_smoke_repo(smoke_repo_built, tmp_path / "repo")
+    sh(repo, "dvc", "exp", "run", "-n", "qlora", "-S", SMOKE, "-S", "lora=qlora")
+    metrics = read(repo, "eval/metrics.json")
+    assert isinstance(metrics, dict)
+    assert metrics["tuned"]["base_quantization"] == "nf4"
+    assert metrics["base"]["base_quantization"] == metrics["teacher"]["base_quantization"] == "none"
+    committed = json.loads(sh(repo, "git", "show", "HEAD:eval/metrics.json").stdout)
+    assert metrics["base"]["loss"] == committed["base"]["loss"]  # the base is still scored unquantized
+    assert read(repo, "models/adapter/run.json")["details"]["adapter"] == "qlora"  # type: ignore[index]
+    # by hand with the default lora over the QLoRA adapter: stopped, naming the record
+    proc = sh(repo, sys.executable, "src/evaluate.py", SMOKE, "hydra.run.dir=outputs/lora", check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in output
+    assert "models/adapter/run.json: this adapter was trained as qlora, but lora.quantization is unset" in output
