@@ -1,6 +1,7 @@
 """The evaluate stage under real DVC, in a temp copy of the repository (+experiment=smoke): the
 full metric set as a `dvc exp run` experiment compared with HEAD, a baseline by experiment name,
-a regression past eval.baseline_tolerance failing `dvc repro` at evaluate, and `dvc plots show`."""
+a regression past eval.baseline_tolerance failing `dvc repro` at evaluate, `dvc plots show`, and a
+QLoRA experiment scored on its 4-bit base."""
 
 from __future__ import annotations
 
