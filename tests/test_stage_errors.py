@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -46,10 +47,13 @@ def test_bad_value_type_names_the_key(tmp_path: Path) -> None:
 
 
 def test_missing_data_file_is_named(tmp_path: Path) -> None:
-    params = write_params(tmp_path, f"paths.validated_dir={tmp_path}/nothing")
+    # every path under tmp_path: under --params, the stage writes its run record to paths.adapter_dir
+    params = write_params(tmp_path, f"paths.validated_dir={tmp_path}/nothing", f"paths.adapter_dir={tmp_path}/adapter")
     proc = run_script("src/train.py", "--params", str(params))
     assert_clear_failure(proc, f"{tmp_path}/nothing/train.jsonl: file not found")
     assert (tmp_path / "nothing" / "run.json").is_file() is False  # the adapter dir holds the record
+    record = json.loads((tmp_path / "adapter" / "run.json").read_text())
+    assert record["exit_status"] == "failed" and "train.jsonl: file not found" in record["error"]
 
 
 def test_malformed_jsonl_line_is_named(tmp_path: Path) -> None:
