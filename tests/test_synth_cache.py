@@ -132,7 +132,7 @@ def test_ctrl_c_is_one_message_and_the_rerun_resumes(tmp_path: Path) -> None:
     script = tmp_path / "many.py"
     script.write_text(SCRIPT)
     cache_dir = tmp_path / "cache"
-    with Endpoint(delay=0.1) as url:  # the last 20 requests take 0.5 s: room for the SIGINT on a busy machine
+    with Endpoint(delay=0.03, hold_after=60) as url:  # requests after the 60th wait for the SIGINT
         endpoint = Endpoint.last
         assert endpoint is not None
         overrides = [
@@ -158,6 +158,7 @@ def test_ctrl_c_is_one_message_and_the_rerun_resumes(tmp_path: Path) -> None:
         (journal,) = cache_dir.glob("many.*.journal.jsonl")
         finished = len(journal.read_text().splitlines())
         assert finished >= 10
+        endpoint.let_go()
         again = subprocess.run(
             [sys.executable, str(script), str(tmp_path / "out2"), *overrides], cwd=REPO, env=env, capture_output=True
         )
