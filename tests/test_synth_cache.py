@@ -130,7 +130,9 @@ def test_ctrl_c_is_one_message_and_the_rerun_resumes(tmp_path: Path) -> None:
     """SIGINT halfway: exit 1 with a line saying how to resume (no traceback), the journal kept;
     the re-run takes the finished records from it and completes the output."""
     script = tmp_path / "many.py"
-    script.write_text(SCRIPT)
+    # Ctrl-C as in a terminal: a command started in the background by a non-interactive shell
+    # (`make test &`, nohup, some CI runners) inherits SIGINT ignored, and Python keeps it so
+    script.write_text("import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n" + SCRIPT)
     cache_dir = tmp_path / "cache"
     with Endpoint(delay=0.03, hold_after=60) as url:  # requests after the 60th wait for the SIGINT
         endpoint = Endpoint.last
