@@ -212,6 +212,14 @@ def test_credentials_in_base_url_are_refused_without_printing_them(url: str, sho
     assert SECRET not in message and SECRET[:4] not in message and SECRET[5:] not in message
 
 
+def test_an_at_sign_in_the_path_is_no_credential_and_a_broken_url_is_named() -> None:
+    assert backend("https://127.0.0.1:8000/v1/models/org@v2").urls == ["https://127.0.0.1:8000/v1/models/org@v2"]
+    with pytest.raises(
+        ShapingError, match=r"models.judge.base_url='http://\*\*\*': not a valid URL \(Invalid IPv6 URL\)"
+    ):
+        backend("http://[::1:8000/v1")
+
+
 def test_secret_looking_keys_are_masked_and_others_kept() -> None:
     engine_options = {
         "hf_token": "hf_abc",

@@ -173,6 +173,16 @@ def test_checkpoint_folder_lifecycle(cfg: Config, tmp_path: Path, caplog: pytest
     # run A killed, run B, run A again: A resumes
     assert checkpointing.claim_run_dir(root, "0000000000000002", keep_unfinished=2) == root / "0000000000000002"
     assert checkpointing.resume_checkpoint(root / "0000000000000002") == str(root / "0000000000000002/checkpoint-5")
+    # a run that failed (or was killed) before its first checkpoint leaves an empty folder: it has nothing
+    # to resume, so the next start deletes it, and it never counts among the runs kept
+    assert not run_dir.exists(), "fedcba's run never saved a checkpoint"
+    for key in ("00000000000000e1", "00000000000000e2", "00000000000000e3"):  # three typo'd runs failing at start
+        checkpointing.claim_run_dir(root, key, keep_unfinished=2)
+    run_dir = checkpointing.claim_run_dir(root, "fedcba9876543210", keep_unfinished=2)
+    kept = sorted(p.name for p in root.iterdir())
+    assert kept == ["0000000000000002", "0000000000000003", "README.txt", "fedcba9876543210", "notes"]
+    with pytest.raises(ShapingError, match=r"train.keep_unfinished_runs=-1: must be 0 or more"):
+        checkpointing.claim_run_dir(root, "fedcba9876543210", keep_unfinished=-1)
 
     for step in (10, 20, 30):
         (run_dir / f"checkpoint-{step}").mkdir()

@@ -203,7 +203,7 @@ class HFBackend:
 
     def _fit_to_context(self, request: ChatRequest, options: dict[str, Any]) -> dict[str, Any] | Completion:
         """`options` with max_new_tokens (and min_new_tokens) clipped to the room the prompt leaves in the
-        model's context, as an OpenAI-compatible server clips a default; or an error response for a prompt
+        model's context (a request's own value too); or an error response for a prompt
         that leaves no room (or that the chat template refuses). Generating past the context would give
         garbage, or an index error inside the model that fails the whole batch."""
         try:

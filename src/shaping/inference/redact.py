@@ -42,9 +42,12 @@ def check_base_url(name: str, url: str) -> None:
     """Refuse a URL that carries credentials (`http://user:pass@host`, `?api_key=...`) for
     `models.<name>.base_url`: they would be in params.yaml, dvc.lock and every message naming the
     URL. The error masks them."""
-    # '@' before the query: user info, also when a '/' in the password ends the host part early
-    userinfo = "@" in url.split("?", 1)[0].split("#", 1)[0]
-    secret_params = [k for k, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True) if is_secret_key(k)]
+    try:
+        query = urlsplit(url).query
+    except ValueError as err:  # e.g. an unclosed IPv6 bracket
+        raise ShapingError(f"models.{name}.base_url={mask_url(url)!r}: not a valid URL ({err})") from None
+    userinfo = _has_userinfo(url)
+    secret_params = [k for k, _ in parse_qsl(query, keep_blank_values=True) if is_secret_key(k)]
     if userinfo or secret_params:
         what = "a user name or password" if userinfo else f"a credential ({', '.join(secret_params)})"
         raise ShapingError(
@@ -54,13 +57,29 @@ def check_base_url(name: str, url: str) -> None:
         )
 
 
+def _authority(url: str) -> str:
+    """The part of `url` after the scheme, up to the path, query or fragment."""
+    rest = url.split("://", 1)[1] if "://" in url else url
+    return re.split(r"[/?#]", rest, maxsplit=1)[0]
+
+
+def _has_userinfo(url: str) -> bool:
+    """Whether `url` names a user or password: an '@' in its authority, or a ':' there followed by
+    something other than a port (a password holding '/' ends the authority before its '@')."""
+    authority = _authority(url)
+    if "@" in authority:
+        return True
+    _, colon, port = re.sub(r"^\[[^\]]*\]", "", authority).partition(":")  # an IPv6 literal's colons are no port
+    return bool(colon) and not port.isdigit()
+
+
 def mask_url(url: str) -> str:
     """`url` with any user info and secret-looking query values masked."""
     head, sep, query = url.partition("?")
     query, hash_sep, fragment = query.partition("#")
     start = head.index("://") + 3 if "://" in head else 0
-    if "@" in head[start:]:
-        head = head[:start] + MASK + "@" + head.rsplit("@", 1)[1]
+    if _has_userinfo(url):  # up to the last '@' before the query: a password may hold '/'
+        head = head[:start] + MASK + ("@" + head[start:].rsplit("@", 1)[1] if "@" in head[start:] else "")
     if query:
         pairs = (pair.partition("=") for pair in query.split("&"))
         query = "&".join(f"{k}={MASK}" if is_secret_key(k) else f"{k}{eq}{v}" for k, eq, v in pairs)

@@ -161,7 +161,8 @@ class Pipeline:
         parts = {
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "source": sha256_file(source) if source and source.is_file() else None,
-            "models": {k: self.model_fingerprint(d.name) for k, d in self.model_deps().items()},
+            # the options unmasked: a secret-looking name (stop_token, prompt_cache_key) can change answers
+            "models": {k: model_fingerprint(self.registry, d.name, mask=False) for k, d in self.model_deps().items()},
             "files": {k: hash_inputs([d.resolve()]) for k, d in self.file_deps().items()},
             "seed": self.config.seed,
         }
@@ -265,16 +266,16 @@ class Pipeline:
         return {self._relative_path(Path(p)): h for p, h in hashes.items()}
 
 
-def model_fingerprint(registry: ModelRegistry, name: str) -> dict[str, Any]:
-    """What in a model's registry entry changes its answers (not its URL or concurrency), as the
-    manifest records it: secret-looking option values (a token in `options`) masked."""
+def model_fingerprint(registry: ModelRegistry, name: str, mask: bool = True) -> dict[str, Any]:
+    """What in a model's registry entry changes its answers (not its URL or concurrency); with `mask`,
+    as the manifest records it: secret-looking option values (a token in `options`) masked."""
     try:
         system = registry.system_prompt(name)
         return {
             "backend": registry.spec(name).backend,
             "model_id": registry.model_id(name),
             "system_prompt_sha256": hashlib.sha256(system.encode()).hexdigest() if system else None,
-            "options": redact(registry.defaults(name)),  # written to the manifest: no secrets
+            "options": redact(registry.defaults(name)) if mask else registry.defaults(name),
         }
     except ShapingError as err:
         return {"error": str(err)}

@@ -32,6 +32,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.integrations import DVCLiveCallback
 
 from shaping.config.schema import Config
+from shaping.errors import ShapingError
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +122,17 @@ def claim_run_dir(root: Path, key: str, keep_unfinished: int) -> Path:
     """`root/key`, created. Of the other runs' unfinished checkpoints under `root` (killed runs of
     other configs or data), the `keep_unfinished` most recently written stay, so that each resumes
     when run again; older ones are deleted. Writes the folder's README. Main process only."""
+    if keep_unfinished < 0:
+        raise ShapingError(f"train.keep_unfinished_runs={keep_unfinished}: must be 0 or more")
     root.mkdir(parents=True, exist_ok=True)
     (root / README).write_text(README_TEXT, encoding="utf-8")
     others = [p for p in root.iterdir() if p.is_dir() and _KEY.match(p.name) and p.name != key]
+    for empty in [p for p in others if not _resumable(p)]:  # a run that failed or was killed before its first save
+        log.info("deleting %s: a run's folder with no checkpoint to resume from", empty)
+        shutil.rmtree(empty)
+        others.remove(empty)
     others.sort(key=_last_written, reverse=True)
-    for stale in others[max(keep_unfinished, 0) :]:
+    for stale in others[keep_unfinished:]:
         log.info(
             "deleting %s: checkpoints of an older killed run of another config or dataset "
             "(train.keep_unfinished_runs=%d keeps the newest %d)",
@@ -134,11 +141,17 @@ def claim_run_dir(root: Path, key: str, keep_unfinished: int) -> Path:
             keep_unfinished,
         )
         shutil.rmtree(stale)
-    for kept in others[: max(keep_unfinished, 0)]:
+    for kept in others[:keep_unfinished]:
         log.info("keeping %s: a killed run of another config or dataset, resumed when it runs again", kept)
     run_dir = root / key
     run_dir.mkdir(exist_ok=True)
     return run_dir
+
+
+def _resumable(run_dir: Path) -> bool:
+    """Whether a run folder holds state to resume from: a complete checkpoint (hf_peft), or the
+    record of saved states (backend=tinker's checkpoints.jsonl)."""
+    return any(run_dir.glob(f"checkpoint-*/{_COMPLETE_MARKER}")) or (run_dir / "checkpoints.jsonl").is_file()
 
 
 def _last_written(run_dir: Path) -> float:
