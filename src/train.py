@@ -28,7 +28,7 @@ from typing import Any
 from accelerate.utils import str_to_bool
 
 from shaping.errors import ShapingError
-from shaping.io import atomic_dir, read_jsonl
+from shaping.io import atomic_dir, read_jsonl, remove_stale_temp_dirs
 from shaping.stage import StageContext, run_stage
 from shaping.training import checkpointing, launch
 from shaping.training.hardware import check_liger, pick_device, resolve_device, resolve_precision
@@ -69,8 +69,8 @@ def main(ctx: StageContext) -> None:
     launch.share_plan(launch.TrainPlan(cfg, train_file, checkpoints), device)
     live_dir = ctx.out("dvclive/train")
     adapter_dir = ctx.out(cfg.paths.adapter_dir)
-    checkpointing.remove_stale_temp_dirs(adapter_dir)
-    with atomic_dir(adapter_dir) as tmp, checkpointing.hold_temp_dir(tmp):
+    remove_stale_temp_dirs(adapter_dir)
+    with atomic_dir(adapter_dir) as tmp:
         report = backend.train(cfg, rows, tmp, live_dir, checkpoints)
     launch.wait_for_everyone()  # the other ranks may still write their part of the last checkpoint
     checkpointing.finish_run_dir(checkpoints, keep=cfg.train.keep_checkpoints)

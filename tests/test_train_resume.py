@@ -208,7 +208,7 @@ def test_stale_adapter_temp_folders_go_and_a_live_runs_stays(tmp_path: Path) -> 
     stale = adapter.parent / ".adapter.x1y2z3.tmp"  # what SIGKILL leaves: the temp folder of a process that is gone
     stale.mkdir(parents=True)
     (stale / "adapter_model.safetensors").write_bytes(b"half")
-    with atomic_dir(adapter) as live, checkpointing.hold_temp_dir(live):
+    with atomic_dir(adapter) as live:
         other = subprocess.run(  # another process starting meanwhile (same code as the stage's start)
             [sys.executable, "-c", CLEAN_IN_ANOTHER_PROCESS, str(adapter)],
             capture_output=True,
@@ -226,7 +226,7 @@ def test_stale_adapter_temp_folders_go_and_a_live_runs_stays(tmp_path: Path) -> 
 CLEAN_IN_ANOTHER_PROCESS = """
 import logging, sys
 from pathlib import Path
-from shaping.training.checkpointing import remove_stale_temp_dirs
+from shaping.io import remove_stale_temp_dirs
 logging.basicConfig(level=logging.INFO)
 remove_stale_temp_dirs(Path(sys.argv[1]))
 """

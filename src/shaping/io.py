@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from shaping.errors import ShapingError
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -66,11 +70,16 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp folder beside `path`; on success it replaces `path` whole, on error it vanishes."""
+    """Yield a temp folder beside `path`; on success it replaces `path` whole, on error it vanishes.
+    This process holds an exclusive lock on the folder from its creation to its rename, so that
+    `remove_stale_temp_dirs` in another process leaves it alone (the kernel drops the lock when the
+    process dies, however it dies)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    lock = os.open(tmp, os.O_RDONLY)
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         yield tmp
         if path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -78,6 +87,26 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        os.close(lock)
+
+
+def remove_stale_temp_dirs(target: Path) -> None:
+    """Delete the atomic_dir temp folders beside `target` (`.<name>.*.tmp`) that no live process
+    holds: a SIGKILL (OOM killer, preemption, DVC's kill) skips the clean-up that removes them."""
+    for tmp in sorted(target.parent.glob(f".{target.name}.*.tmp")):
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a running stage's
+        else:
+            log.info("deleting %s: left by a run that was killed while writing it", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager

@@ -12,15 +12,11 @@ RNG states and the position in the data order.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -157,38 +153,6 @@ def _resumable(run_dir: Path) -> bool:
 def _last_written(run_dir: Path) -> float:
     """When a run folder last changed: a new checkpoint or a rotated-out one changes the folder's mtime."""
     return max([run_dir.stat().st_mtime, *(p.stat().st_mtime for p in run_dir.iterdir())])
-
-
-@contextlib.contextmanager
-def hold_temp_dir(tmp: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `tmp` (a shaping.io.atomic_dir temp folder) while this process writes
-    it, so that `remove_stale_temp_dirs` in another process leaves it alone. The kernel drops the
-    lock when the process dies, however it dies."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def remove_stale_temp_dirs(target: Path) -> None:
-    """Delete the atomic_dir temp folders beside `target` (`.<name>.*.tmp`) that no live process
-    holds: a SIGKILL (OOM killer, preemption, DVC's kill) skips the clean-up that removes them."""
-    for tmp in sorted(target.parent.glob(f".{target.name}.*.tmp")):
-        try:
-            fd = os.open(tmp, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            continue  # a running stage's
-        else:
-            log.info("deleting %s: left by a run that was killed while training", tmp)
-            shutil.rmtree(tmp, ignore_errors=True)
-        finally:
-            os.close(fd)
 
 
 def checkpoint_args(cfg: Config, run_dir: Path) -> dict[str, Any]:
