@@ -429,15 +429,21 @@ def test_resumed_run_logs_dvclive_like_an_uninterrupted_run(
     assert summary_a["step"] == summary_b["step"] == 6 and summary_b["resumed_from_step"] == 2
 
 
-def test_resume_without_its_history_warns_and_trains_on(
-    service: Service, tinker_cfg: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    cfg = tinker_cfg
+def killed_after_state_2(service: Service, cfg: Config, tmp_path: Path) -> None:
+    """A 6-step run saving every 2 steps, killed during step 4 (state step-000002 saved), into
+    tmp_path/a, tmp_path/live and tmp_path/ckpt; the service then answers again."""
     cfg.train.max_steps, cfg.train.save_steps = 6, 2
     service.kill_at_step = 4
     with pytest.raises(KeyboardInterrupt):
         tinker_backend.train(cfg, ROWS, tmp_path / "a", tmp_path / "live", tmp_path / "ckpt")
     service.kill_at_step = None
+
+
+def test_resume_without_its_history_warns_and_trains_on(
+    service: Service, tinker_cfg: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = tinker_cfg
+    killed_after_state_2(service, cfg, tmp_path)
     (tmp_path / "ckpt" / "steps.jsonl").unlink()  # deleted by hand, or left by a version that kept none
     with caplog.at_level(logging.WARNING, logger="shaping.training.tinker"):
         report = tinker_backend.train(cfg, ROWS, tmp_path / "a", tmp_path / "live", tmp_path / "ckpt")
@@ -450,11 +456,7 @@ def test_resume_from_a_state_the_service_lost_is_one_clear_error(
     service: Service, tinker_cfg: Config, tmp_path: Path
 ) -> None:
     cfg = tinker_cfg
-    cfg.train.max_steps, cfg.train.save_steps = 6, 2
-    service.kill_at_step = 4
-    with pytest.raises(KeyboardInterrupt):
-        tinker_backend.train(cfg, ROWS, tmp_path / "a", tmp_path / "live", tmp_path / "ckpt")
-    service.kill_at_step = None
+    killed_after_state_2(service, cfg, tmp_path)
     service.states.clear()  # expired on the service (checkpoint_ttl_seconds), or another account's
     with pytest.raises(
         ShapingError, match=r"cannot resume from tinker://run-0/weights/step-000002 .*checkpoints\.jsonl"
