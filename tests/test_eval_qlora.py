@@ -33,9 +33,10 @@ TOL = 5e-6
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """conftest's tiny Llama, pretrained 50 steps (10 leave weights so close to their init that 4 bits
-    barely move the loss), with an MLP 96 wide: no multiple of the 64-value block of bitsandbytes' CPU
-    inference kernel (eval mode, AVX512-BF16 CPUs), which fails on such layers, like the demo model's 352."""
+    """conftest's tiny Llama, pretrained 50 steps, with an MLP 96 wide: no multiple of the 64-value block of
+    bitsandbytes' CPU inference kernel (eval mode, AVX512-BF16 CPUs), which fails on such layers, like the
+    demo model's 352. Every quantized layer then gets one outlier per 64-value block (`with_block_outliers`),
+    so NF4's error is large by construction, whatever the CPU's numerics."""
     from shaping.training.scratch import build_model, encode_streams, pretrain
     from shaping.training.tokenizer import train_bpe_tokenizer
 
@@ -48,9 +49,22 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = build_model(arch, tokenizer)
     prose_ids, dialogue_ids, starts = encode_streams(tokenizer, PROSE, DIALOGUES * 10)
     pretrain(model, prose_ids, dialogue_ids, starts, PretrainConfig(steps=50, batch_size=4, block_size=32), seed=0)
+    with_block_outliers(model)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def with_block_outliers(model: torch.nn.Module, outlier: float = 0.5) -> None:
+    """Set the first value of every 64-value block (bitsandbytes' 4-bit block size, over the flattened weight)
+    of each decoder Linear to `outlier`, 10-25x the trained weights' magnitude. NF4 scales a block by its
+    absmax, and its smallest nonzero level is 0.08 of it (0.04 here), so most of the other weights round to
+    0 or to a level far off: the 4-bit model's loss differs from the full one's by far more than any CPU's
+    float noise, while the full-precision model stays an ordinary trained model with a few larger weights."""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and ".layers." in name:
+                module.weight.view(-1)[::64] = outlier
 
 
 def make_cfg(model_dir: Path, tmp_path: Path, quantized: bool) -> Config:
