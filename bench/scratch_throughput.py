@@ -22,10 +22,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from shaping.config import compose
-from shaping.training.corpus import load_corpus, split_corpus
-from shaping.training.families import CharTokenizer, get_family
-from shaping.training.scratch import encode_streams, pretrain, vocab_of
-from shaping.training.tokenizer import train_tokenizer
+from shaping.scratch.corpus import load_corpus, split_corpus
+from shaping.scratch.families import CharTokenizer, get_family
+from shaping.scratch.pretraining import encode_streams, pretrain, vocab_of
+from shaping.scratch.tokenizer import train_tokenizer
 
 TOKENIZERS = ["bpe", "sentencepiece_unigram", "sentencepiece_bpe"]
 MODELS = ["gpt2-tiny", "char-lstm", "tiny"]

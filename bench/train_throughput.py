@@ -46,10 +46,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from shaping.config import compose
+from shaping.device import cpu_has_native_bf16, pick_device
 from shaping.io import read_jsonl, write_jsonl
+from shaping.scratch.corpus import load_corpus
 from shaping.training import hf_peft
-from shaping.training.corpus import load_corpus
-from shaping.training.hardware import cpu_has_native_bf16, pick_device
 
 PADDED = {"train.packing": "false"}
 PACKED = {"train.packing": "true"}
@@ -137,7 +137,7 @@ def build_rows(max_length: int, count: int, seed: int) -> list[dict[str, Any]]:
 
 
 def build_tokenizer(folder: Path) -> Any:
-    from shaping.training.tokenizer import train_bpe_tokenizer
+    from shaping.scratch.tokenizer import train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(load_corpus("data/corpus").texts(), vocab_size=4096)
     tokenizer.save_pretrained(folder)
@@ -146,7 +146,7 @@ def build_tokenizer(folder: Path) -> Any:
 
 def build_cpu_model(folder: Path) -> None:
     """The `tiny` model config's architecture (conf/model/tiny.yaml), random weights."""
-    from shaping.training.scratch import build_model
+    from shaping.scratch.pretraining import build_model
 
     tokenizer = build_tokenizer(folder)
     arch = compose([]).model.architecture

@@ -27,6 +27,7 @@ from typing import Any, cast
 from transformers import PreTrainedModel
 
 from shaping.config import Config
+from shaping.device import pick_device
 from shaping.errors import ShapingError
 from shaping.evaluation import (
     EvalContext,
@@ -39,11 +40,10 @@ from shaping.evaluation import (
     read_baseline,
     run_metrics,
 )
+from shaping.hub import compute_dtype, load_base_model, load_tokenizer, quantization_config
 from shaping.inference import ModelRegistry
 from shaping.io import read_jsonl, write_json
 from shaping.stage import StageContext, run_stage
-from shaping.training import load_base_model, load_tokenizer, pick_device
-from shaping.training.export import compute_dtype, quantization_config
 
 log = logging.getLogger("shaping.evaluate")
 
@@ -51,6 +51,8 @@ log = logging.getLogger("shaping.evaluate")
 def main(ctx: StageContext) -> None:
     cfg = ctx.cfg
     check_metric_names(list(cfg.eval.metrics))
+    if any(spec.backend == "tinker" for spec in cfg.models.values()):
+        from shaping.integrations.tinker import sampling  # noqa: F401  registers models.*.backend=tinker
     eval_file = f"{cfg.paths.validated_dir}/eval.jsonl"
     adapter_dir = Path(cfg.paths.adapter_dir)
     rows = read_jsonl(eval_file)
@@ -69,7 +71,7 @@ def main(ctx: StageContext) -> None:
     system = ModelRegistry(cfg.models).system_prompt("teacher") if "teacher" in cfg.models else None
     tinker_reference = adapter_dir / "tinker.json"
     if tinker_reference.is_file():  # trained with backend=tinker: the service's sampling clients are the models
-        from shaping.inference.tinker import evaluate_reference
+        from shaping.integrations.tinker.evaluation import evaluate_reference
 
         eval_ctx, metrics = evaluate_reference(cfg, rows, tinker_reference, system, ctx.out(cfg.paths.eval_dir))
     else:
@@ -142,7 +144,10 @@ def load_models(cfg: Config, adapter_dir: Path) -> tuple[PreTrainedModel, PreTra
         return cast(PreTrainedModel, PeftModel.from_pretrained(base, str(adapter_dir))), None, "none"
     # evaluate computes in fp32 throughout; an explicit lora.quantization.compute_dtype is kept.
     # bitsandbytes puts the 4-bit model on the GPU when there is one (no .to(): 4-bit weights don't move)
-    quantized = load_base_model(cfg.model, quantization_config=quantization_config(cfg, compute_dtype(cfg, "fp32")))
+    quantized = load_base_model(
+        cfg.model,
+        quantization_config=quantization_config(cfg.lora.quantization, compute_dtype(cfg.lora.quantization, "fp32")),
+    )
     from bitsandbytes.nn import Linear4bit  # installed: quantization_config checked
 
     for module in quantized.modules():

@@ -23,9 +23,9 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from shaping.training.generation import generate
-from shaping.training.model_command import read_text_file, run_model_command
-from shaping.training.runs import LoadedModel
+from shaping.scratch.generation import generate
+from shaping.scratch.model_command import read_text_file, run_model_command
+from shaping.scratch.runs import LoadedModel
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from shaping.errors import ShapingError
 from shaping.io import atomic_dir, write_json
+from shaping.scratch.families import get_family
 from shaping.stage import StageContext, run_stage
-from shaping.training.families import get_family
 
 log = logging.getLogger("shaping.prepare_base")
 

@@ -27,13 +27,13 @@ import torch
 
 from shaping.errors import ShapingError
 from shaping.io import atomic_dir, write_json, write_jsonl
+from shaping.scratch.corpus import Corpus, load_corpus, split_corpus
+from shaping.scratch.families import CharTokenizer, get_family
+from shaping.scratch.generation import generate
+from shaping.scratch.pretraining import Codec, encode_streams, pretrain, vocab_of
+from shaping.scratch.tokenizer import load_tokenizer_dir
 from shaping.stage import StageContext, run_stage
 from shaping.tracking import library_versions
-from shaping.training.corpus import Corpus, load_corpus, split_corpus
-from shaping.training.families import CharTokenizer, get_family
-from shaping.training.generation import generate
-from shaping.training.scratch import Codec, encode_streams, pretrain, vocab_of
-from shaping.training.tokenizer import load_tokenizer_dir
 
 log = logging.getLogger("shaping.pretrain")
 

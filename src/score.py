@@ -21,9 +21,9 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from shaping.training.generation import score
-from shaping.training.model_command import read_text_file, run_model_command
-from shaping.training.runs import LoadedModel
+from shaping.scratch.generation import score
+from shaping.scratch.model_command import read_text_file, run_model_command
+from shaping.scratch.runs import LoadedModel
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

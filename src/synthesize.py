@@ -29,6 +29,8 @@ def main(ctx: StageContext) -> None:
     cfg = ctx.cfg
     if not cfg.pipeline:
         raise ShapingError(f"pipeline: not set; pass pipeline=<name> (one of synth.pipelines: {cfg.synth.pipelines})")
+    if any(spec.backend == "tinker" for spec in cfg.models.values()):
+        from shaping.integrations.tinker import sampling  # noqa: F401  registers models.*.backend=tinker
     root = find_repo_root()
     cls = load_pipeline_class(cfg.pipeline, root / "pipelines")
     output_dir = ctx.out(f"{cfg.paths.synth_dir}/{cfg.pipeline}")

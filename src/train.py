@@ -15,28 +15,41 @@ script; rank 0 is the stage and the others train alongside it, writing nothing o
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from accelerate.utils import str_to_bool
 
+from shaping.device import check_liger, pick_device, resolve_device, resolve_precision
 from shaping.errors import ShapingError
 from shaping.io import atomic_dir, read_jsonl, remove_stale_temp_dirs
 from shaping.stage import StageContext, run_stage
 from shaping.training import checkpointing, launch
-from shaping.training.hardware import check_liger, pick_device, resolve_device, resolve_precision
+
+if TYPE_CHECKING:
+    from shaping.training.hf_peft import TrainingReport
 
 log = logging.getLogger("shaping.train")
 
-# backend.name -> the module whose train(cfg, rows, output_dir, live_dir, checkpoint_dir) -> TrainingReport runs it
-BACKENDS = {"hf_peft": "shaping.training.hf_peft", "tinker": "shaping.training.tinker"}
+BACKENDS = ("hf_peft", "tinker")
+
+
+def load_backend(name: str) -> Callable[..., TrainingReport]:
+    """backend.name's train(cfg, rows, output_dir, live_dir, checkpoint_dir) -> TrainingReport, imported when
+    chosen (peft, trl and the Tinker SDK are heavy)."""
+    if name == "tinker":
+        from shaping.integrations.tinker import training as tinker
+
+        return tinker.train
+    from shaping.training import hf_peft
+
+    return hf_peft.train
 
 
 def main(ctx: StageContext) -> None:
@@ -51,7 +64,7 @@ def main(ctx: StageContext) -> None:
     if launch.relaunch_needed(cfg):
         run_under_accelerate(ctx)
         return
-    backend = importlib.import_module(BACKENDS[cfg.backend.name])
+    train = load_backend(cfg.backend.name)
 
     train_file = f"{cfg.paths.validated_dir}/train.jsonl"
     rows = read_jsonl(train_file)
@@ -71,7 +84,7 @@ def main(ctx: StageContext) -> None:
     adapter_dir = ctx.out(cfg.paths.adapter_dir)
     remove_stale_temp_dirs(adapter_dir)
     with atomic_dir(adapter_dir) as tmp:
-        report = backend.train(cfg, rows, tmp, live_dir, checkpoints)
+        report = train(cfg, rows, tmp, live_dir, checkpoints)
     launch.wait_for_everyone()  # the other ranks may still write their part of the last checkpoint
     checkpointing.finish_run_dir(checkpoints, keep=cfg.train.keep_checkpoints)
     ctx.record.details = {**report.metrics, "validation": gate}
@@ -82,10 +95,10 @@ def train_alongside() -> None:
     (the Trainer itself writes this rank's share of each checkpoint to the shared folder)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     plan = launch.share_plan(None, group_device(os.environ))
-    backend = importlib.import_module(BACKENDS[plan.cfg.backend.name])
+    train = load_backend(plan.cfg.backend.name)
     rows = read_jsonl(plan.train_file)
     with tempfile.TemporaryDirectory(prefix="shaping-rank-") as scratch:
-        backend.train(plan.cfg, rows, Path(scratch) / "adapter", Path(scratch) / "live", plan.checkpoint_dir)
+        train(plan.cfg, rows, Path(scratch) / "adapter", Path(scratch) / "live", plan.checkpoint_dir)
     launch.wait_for_everyone()
 
 

@@ -17,10 +17,10 @@ import logging
 from dataclasses import asdict
 
 from shaping.io import atomic_dir, write_json
+from shaping.scratch.corpus import corpus_files, load_corpus, split_corpus
+from shaping.scratch.tokenizer import save_tokenizer, tokenizer_stats, train_tokenizer
 from shaping.stage import StageContext, run_stage
 from shaping.tracking import library_versions
-from shaping.training.corpus import corpus_files, load_corpus, split_corpus
-from shaping.training.tokenizer import save_tokenizer, tokenizer_stats, train_tokenizer
 
 log = logging.getLogger("shaping.tokenizer")
 

@@ -84,7 +84,7 @@ def count_truncated(cfg: Config, gate: Gate, files: list[Path]) -> list[dict[str
     limit = cfg.dataset.max_tokens
     if limit is None or cfg.dataset.format != "chat":
         return []
-    from shaping.training import load_tokenizer
+    from shaping.hub import load_tokenizer
 
     tokenizer = load_tokenizer(cfg.model)
     found = []

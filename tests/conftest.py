@@ -51,8 +51,8 @@ def _in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Llama and BPE tokenizer, pretrained a few steps on a toy corpus (seconds)."""
-    from shaping.training.scratch import build_model, encode_streams, pretrain
-    from shaping.training.tokenizer import train_bpe_tokenizer
+    from shaping.scratch.pretraining import build_model, encode_streams, pretrain
+    from shaping.scratch.tokenizer import train_bpe_tokenizer
 
     out = tmp_path_factory.mktemp("tiny-model")
     texts = PROSE + [m["content"] for d in DIALOGUES for m in d]

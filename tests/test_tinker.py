@@ -25,17 +25,15 @@ from trl import SFTTrainer  # noqa: E402
 from shaping.config import Config  # noqa: E402
 from shaping.config.schema import BackendConfig, LossWeight, ModelSpec  # noqa: E402
 from shaping.errors import ShapingError  # noqa: E402
+from shaping.hub import load_tokenizer  # noqa: E402
 from shaping.inference import ModelRegistry  # noqa: E402
-from shaping.inference.tinker import (  # noqa: E402
-    REFERENCE_FILE,
-    ChatTemplateRenderer,
-    TinkerReference,
-    evaluate_reference,
-)
 from shaping.inference.types import ChatRequest  # noqa: E402
+from shaping.integrations.tinker import sampling  # noqa: E402, F401  registers models.*.backend=tinker
+from shaping.integrations.tinker import training as tinker_backend  # noqa: E402
+from shaping.integrations.tinker.client import REFERENCE_FILE, TinkerReference  # noqa: E402
+from shaping.integrations.tinker.evaluation import evaluate_reference  # noqa: E402
+from shaping.integrations.tinker.supervised import SupervisedChatTemplateRenderer  # noqa: E402
 from shaping.training import hf_peft  # noqa: E402
-from shaping.training import tinker as tinker_backend  # noqa: E402
-from shaping.training.models import load_tokenizer  # noqa: E402
 
 from .conftest import DIALOGUES, REPO, copy_project_files  # noqa: E402
 
@@ -217,7 +215,7 @@ def test_datums_match_hf_peft_token_for_token(
     trainer = hf_prepared(monkeypatch, cfg, tmp_path)
     hf_rows = [(row["input_ids"], row["labels"], row.get("loss_weights")) for row in trainer.train_dataset]
 
-    renderer = ChatTemplateRenderer(load_tokenizer(cfg.model))
+    renderer = SupervisedChatTemplateRenderer(load_tokenizer(cfg.model))
     examples = tinker_backend.encode_rows(ROWS, renderer, cfg.train)
     # TRL drops rows whose loss tokens were all cut; hf_peft's weighted (pre-tokenized) rows stay, all masked
     assert len(examples) == len(hf_rows) == (6 if max_length == 40 and not loss_weights else 9)
@@ -445,7 +443,7 @@ def test_resume_without_its_history_warns_and_trains_on(
     cfg = tinker_cfg
     killed_after_state_2(service, cfg, tmp_path)
     (tmp_path / "ckpt" / "steps.jsonl").unlink()  # deleted by hand, or left by a version that kept none
-    with caplog.at_level(logging.WARNING, logger="shaping.training.tinker"):
+    with caplog.at_level(logging.WARNING, logger="shaping.integrations.tinker.training"):
         report = tinker_backend.train(cfg, ROWS, tmp_path / "a", tmp_path / "live", tmp_path / "ckpt")
     assert "steps.jsonl holds 0 of the 2 steps before the resumed state" in caplog.text
     assert report.metrics["steps"] == 6 and report.metrics["resumed_from_step"] == 2
@@ -483,7 +481,7 @@ def test_options_tinker_lacks_fail_or_are_logged(
 
     cfg.lora.target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"]
     assert tinker_backend.lora_targets(cfg.lora) == {"train_attn": True, "train_mlp": False, "train_unembed": True}
-    with caplog.at_level(logging.WARNING, logger="shaping.training.tinker"):
+    with caplog.at_level(logging.WARNING, logger="shaping.integrations.tinker.training"):
         tinker_backend.lora_targets(cfg.lora)
     assert f"lora.alpha={cfg.lora.alpha} is not applied" in caplog.text
     assert f"lora.dropout={cfg.lora.dropout} is not applied" in caplog.text
@@ -522,7 +520,7 @@ def test_registry_backend_samples_with_the_renderer(service: Service, cfg: Confi
 
     client = service.samplers[0]
     assert client.model_path == "tinker://run-0/sampler_weights/final"
-    renderer = ChatTemplateRenderer(load_tokenizer(cfg.model))
+    renderer = SupervisedChatTemplateRenderer(load_tokenizer(cfg.model))
     tokens, params = client.requests[0]
     assert tokens == renderer.generation_prompt(prompt)
     assert tokens[-3:] == renderer.tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)[-3:]
@@ -540,7 +538,7 @@ def test_evaluate_a_tinker_run(service: Service, cfg: Config, tmp_path: Path) ->
 
     assert metrics["base"]["loss"] == pytest.approx(1.0) and metrics["tuned"]["loss"] == pytest.approx(0.5)
     assert metrics["teacher"]["loss"] == pytest.approx(1.0)
-    renderer = ChatTemplateRenderer(load_tokenizer(cfg.model))
+    renderer = SupervisedChatTemplateRenderer(load_tokenizer(cfg.model))
     loss_tokens = sum(sum(renderer.supervised(r["messages"][1:] if i == 0 else r["messages"], False)[1][1:])
                       for i, r in enumerate(rows))  # fmt: skip
     assert metrics["tuned"]["tokens"] == loss_tokens  # the training mask, system messages left out
@@ -586,9 +584,9 @@ def test_evaluate_stage_scores_a_tinker_run(service: Service, cfg: Config, tmp_p
 
 def test_cookbook_renderer_when_installed(cfg: Config) -> None:
     pytest.importorskip("tinker_cookbook")
-    from shaping.inference.tinker import load_renderer
+    from shaping.integrations.tinker.supervised import load_supervised_renderer
 
-    renderer = load_renderer("role_colon", cfg.model.name_or_path)
+    renderer = load_supervised_renderer("role_colon", cfg.model.name_or_path)
     tokens, mask = renderer.supervised(DIALOGUES[1], train_on_prompt=False)
     reply = renderer.tokenizer.decode([t for t, m in zip(tokens, mask, strict=True) if m])
     assert "Flour, water, salt and a little yeast." in reply and "bread" not in reply

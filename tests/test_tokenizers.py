@@ -9,8 +9,8 @@ import pytest
 
 from shaping.config.schema import TokenizerConfig
 from shaping.errors import ShapingError
-from shaping.training.corpus import Corpus, load_corpus, split_corpus
-from shaping.training.tokenizer import IM_END, IM_START, tokenizer_stats, train_tokenizer
+from shaping.scratch.corpus import Corpus, load_corpus, split_corpus
+from shaping.scratch.tokenizer import IM_END, IM_START, tokenizer_stats, train_tokenizer
 
 from .conftest import DIALOGUES, PROSE, REPO
 

@@ -13,10 +13,10 @@ from transformers import AutoModelForCausalLM
 
 from shaping.config import Config
 from shaping.config.schema import QuantizationConfig
+from shaping.hub import compute_dtype, load_base_model, quantization_config
 from shaping.serve.models import SamplingOptions, ServedModels
 from shaping.training import hf_peft
-from shaping.training.export import compute_dtype, main, merged_model, quantization_config
-from shaping.training.models import load_base_model
+from shaping.training.export import main, merged_model
 
 from .conftest import DIALOGUES
 
@@ -34,7 +34,7 @@ def test_qlora_trains_on_this_cpu_and_merges_into_the_dequantised_base(cfg: Conf
     report = train_adapter(cfg, tmp_path / "adapter")
     assert report.metrics["adapter"] == "qlora" and report.metrics["steps"] == 3
     # base + adapter as trained: the 4-bit base with the adapter on top
-    bnb = quantization_config(cfg, compute_dtype(cfg, "fp32"))
+    bnb = quantization_config(cfg.lora.quantization, compute_dtype(cfg.lora.quantization, "fp32"))
     quantized = load_base_model(cfg.model, torch.float32, quantization_config=bnb)
     assert type(quantized.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
     tuned = PeftModel.from_pretrained(quantized, str(tmp_path / "adapter")).train()  # dropout is 0

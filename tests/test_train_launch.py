@@ -18,10 +18,10 @@ import torch
 from omegaconf import OmegaConf
 
 from shaping.config import Config
+from shaping.device import check_liger, resolve_attn_implementation
 from shaping.errors import ShapingError
 from shaping.io import write_jsonl
 from shaping.training import launch
-from shaping.training.hardware import check_liger, resolve_attn_implementation
 
 from .conftest import DIALOGUES, REPO
 

@@ -17,8 +17,8 @@ from shaping.config import Config
 from shaping.config.schema import LossWeight
 from shaping.data.transforms import to_preferences, to_sft
 from shaping.errors import ShapingError
+from shaping.hub import load_base_model, load_tokenizer
 from shaping.training import hf_peft
-from shaping.training.models import load_base_model, load_tokenizer
 from shaping.training.sft import IGNORE, check_stop_token_learned, tokenize_conversation, training_template
 
 from .conftest import DIALOGUES

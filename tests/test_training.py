@@ -11,11 +11,11 @@ from transformers import AutoModelForCausalLM
 
 from shaping.config import Config
 from shaping.config.schema import LossWeight, QuantizationConfig
+from shaping.device import resolve_device, resolve_gradient_checkpointing, resolve_precision
 from shaping.errors import ShapingError
+from shaping.hub import hub_error
 from shaping.training import hf_peft
 from shaping.training.failures import NonFiniteLoss
-from shaping.training.hardware import resolve_device, resolve_gradient_checkpointing, resolve_precision
-from shaping.training.models import hub_error
 
 from .conftest import DIALOGUES
 

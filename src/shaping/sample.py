@@ -1,4 +1,4 @@
-"""Print N random records of a synthesized JSONL for review (seed 001's quality-control step).
+"""Print N random records of a synthesized JSONL for review.
 
     python -m shaping.sample data/synth/identity_distillation/samples.jsonl            # 10, truncated
     python -m shaping.sample data/synth/identity_distillation/samples.jsonl -n 3 --full

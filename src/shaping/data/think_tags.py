@@ -1,4 +1,4 @@
-"""<think>...</think> blocks: validate them, strip them, extract them (seed 000's helpers)."""
+"""<think>...</think> blocks: validate them, strip them, extract them."""
 
 from __future__ import annotations
 

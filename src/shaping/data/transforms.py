@@ -1,4 +1,4 @@
-"""Dataset transforms (seed 004's tuning transforms): validated rows -> what a TRL trainer reads.
+"""Dataset transforms: validated rows -> what a TRL trainer reads.
 
     to_sft(rows)          {"messages": [...]}                            SFTTrainer (conversational)
     to_preferences(rows)  {"prompt": [...], "chosen": [...], "rejected": [...]}  DPOTrainer (conversational)

@@ -38,7 +38,7 @@ def load_embedder(name: str) -> Any:
         from sentence_transformers import SentenceTransformer
     except ImportError:
         raise ShapingError(f"eval.embedding_model: sentence-transformers is not installed; {INSTALL}") from None
-    from shaping.training.hardware import pick_device
+    from shaping.device import pick_device
 
     return SentenceTransformer(str(path), device=str(pick_device()))
 

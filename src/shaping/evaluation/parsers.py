@@ -1,4 +1,4 @@
-"""Parsing structured (XML-tagged) replies of judge models (seed 000's `eval.parsers`).
+"""Parsing structured (XML-tagged) replies of judge models.
 
 Judges are asked to answer in tags, e.g.
 

@@ -19,8 +19,8 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from shaping.device import pick_device
 from shaping.inference.types import ChatRequest, ChatResponse
-from shaping.training.hardware import pick_device
 
 log = logging.getLogger(__name__)
 

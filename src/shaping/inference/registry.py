@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,17 @@ from shaping.errors import ShapingError
 from shaping.inference.types import AsyncChatBackend, ChatBackend
 
 BACKENDS = ("hf", "openai", "vllm", "tinker")
+
+# (name, spec, request defaults, repository root, seed) -> the backend
+BackendFactory = Callable[[str, ModelSpec, dict[str, Any], Path, int], "ChatBackend | AsyncChatBackend"]
+
+# Backends from vendor integrations, which sit above this package: each registers itself when imported
+# (shaping.integrations.tinker.sampling registers `tinker`), and the stage scripts import them.
+REGISTERED: dict[str, BackendFactory] = {}
+
+
+def register_backend(name: str, factory: BackendFactory) -> None:
+    REGISTERED[name] = factory
 
 
 class ModelRegistry:
@@ -120,11 +132,14 @@ class ModelRegistry:
 
                 self._backends[name] = OpenAIBackend(name, spec, defaults)
                 return self._backends[name]
-            if spec.backend == "tinker":
-                from shaping.inference.tinker import TinkerBackend
-
-                self._backends[name] = TinkerBackend(name, spec, defaults, self.root, self.seed)
+            if spec.backend in REGISTERED:
+                self._backends[name] = REGISTERED[spec.backend](name, spec, defaults, self.root, self.seed)
                 return self._backends[name]
+            if spec.backend == "tinker":
+                raise ShapingError(
+                    f"models.{name}.backend=tinker: the Tinker backend is not loaded in this process; "
+                    "import shaping.integrations.tinker.sampling first (the stage scripts do)"
+                )
             model_path = self._local_model_path(name)
             if spec.backend == "vllm":
                 from shaping.inference.vllm import VLLMBackend

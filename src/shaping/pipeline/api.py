@@ -1,4 +1,4 @@
-"""The user-facing pipeline API (seed 001): requests, responses, samples, errors, dependencies."""
+"""The user-facing pipeline API: requests, responses, samples, errors, dependencies."""
 
 from __future__ import annotations
 

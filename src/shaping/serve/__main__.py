@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 import uvicorn
 
+from shaping.device import pick_device
 from shaping.errors import ShapingError
 from shaping.serve.app import create_app
 from shaping.serve.models import ServedModels
-from shaping.training.hardware import pick_device
 
 
 def parse_adapter(value: str) -> tuple[str, str]:

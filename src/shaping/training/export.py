@@ -25,9 +25,9 @@ import torch
 from transformers import AutoConfig, PreTrainedModel
 
 from shaping.config.schema import Config
+from shaping.device import torch_dtype
 from shaping.errors import ShapingError
-from shaping.training.hardware import torch_dtype
-from shaping.training.models import base_location, load_base_model, load_tokenizer
+from shaping.hub import base_location, compute_dtype, load_base_model, load_tokenizer, quantization_config
 
 log = logging.getLogger(__name__)
 
@@ -41,38 +41,6 @@ def original_dtype(cfg: Config) -> torch.dtype:
     return torch_dtype({"bfloat16": "bf16", "float16": "fp16"}.get(str(saved), "fp32"))
 
 
-def quantization_config(cfg: Config, compute: torch.dtype) -> object | None:
-    """bitsandbytes' 4-bit config for lora.quantization (None without it). Imported here: optional."""
-    quant = cfg.lora.quantization
-    if quant is None:
-        return None
-    if quant.bits != 4:
-        raise ShapingError(f"lora.quantization.bits={quant.bits}: only 4 (QLoRA) is supported")
-    if quant.quant_type not in ("nf4", "fp4"):
-        raise ShapingError(f"lora.quantization.quant_type={quant.quant_type!r}: choose nf4 or fp4")
-    try:
-        import bitsandbytes  # noqa: F401
-        from transformers import BitsAndBytesConfig
-    except ImportError:
-        raise ShapingError("lora=qlora needs bitsandbytes: pip install bitsandbytes") from None
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=quant.quant_type,
-        bnb_4bit_use_double_quant=quant.double_quant,
-        bnb_4bit_compute_dtype=compute,
-    )
-
-
-def compute_dtype(cfg: Config, precision: str) -> torch.dtype:
-    quant = cfg.lora.quantization
-    requested = "auto" if quant is None else quant.compute_dtype
-    if requested == "auto":
-        return torch_dtype(precision)
-    if requested not in ("fp32", "bf16", "fp16"):
-        raise ShapingError(f"lora.quantization.compute_dtype={requested!r}: choose auto, fp32, bf16 or fp16")
-    return torch_dtype(requested)
-
-
 def merged_model(cfg: Config, adapter_dir: Path, precision: str = "fp32") -> PreTrainedModel:
     """The base (dequantised for QLoRA) in its original dtype with the adapter folded into its weights."""
     from peft import PeftModel
@@ -83,7 +51,7 @@ def merged_model(cfg: Config, adapter_dir: Path, precision: str = "fp32") -> Pre
             "full model already)"
         )
     dtype = original_dtype(cfg)
-    bnb = quantization_config(cfg, compute_dtype(cfg, precision))
+    bnb = quantization_config(cfg.lora.quantization, compute_dtype(cfg.lora.quantization, precision))
     if bnb is None:
         base = load_base_model(cfg.model, dtype)
     else:

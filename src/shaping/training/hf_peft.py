@@ -28,18 +28,18 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 
 from shaping.config.schema import Config
 from shaping.data.transforms import to_preferences, to_sft
-from shaping.errors import ShapingError
-from shaping.training.checkpointing import DVCLiveResume, RunStart, checkpoint_args, resume_checkpoint
-from shaping.training.export import compute_dtype, merge_adapter, quantization_config
-from shaping.training.failures import StopOnNonFiniteLoss, out_of_memory_message
-from shaping.training.hardware import (
+from shaping.device import (
     resolve_device,
     resolve_gradient_checkpointing,
     resolve_precision,
     torch_dtype,
 )
+from shaping.errors import ShapingError
+from shaping.hub import compute_dtype, load_base_model, load_tokenizer, quantization_config
+from shaping.training.checkpointing import DVCLiveResume, RunStart, checkpoint_args, resume_checkpoint
+from shaping.training.export import merge_adapter
+from shaping.training.failures import StopOnNonFiniteLoss, out_of_memory_message
 from shaping.training.launch import RankReport
-from shaping.training.models import load_base_model, load_tokenizer
 from shaping.training.sft import (
     WeightedCollator,
     WeightedSFTTrainer,
@@ -122,7 +122,7 @@ def peft_config(cfg: Config) -> PeftLoraConfig | None:
 def load_model(cfg: Config, device: str, precision: str, checkpointing: bool) -> PreTrainedModel:
     # fp32 master weights on CPU; on GPU load in the training dtype (autocast handles the rest)
     dtype = torch_dtype(precision) if device == "cuda" else torch_dtype("fp32")
-    bnb = quantization_config(cfg, compute_dtype(cfg, precision))
+    bnb = quantization_config(cfg.lora.quantization, compute_dtype(cfg.lora.quantization, precision))
     if bnb is None:
         return load_base_model(cfg.model, dtype)
     from peft import prepare_model_for_kbit_training

@@ -1,4 +1,4 @@
-"""`claims`: seed 002's claim extraction on SciFact-format files (eval.claims), for base and tuned:
+"""`claims`: claim extraction on SciFact-format files (eval.claims), for base and tuned:
 CLAIM[c1] exact-match rate, evidence matched by string and by embedding similarity, relation
 figures; every prediction to details/claims.jsonl."""
 

@@ -1,4 +1,4 @@
-"""`think_tags`: share of generations whose <think> tags are valid (seed 000), per model."""
+"""`think_tags`: share of generations whose <think> tags are valid, per model."""
 
 from __future__ import annotations
 

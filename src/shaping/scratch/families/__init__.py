@@ -7,9 +7,9 @@ from typing import Any
 import torch
 
 from shaping.errors import ShapingError
-from shaping.training.families import char_lstm, gpt2, llama
-from shaping.training.families.base import ModelFamily, TransformersFamily, Vocab
-from shaping.training.families.char_lstm import CharLSTM, CharTokenizer
+from shaping.scratch.families import char_lstm, gpt2, llama
+from shaping.scratch.families.base import ModelFamily, TransformersFamily, Vocab
+from shaping.scratch.families.char_lstm import CharLSTM, CharTokenizer
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (llama.FAMILY, gpt2.FAMILY, char_lstm.FAMILY)}
 

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from shaping.errors import ShapingError
-from shaping.training.families import forward, max_positions
-from shaping.training.scratch import Codec, token_id
-from shaping.training.tokenizer import END_OF_TEXT
+from shaping.scratch.families import forward, max_positions
+from shaping.scratch.pretraining import Codec, token_id
+from shaping.scratch.tokenizer import END_OF_TEXT
 
 
 @dataclass

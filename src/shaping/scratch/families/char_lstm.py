@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from shaping.config.schema import ArchitectureConfig
 from shaping.errors import ShapingError
-from shaping.training.families.base import Vocab
-from shaping.training.tokenizer import CHAT_TEMPLATE, END_OF_TEXT, IM_END, SPECIAL_TOKENS
+from shaping.scratch.families.base import Vocab
+from shaping.scratch.tokenizer import CHAT_TEMPLATE, END_OF_TEXT, IM_END, SPECIAL_TOKENS
 
 UNKNOWN = "<unk>"
 State = tuple[torch.Tensor, torch.Tensor]  # LSTM (h, c), each (layers, B, hidden)

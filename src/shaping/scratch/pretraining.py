@@ -1,4 +1,4 @@
-"""Pretrain a small causal LM from scratch: any family in `shaping.training.families`.
+"""Pretrain a small causal LM from scratch: any family in `shaping.scratch.families`.
 
 A plain PyTorch loop (nanoGPT-style) over random windows of two token streams, prose and
 chat dialogues (ChatML), so the model learns both English-ish text and the turn format it
@@ -25,10 +25,10 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from shaping.config.schema import ArchitectureConfig, PretrainConfig
+from shaping.device import resolve_precision, torch_dtype
 from shaping.errors import ShapingError
-from shaping.training.families import CharTokenizer, Vocab, forward, get_family
-from shaping.training.hardware import resolve_precision, torch_dtype
-from shaping.training.tokenizer import END_OF_TEXT, IM_END
+from shaping.scratch.families import CharTokenizer, Vocab, forward, get_family
+from shaping.scratch.tokenizer import END_OF_TEXT, IM_END
 
 log = logging.getLogger(__name__)
 

@@ -40,17 +40,15 @@ from tqdm import tqdm
 from shaping.config.schema import Config, LoraConfig, TrainConfig
 from shaping.data.transforms import to_sft
 from shaping.errors import ShapingError
-from shaping.inference.tinker import (
+from shaping.integrations.tinker.client import (
     REFERENCE_FILE,
-    ChatTemplateRenderer,
-    Renderer,
     TinkerReference,
     import_tinker,
-    load_renderer,
     require_api_key,
-    resolve_renderer_name,
     service_client,
 )
+from shaping.integrations.tinker.renderers import SupervisedRenderer, resolve_renderer_name
+from shaping.integrations.tinker.supervised import SupervisedChatTemplateRenderer, load_supervised_renderer
 from shaping.io import atomic_write_text
 from shaping.training.hf_peft import TrainingReport
 from shaping.training.sft import check_stop_token_learned, compile_loss_weights
@@ -108,13 +106,13 @@ def lora_targets(lora: LoraConfig) -> dict[str, bool]:
     }
 
 
-def encode_rows(rows: list[dict[str, Any]], renderer: Renderer, train: TrainConfig) -> list[Example]:
+def encode_rows(rows: list[dict[str, Any]], renderer: SupervisedRenderer, train: TrainConfig) -> list[Example]:
     """The rows as hf_peft's SFTTrainer gets them: to_sft, rendered, masked and weighted, cut to
     train.max_length (keep_start). Where TRL tokenizes itself it then drops rows left with no loss
     token; where hf_peft hands it tokenized rows (loss weights, padding-free without packing) it keeps them."""
     conversations = [row["messages"] for row in to_sft(rows, "train.jsonl")]
     weights = compile_loss_weights(train.loss_weights)
-    if isinstance(renderer, ChatTemplateRenderer):
+    if isinstance(renderer, SupervisedChatTemplateRenderer):
         template = renderer.training_template(train.train_on_prompt)
         check_stop_token_learned(renderer.tokenizer, conversations, template, train.train_on_prompt, train.max_length)
     keep_masked = bool(weights) or (train.padding_free and not train.packing)
@@ -295,10 +293,10 @@ def train(
     renderer_name = resolve_renderer_name(backend.renderer, base_model)
     tokenizer = None
     if renderer_name == "chat_template" and base_model == cfg.model.name_or_path:
-        from shaping.training.models import load_tokenizer
+        from shaping.hub import load_tokenizer
 
         tokenizer = load_tokenizer(cfg.model)  # revision and trust_remote_code as hf_peft loads it
-    renderer = load_renderer(renderer_name, base_model, tokenizer)
+    renderer = load_supervised_renderer(renderer_name, base_model, tokenizer)
     examples = encode_rows(rows, renderer, t)
     steps, per_epoch = total_steps(len(examples), t)
     rates = learning_rates(t, steps)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from shaping.errors import ShapingError
-from shaping.training.runs import LoadedModel, load_model
+from shaping.scratch.runs import LoadedModel, load_model
 
 # body(args, load) -> the command's report; `load()` loads the model on first call, so a command can
 # check its cheap inputs (a missing file) before paying for the model

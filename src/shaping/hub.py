@@ -1,4 +1,5 @@
-"""Load the base model and tokenizer the config names: the prepared tiny model or a hub model."""
+"""Load the base model and tokenizer the config names (the prepared tiny model or a hub model), QLoRA's
+4-bit base included: train, evaluate, export and the validation gate's token counts load them alike."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from shaping.config.schema import ModelConfig
+from shaping.config.schema import ModelConfig, QuantizationConfig
+from shaping.device import pick_device, resolve_attn_implementation, torch_dtype
 from shaping.errors import ShapingError
-from shaping.training.hardware import pick_device, resolve_attn_implementation
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +80,34 @@ def load_base_model(
     except OSError as err:
         raise hub_error(name, err) from None
     return model
+
+
+def quantization_config(quant: QuantizationConfig | None, compute: torch.dtype) -> object | None:
+    """bitsandbytes' 4-bit config for lora.quantization (None without it). Imported here: optional."""
+    if quant is None:
+        return None
+    if quant.bits != 4:
+        raise ShapingError(f"lora.quantization.bits={quant.bits}: only 4 (QLoRA) is supported")
+    if quant.quant_type not in ("nf4", "fp4"):
+        raise ShapingError(f"lora.quantization.quant_type={quant.quant_type!r}: choose nf4 or fp4")
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError:
+        raise ShapingError("lora=qlora needs bitsandbytes: pip install bitsandbytes") from None
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.quant_type,
+        bnb_4bit_use_double_quant=quant.double_quant,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def compute_dtype(quant: QuantizationConfig | None, precision: str) -> torch.dtype:
+    """lora.quantization.compute_dtype; `auto` is the training precision."""
+    requested = "auto" if quant is None else quant.compute_dtype
+    if requested == "auto":
+        return torch_dtype(precision)
+    if requested not in ("fp32", "bf16", "fp16"):
+        raise ShapingError(f"lora.quantization.compute_dtype={requested!r}: choose auto, fp32, bf16 or fp16")
+    return torch_dtype(requested)

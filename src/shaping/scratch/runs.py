@@ -16,8 +16,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from shaping.errors import ShapingError
-from shaping.training.families import CharTokenizer, get_family
-from shaping.training.scratch import Codec, resolve_device
+from shaping.scratch.families import CharTokenizer, get_family
+from shaping.scratch.pretraining import Codec, resolve_device
 
 
 @dataclass

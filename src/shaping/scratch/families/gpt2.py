@@ -6,7 +6,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from shaping.config.schema import ArchitectureConfig
 from shaping.errors import ShapingError
-from shaping.training.families.base import TransformersFamily, Vocab
+from shaping.scratch.families.base import TransformersFamily, Vocab
 
 
 def make(arch: ArchitectureConfig, vocab: Vocab) -> PreTrainedModel:
