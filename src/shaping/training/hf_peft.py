@@ -145,7 +145,8 @@ def common_args(
         "gradient_accumulation_steps": t.gradient_accumulation_steps,
         "learning_rate": t.learning_rate,
         "lr_scheduler_type": t.lr_scheduler,
-        "warmup_steps": t.warmup_ratio,  # < 1: a fraction of the total steps
+        # transformers>=5 (the floor) reads a float < 1 as a fraction of the total steps; 4.x read it as 0 steps
+        "warmup_steps": t.warmup_ratio,
         "weight_decay": t.weight_decay,
         "bf16": precision == "bf16",  # explicit both ways: DPOConfig defaults bf16 to True
         "fp16": precision == "fp16",  # fp16: the Trainer scales the loss with a GradScaler
