@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
+import logging
+import runpy
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from shaping.config import compose_raw
@@ -17,9 +20,37 @@ from .conftest import REPO
 ROW = '{"id": "a", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
 
 
-def run_script(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+@pytest.fixture
+def run_script(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`python SCRIPT ARGS` run in this process (what is tested is the message, not the process): the
+    script's __main__ block with its argv, its exit code, and what it printed and logged. An exception
+    other than SystemExit is a traceback the user would see, and fails the test by propagating."""
+    monkeypatch.chdir(REPO)
+
+    def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+        monkeypatch.setattr(sys, "argv", [script, *args])
+        code: object = 0
+        root = logging.getLogger()
+        handlers, level = list(root.handlers), root.level
+        loggers = logging.Logger.manager.loggerDict.values()
+        enabled = [lg for lg in loggers if isinstance(lg, logging.Logger) and not lg.disabled]
+        with caplog.at_level(logging.INFO):
+            try:
+                runpy.run_path(str(REPO / script), run_name="__main__")
+            except SystemExit as exit_:
+                code = exit_.code
+            finally:  # Hydra configures logging for its job (and disables existing loggers): undo it
+                root.handlers[:], root.level = handlers, level
+                for logger in enabled:
+                    logger.disabled = False
+        out, err = capsys.readouterr()
+        returncode = code if isinstance(code, int) else 1  # sys.exit("message") exits 1
+        message = "" if isinstance(code, int) or code is None else str(code)
+        return subprocess.CompletedProcess([script, *args], returncode, out, err + message + caplog.text)
+
+    return run
 
 
 def write_params(tmp_path: Path, *overrides: str) -> Path:
@@ -36,17 +67,23 @@ def assert_clear_failure(proc: subprocess.CompletedProcess[str], *needles: str) 
         assert needle in output, output
 
 
-def test_bad_override_names_the_key(tmp_path: Path) -> None:
+def test_bad_override_names_the_key(
+    tmp_path: Path, run_script: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     proc = run_script("src/train.py", "lora.rr=4", f"hydra.run.dir={tmp_path}")
     assert_clear_failure(proc, "rr")
 
 
-def test_bad_value_type_names_the_key(tmp_path: Path) -> None:
+def test_bad_value_type_names_the_key(
+    tmp_path: Path, run_script: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     proc = run_script("src/train.py", "+lora.rank=4", f"hydra.run.dir={tmp_path}")
     assert_clear_failure(proc, "lora.rank")
 
 
-def test_missing_data_file_is_named(tmp_path: Path) -> None:
+def test_missing_data_file_is_named(
+    tmp_path: Path, run_script: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     # every path under tmp_path: under --params, the stage writes its run record to paths.adapter_dir
     params = write_params(tmp_path, f"paths.validated_dir={tmp_path}/nothing", f"paths.adapter_dir={tmp_path}/adapter")
     proc = run_script("src/train.py", "--params", str(params))
@@ -56,7 +93,9 @@ def test_missing_data_file_is_named(tmp_path: Path) -> None:
     assert record["exit_status"] == "failed" and "train.jsonl: file not found" in record["error"]
 
 
-def test_malformed_jsonl_line_is_named(tmp_path: Path) -> None:
+def test_malformed_jsonl_line_is_named(
+    tmp_path: Path, run_script: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     data = tmp_path / "validated"
     data.mkdir()
     (data / "train.jsonl").write_text(ROW + "\n" + '{"id": "b", "messages": [\n')
@@ -67,7 +106,9 @@ def test_malformed_jsonl_line_is_named(tmp_path: Path) -> None:
     assert '"exit_status": "failed"' in record and "malformed JSON" in record
 
 
-def test_validate_gate_stops_on_bad_rows(tmp_path: Path) -> None:
+def test_validate_gate_stops_on_bad_rows(
+    tmp_path: Path, run_script: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     synth = tmp_path / "synth" / "identity_distillation"
     synth.mkdir(parents=True)
     rows = [ROW.replace('"a"', f'"{i}"') for i in range(30)]
