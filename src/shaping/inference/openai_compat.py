@@ -183,7 +183,7 @@ class OpenAIBackend:
                 body = await reply.read()
                 status = reply.status
                 retry_after = _retry_after(reply.headers.get("Retry-After")) if status != 200 else None
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:  # connection, payload cut short, ...
+        except (TimeoutError, aiohttp.ClientError) as err:  # connection, payload cut short, ...
             raise _Retryable(f"{self._where(url)}: {type(err).__name__}: {err}") from err
         if status == 200:
             try:

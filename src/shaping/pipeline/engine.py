@@ -27,7 +27,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -58,7 +58,7 @@ _clock: list[Any] = [0, ""]  # the current second and its ISO text: every record
 def now() -> str:
     second = int(time.time())
     if second != _clock[0]:
-        _clock[:] = [second, datetime.fromtimestamp(second, timezone.utc).isoformat()]
+        _clock[:] = [second, datetime.fromtimestamp(second, UTC).isoformat()]
     return str(_clock[1])
 
 
