@@ -133,7 +133,9 @@ def test_bad_arguments_are_named(loaded: LoadedModel) -> None:
         score(loaded.model, loaded.tokenizer, "")
 
 
-def test_commands_print_json(tiny_model_dir: Path, char_lstm_dir: Path) -> None:
+def test_commands_print_json(tiny_model_dir: Path, char_lstm_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """generate as a process: its stdout is the JSON alone (loading chatter goes to stderr); score's JSON and
+    exit codes in this process (the same main(argv) the script runs)."""
     gen = subprocess.run(
         [sys.executable, "src/generate.py", str(char_lstm_dir), "--prompt", "The", "--max-new-tokens", "5",
          "--num-return-sequences", "2", "--temperature", "0.7", "--seed", "3"],
@@ -142,20 +144,13 @@ def test_commands_print_json(tiny_model_dir: Path, char_lstm_dir: Path) -> None:
     assert gen.returncode == 0, gen.stderr[-2000:]
     outputs = json.loads(gen.stdout)["outputs"]
     assert len(outputs) == 2 and {"text", "tokens_generated", "eos_terminated", "stopped_by"} <= set(outputs[0])
-    scored = subprocess.run(
-        [sys.executable, "src/score.py", str(tiny_model_dir), "--text", KNOWN],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert scored.returncode == 0, scored.stderr[-2000:]
-    report = json.loads(scored.stdout)
+    score_cmd = _command("score")
+    assert score_cmd.main([str(tiny_model_dir), "--text", KNOWN]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["perplexity"] == pytest.approx(math.exp(report["loss"])) and "per_token" not in report
-    missing = subprocess.run(
-        [sys.executable, "src/score.py", str(tiny_model_dir), "--file", "nope.txt"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert (
-        missing.returncode == 1 and "nope.txt: file not found" in missing.stderr and "Traceback" not in missing.stderr
-    )
+    assert score_cmd.main([str(tiny_model_dir), "--file", "nope.txt"]) == 1
+    missing = capsys.readouterr().err
+    assert "nope.txt: file not found" in missing and "Traceback" not in missing
 
 
 def _command(name: str) -> Any:
