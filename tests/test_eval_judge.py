@@ -4,12 +4,11 @@ parse) and by the local `hf` backend."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -26,7 +25,7 @@ from shaping.evaluation.judge import JudgeItem, check_rubric, judge_messages
 from shaping.evaluation.stats import mean_with_ci
 from shaping.serve import running_server
 
-from .conftest import DIALOGUES, composed
+from .conftest import DIALOGUES
 from .test_openai_backend import Endpoint
 
 # Short: prompt + reply must fit the tiny model's 256-token context when it is the judge.
@@ -35,11 +34,6 @@ RUBRIC = RubricConfig(
     criteria=[CriterionConfig(name="voice", description="warm"), CriterionConfig(name="clarity")],
     scale=[1, 5],
 )
-
-
-def conf_rubric(**changes: Any) -> RubricConfig:
-    """conf/eval/default.yaml's rubric with `changes` applied."""
-    return dataclasses.replace(composed().eval.judge.rubric, **changes)
 
 
 def make_ctx(cfg: Config, out_dir: Path) -> EvalContext:
@@ -203,10 +197,10 @@ def test_judge_prompt_carries_rubric_scale_and_reply() -> None:
 @pytest.mark.parametrize(
     ("rubric", "message"),
     [
-        (conf_rubric(criteria=[]), r"eval\.judge\.rubric\.criteria: empty"),
-        (conf_rubric(criteria=[CriterionConfig(name="1st")]), r"criteria\[0\]\.name='1st': must be usable"),
-        (conf_rubric(criteria=[CriterionConfig(name="a"), CriterionConfig(name="A")]), "names repeat"),
-        (conf_rubric(criteria=[CriterionConfig(name="a")], scale=[5, 1]), r"scale=\[5, 1\]: must be"),
+        (RubricConfig(criteria=[]), r"eval\.judge\.rubric\.criteria: empty"),
+        (RubricConfig(criteria=[CriterionConfig(name="1st")]), r"criteria\[0\]\.name='1st': must be usable"),
+        (RubricConfig(criteria=[CriterionConfig(name="a"), CriterionConfig(name="A")]), "names repeat"),
+        (RubricConfig(criteria=[CriterionConfig(name="a")], scale=[5, 1]), r"scale=\[5, 1\]: must be"),
     ],
 )
 def test_bad_rubrics_are_refused_naming_the_key(rubric: RubricConfig, message: str) -> None:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from shaping.errors import ShapingError
 from shaping.scratch.corpus import Corpus, load_corpus, split_corpus
 from shaping.scratch.tokenizer import IM_END, IM_START, tokenizer_stats, train_tokenizer
 
-from .conftest import DIALOGUES, PROSE, REPO, composed
+from .conftest import DIALOGUES, PROSE, REPO
 
 TRICKY = [
     "naïve café — 🌱 seeds\n\n  spaced\tout",
@@ -28,9 +27,7 @@ METHODS = ["bpe", "sentencepiece_unigram", "sentencepiece_bpe"]
 
 
 def _train(method: str, **overrides: object) -> TokenizerConfig:
-    return dataclasses.replace(
-        composed().tokenizer, method=method, vocab_size=400, min_frequency=1, threads=1, **overrides
-    )
+    return TokenizerConfig(method=method, vocab_size=400, min_frequency=1, threads=1, **overrides)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -5,7 +5,6 @@ from shaping.config.loading import (
     compose_raw,
     find_repo_root,
     load_params,
-    plain,
     section_fingerprint,
     to_config,
 )
@@ -35,7 +34,6 @@ __all__ = [
     "compose_raw",
     "find_repo_root",
     "load_params",
-    "plain",
     "section_fingerprint",
     "to_config",
 ]
