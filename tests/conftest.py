@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 import os
 import shutil
 import subprocess
@@ -16,10 +19,21 @@ import pytest
 import torch
 
 from shaping.config import Config, compose
-from shaping.config.schema import ArchitectureConfig, PretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = "+experiment=smoke"
+
+
+@functools.cache
+def _composed(overrides: tuple[str, ...]) -> Config:
+    return compose(overrides, config_dir=REPO / "conf")
+
+
+def composed(*overrides: str) -> Config:
+    """conf/ composed with `overrides`, a fresh copy each call: where a test builds a section, it starts from
+    conf/'s values (the schema has no defaults), e.g. dataclasses.replace(composed().model.pretrain, steps=10)."""
+    return copy.deepcopy(_composed(overrides))
+
 
 DIALOGUES = [
     [
@@ -57,7 +71,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-model")
     texts = PROSE + [m["content"] for d in DIALOGUES for m in d]
     tokenizer = train_bpe_tokenizer(texts, vocab_size=320, min_frequency=1)
-    arch = ArchitectureConfig(
+    arch = dataclasses.replace(
+        composed().model.architecture,  # conf/model/tiny.yaml's llama
         hidden_size=32,
         num_layers=2,
         num_heads=2,
@@ -73,7 +88,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         prose_ids,
         dialogue_ids,
         starts,
-        PretrainConfig(steps=10, batch_size=4, block_size=32, warmup_steps=2),
+        dataclasses.replace(composed().model.pretrain, steps=10, batch_size=4, block_size=32, warmup_steps=2),
         seed=0,
     )
     model.save_pretrained(out)

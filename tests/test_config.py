@@ -1,15 +1,30 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
+import functools
+import json
+import re
 import shutil
+import types
 import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
-from shaping.config import Config, ModelConfig, compose, compose_raw, load_params, section_fingerprint
+from shaping.config import (
+    Config,
+    compose,
+    compose_raw,
+    load_params,
+    plain,
+    schema,
+    section_fingerprint,
+    to_config,
+)
 from shaping.errors import ShapingError
 
 from .conftest import REPO
@@ -74,66 +89,162 @@ def test_malformed_conf_yaml_is_one_clear_error(tmp_path: Path) -> None:
         compose(config_dir=tmp_path)
 
 
-def _schema_default(path: tuple[str, ...]) -> Any:
-    """The schema's default for a dotted key (nested dataclasses, `X | None` ones included)."""
-    cls: Any = Config
-    for depth, key in enumerate(path):
-        field = {f.name: f for f in dataclasses.fields(cls)}[key]
-        if depth == len(path) - 1:
-            if field.default is not dataclasses.MISSING:
-                return field.default
-            assert field.default_factory is not dataclasses.MISSING
-            return field.default_factory()
-        hint = typing.get_type_hints(cls)[key]
-        cls = next(t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t))
-    raise AssertionError(path)
+@functools.cache
+def _composed_raw(overrides: tuple[str, ...]) -> Any:
+    """compose_raw(overrides) as a plain container, once per module (Hydra's compose is the slow part)."""
+    return OmegaConf.to_container(compose_raw(overrides))
 
 
-def _leaves(node: Any, path: tuple[str, ...] = ()) -> typing.Iterator[tuple[tuple[str, ...], Any]]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _leaves(value, (*path, key))
-    else:
-        yield path, node
+def _options() -> list[tuple[str, ...]]:
+    """Every composition conf/ offers: the defaults, each option of each group, and the experiment overlay."""
+    compositions: list[tuple[str, ...]] = [()]
+    for group in sorted(p for p in (REPO / "conf").iterdir() if p.is_dir()):
+        prefix = "+" if group.name == "experiment" else ""  # an overlay, not in the defaults list
+        compositions += [(f"{prefix}{group.name}={option.stem}",) for option in sorted(group.glob("*.yaml"))]
+    return compositions
 
 
-def test_schema_defaults_are_what_conf_sets_everywhere() -> None:
-    """A key every option of a group sets to one value has that value as its schema default, so an
-    option file (or a new one) that leaves the key out gets what the others say."""
-    paths = OmegaConf.to_container(compose_raw().paths)
-    assert isinstance(paths, dict)
-    seen: dict[tuple[str, ...], list[Any]] = {}
-    for group_dir in sorted(p for p in (REPO / "conf").iterdir() if p.is_dir()):
-        if group_dir.name in ("accelerate", "experiment", "models"):  # free-form dicts / overlays, no schema defaults
+def _entry_type(hint: Any) -> tuple[str, Any] | None:
+    """("[]", X) for list[X], (".*", X) for dict[str, X], X a dataclass: a user-extensible container."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list and dataclasses.is_dataclass(args[0]):
+        return "[]", args[0]
+    if origin is dict and dataclasses.is_dataclass(args[1]):
+        return ".*", args[1]
+    return None
+
+
+def _unwrap(hint: Any) -> Any:
+    """X for `X | None`."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        (inner,) = (a for a in typing.get_args(hint) if a is not type(None))
+        return inner
+    return hint
+
+
+def _schema_keys(cls: Any, prefix: str = "") -> typing.Iterator[tuple[str, str | None]]:
+    """(key, `[]` or `.*` for a container of entries, else None) for every key of the schema, the
+    entries' keys under `[]` and `.*`."""
+    for name, hint in typing.get_type_hints(cls).items():
+        key, hint = f"{prefix}{name}", _unwrap(hint)
+        entry = _entry_type(hint)
+        yield key, entry[0] if entry else None
+        if dataclasses.is_dataclass(hint):
+            yield from _schema_keys(hint, f"{key}.")
+        elif entry:
+            yield from _schema_keys(entry[1], f"{key}{entry[0]}.")
+
+
+def _drift(node: Any, cls: Any, path: str, generic: str, seen: set[str]) -> typing.Iterator[str]:
+    """Keys of the composed `node` (at `path`) that the schema class `cls` lacks, and the reverse. `seen`
+    collects the schema keys found, entries' keys written generically (`generic`: `[]`, `.*`)."""
+    if not isinstance(node, dict):
+        yield f"{path}: a {type(node).__name__} where the schema has {cls.__name__}"
+        return
+    hints = typing.get_type_hints(cls)
+    for name in sorted(hints.keys() - node.keys()):
+        yield f"{path}{name}: in the schema ({cls.__name__}), missing from conf/"
+    for name in sorted(node.keys() - hints.keys()):
+        yield f"{path}{name}: in conf/, not in the schema ({cls.__name__})"
+    for name in sorted(hints.keys() & node.keys()):
+        value, hint, key = node[name], _unwrap(hints[name]), f"{generic}{name}"
+        seen.add(key)
+        entry = _entry_type(hint)
+        if value is None:
             continue
-        for option in sorted(group_dir.glob("*.yaml")):
-            raw = OmegaConf.to_container(OmegaConf.load(option))
-            assert isinstance(raw, dict)
-            raw.pop("defaults", None)
-            for key, value in _leaves(raw):
-                seen.setdefault((group_dir.name, *key), []).append(value)
-    checked = 0
-    for key, values in seen.items():
-        if len(values) < 2 or any(v != values[0] for v in values):
-            continue
-        value = values[0]
-        if isinstance(value, str) and value.startswith("${paths."):  # resolve against conf/config.yaml's paths
-            value = paths[value.removeprefix("${paths.").rstrip("}")]
-        assert _schema_default(key) == value, f"{'.'.join(key)}: schema default differs from conf/ ({value!r})"
-        checked += 1
-    assert checked > 20  # the model and tokenizer groups alone share this many keys
+        if dataclasses.is_dataclass(hint):
+            yield from _drift(value, hint, f"{path}{name}.", f"{key}.", seen)
+        elif entry:
+            seen.update({f"{key}{entry[0]}"} if value else set())  # a container holding at least one entry
+            items = enumerate(value) if entry[0] == "[]" else value.items()
+            for index, item in items:
+                where = f"{path}{name}[{index}]." if entry[0] == "[]" else f"{path}{name}.{index}."
+                yield from _drift(item, entry[1], where, f"{key}{entry[0]}.", seen)
 
 
-def test_model_schema_defaults_are_what_the_hub_model_configs_set() -> None:
-    """conf/model's hub models say attn_implementation: auto; a model file without the key gets the same."""
-    models = [OmegaConf.to_container(OmegaConf.load(f)) for f in sorted((REPO / "conf" / "model").glob("*.yaml"))]
-    hub = [m for m in models if isinstance(m, dict) and not m["from_scratch"]]
-    assert len(hub) >= 2
-    for key in ("from_scratch", "dtype", "attn_implementation", "chat_template", "trust_remote_code"):
-        assert {m[key] for m in hub} == {getattr(ModelConfig(), key)}, key
+def test_schema_and_conf_do_not_drift() -> None:
+    """Every composition of conf/ (and the committed params.yaml) holds exactly the schema's keys, the entries
+    of the model registry and of lists (dataset.schema, ...) spelling every field; and every schema key is set
+    by some composition, but for the fields of entries of a list that conf/ leaves empty (eval.guards)."""
+    nodes = {" ".join(o) or "defaults": _composed_raw(o) for o in _options()}
+    nodes["params.yaml"] = OmegaConf.to_container(OmegaConf.load(REPO / "params.yaml"))
+    assert len(nodes) > 25
+    seen: set[str] = set()
+    problems = [f"{where}: {p}" for where, node in nodes.items() for p in _drift(node, Config, "", "", seen)]
+    assert not problems, "\n".join(problems)
+    keys = dict(_schema_keys(Config))
+    empty = {f"{key}{entries}." for key, entries in keys.items() if entries and f"{key}{entries}" not in seen}
+    unset = {key for key in keys.keys() - seen if not any(key.startswith(c) for c in empty)}
+    assert not unset, f"schema keys that no composition of conf/ sets: {sorted(unset)}"
+    assert empty == {"eval.guards[].", "train.loss_weights[]."}  # [] in conf/: their entries' fields are unset
+    assert {"models.*.options", "train.beta", "dataset.schema[].pattern", "backend.renderer"} <= seen
 
 
-def test_a_model_file_without_attn_implementation_gets_auto(tmp_path: Path) -> None:
+def test_a_key_left_out_of_conf_is_an_error_naming_it(tmp_path: Path) -> None:
     conf = shutil.copytree(REPO / "conf", tmp_path / "conf")
-    (conf / "model" / "bare.yaml").write_text("name: bare\nname_or_path: some/hub-model\n")
-    assert compose(["model=bare"], config_dir=conf).model.attn_implementation == "auto"
+    sft = conf / "train" / "sft.yaml"
+    sft.write_text("".join(line for line in sft.read_text().splitlines(True) if not line.startswith("beta:")))
+    with pytest.raises(ShapingError, match=r"conf/: bad key 'train\.beta': .*missing mandatory value"):
+        compose(config_dir=conf)
+    # a new model file spells every key: the schema has no defaults to fill one in
+    hub = (conf / "model" / "qwen2.5-0.5b-instruct.yaml").read_text().splitlines(True)
+    (conf / "model" / "bare.yaml").write_text("".join(x for x in hub if not x.startswith("attn_implementation:")))
+    with pytest.raises(ShapingError, match=r"bad key 'model\.attn_implementation': .*missing mandatory value"):
+        compose(["model=bare"], config_dir=conf)
+
+
+def test_a_new_registry_entry_needs_only_its_backend_and_model() -> None:
+    """Entries of `models` are the user's to add: their optional fields keep defaults in the schema."""
+    cfg = compose(["+models.grader.backend=openai", "+models.grader.model=gpt-x", "+models.plain.model=m"])
+    assert cfg.models["grader"].backend == "openai" and cfg.models["grader"].max_retries == 6
+    assert cfg.models["plain"].backend == "hf" and cfg.models["plain"].options == {}
+    with pytest.raises(ShapingError, match=r"bad key 'models\.grader\.backend': .*expected one of \[hf, openai"):
+        compose(["+models.grader.backend=anthropic", "+models.grader.model=x"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "choices"),
+    [
+        ("train.method=ppo", "train.method", "sft, dpo"),
+        ("backend.name=modal", "backend.name", "hf_peft, tinker"),
+        ("lora.bias=some", "lora.bias", "none, all, lora_only"),
+        ("models.teacher.backend=ollama", "models.teacher.backend", "hf, openai, vllm, tinker"),
+        ("train.precision=fp8", "train.precision", "auto, fp32, bf16, fp16"),
+        ("model.pretrain.device=tpu", "model.pretrain.device", "auto, cuda, cpu"),
+        ("tokenizer.method=wordpiece", "tokenizer.method", "bpe, sentencepiece_unigram, sentencepiece_bpe"),
+        ("model.architecture.family=rnn", "model.architecture.family", "llama, gpt2, char-lstm"),
+    ],
+)
+def test_a_value_outside_a_choice_names_the_key_and_the_choices(override: str, key: str, choices: str) -> None:
+    with pytest.raises(ShapingError, match=rf"bad key '{re.escape(key)}': .*expected one of \[{re.escape(choices)}\]"):
+        compose([override])
+
+
+def _enums() -> list[type[enum.StrEnum]]:
+    return [v for v in vars(schema).values() if isinstance(v, type) and issubclass(v, enum.StrEnum)]
+
+
+def test_enum_members_behave_like_their_strings() -> None:
+    """OmegaConf reads a member by its name and params.yaml writes the name: names are the values. A member
+    equals, hashes, formats and JSON-encodes as its string, and shadows no str method."""
+    assert len(_enums()) >= 10
+    for kind in _enums():
+        for member in kind:
+            value = member.value
+            assert member.name == value and not hasattr(str, value), member
+            assert member == value and hash(member) == hash(value) and {value: 1}[member] == 1
+            assert f"{member}" == str(member) == value and json.dumps({member: member}) == json.dumps({value: value})
+    cfg = compose(["train=dpo", "backend=tinker", "lora=qlora", "model=char-lstm"])
+    assert cfg.train.method is schema.TrainMethod.dpo and cfg.train.method == "dpo"
+    assert cfg.backend.name in ("tinker",) and cfg.model.architecture is not None
+    assert cfg.model.architecture.family == "char-lstm"
+    assert cfg.lora.quantization is not None and cfg.lora.quantization.compute_dtype == "auto"
+
+
+def test_the_typed_config_round_trips_to_params_yaml() -> None:
+    """plain() of the typed config is the composition (enums back to their strings): YAML- and JSON-ready."""
+    for overrides in _options():
+        raw = _composed_raw(overrides)
+        assert plain(to_config(OmegaConf.create(raw))) == raw, overrides
+    text = yaml.safe_dump(plain(compose()), sort_keys=False)
+    assert yaml.safe_load(text) == OmegaConf.to_container(OmegaConf.load(REPO / "params.yaml"))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 import json
 from pathlib import Path
@@ -7,9 +9,26 @@ from typing import Any
 
 import pytest
 
+from shaping.config import compose
 from shaping.config.schema import DatasetConfig, FieldRule, QualityConfig
 from shaping.data import Gate, check_file, choose_split, compile_schema, validate_messages, write_split
 from shaping.errors import ShapingError
+
+
+@functools.cache
+def _conf_sections() -> tuple[DatasetConfig, QualityConfig]:
+    cfg = compose()
+    return cfg.dataset, cfg.validation.quality
+
+
+def dataset_config(**changes: Any) -> DatasetConfig:
+    """conf/'s dataset section without its schema rules (the built-in chat checks only), `changes` applied."""
+    return dataclasses.replace(_conf_sections()[0], **{"schema": [], **changes})
+
+
+def quality_config(**changes: Any) -> QualityConfig:
+    """conf/'s gate thresholds without its error patterns (a test names those it counts), `changes` applied."""
+    return dataclasses.replace(_conf_sections()[1], **{"error_patterns": [], **changes})
 
 
 def chat(rid: str, reply: str = "hello there", prompt: str = "hi") -> str:
@@ -115,7 +134,9 @@ def test_six_kinds_of_bad_row_each_reported_by_line(tmp_path: Path) -> None:
         json.dumps({"id": 7, "messages": json.loads(chat("x"))["messages"]}),  # 7: wrong type
     ]
     path.write_text("\n".join(lines) + "\n")
-    rows, errors = check_file(path, DatasetConfig(schema=[FieldRule(name="id", type="string", required=True)]))
+    rows, errors = check_file(
+        path, dataset_config(schema=[FieldRule(name="id", type="string", required=True)]), quality_config()
+    )
     by_line = {e.line: (e.field, e.message) for e in errors}
     assert len({e.line for e in errors}) == 6
     assert by_line[2][0] == "json"
@@ -138,7 +159,7 @@ def test_encoding_problems_by_line(tmp_path: Path) -> None:
         + b"\r\n"
         + b'{"id": "d", "messages": ['
     )
-    rows, found = check_file(path)
+    rows, found = check_file(path, dataset_config(), quality_config())
     assert [r["id"] for r in rows] == ["a", "c"]  # read back without the BOM and the CR
     errors = {(e.line, e.field): e.message for e in found}
     assert set(errors) == {(1, "encoding"), (2, "encoding"), (3, "encoding"), (4, "json")}
@@ -160,7 +181,7 @@ def test_preference_rows(tmp_path: Path) -> None:
         },
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    valid, errors = check_file(path, DatasetConfig(format="preference"))
+    valid, errors = check_file(path, dataset_config(format="preference"), quality_config())
     assert [r["id"] for r in valid] == ["1", "4"]
     assert {(e.line, e.field) for e in errors} == {(2, "rejected"), (3, "chosen")}
 
@@ -172,8 +193,8 @@ def test_quality_figures(tmp_path: Path) -> None:
     lines += [chat("near", reply="Reply number 1, about seeds!", prompt="other")]  # near-duplicate reply
     lines += [chat("err", reply="Error: 500 upstream")]
     path.write_text("\n".join(lines) + "\n")
-    quality = QualityConfig(error_patterns=[r"^\s*error\b"], max_duplicate_share=0.0, min_samples=20)
-    gate = Gate(DatasetConfig(), quality)
+    quality = quality_config(error_patterns=[r"^\s*error\b"], max_duplicate_share=0.0, min_samples=20)
+    gate = Gate(dataset_config(), quality)
     gate.scan(path, upstream_errors=11)
     checks = gate.quality.checks(gate.upstream_share())
     assert checks["duplicate_share"] == {"value": round(1 / 11, 4), "max": 0.0, "passed": False}
@@ -255,7 +276,7 @@ def test_fast_path_and_detailed_checks_agree(tmp_path: Path, monkeypatch: pytest
 
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(mixed_rows()) + b'\n{"id": "cut", "messages": [')
-    dataset = DatasetConfig(
+    dataset = dataset_config(
         schema=[
             FieldRule(name="id", type="string", required=True, allow_empty=False, max_length=200),
             FieldRule(name="messages", type="array", required=True, allow_empty=False),
@@ -263,7 +284,7 @@ def test_fast_path_and_detailed_checks_agree(tmp_path: Path, monkeypatch: pytest
             FieldRule(name="messages[*].content", type="string", required=True, allow_empty=False),
         ]
     )
-    quality = QualityConfig(error_patterns=[r"^\s*error\b", "__ERROR__"], distinct_sample=50)
+    quality = quality_config(error_patterns=[r"^\s*error\b", "__ERROR__"], distinct_sample=50)
     monkeypatch.setattr(validation, "BLOCK_BYTES", 1024)  # many blocks, each refused one split in halves
     fast = Gate(dataset, quality)
     assert fast.fast is not None
@@ -278,10 +299,10 @@ def test_fast_path_and_detailed_checks_agree(tmp_path: Path, monkeypatch: pytest
 
 
 def test_schema_beyond_the_fast_path_uses_the_detailed_checks() -> None:
-    assert Gate(DatasetConfig(schema=[FieldRule(name="meta.source", type="string")]), QualityConfig()).fast is None
-    assert Gate(DatasetConfig(format="preference"), QualityConfig()).fast is None
+    assert Gate(dataset_config(schema=[FieldRule(name="meta.source", type="string")]), quality_config()).fast is None
+    assert Gate(dataset_config(format="preference"), quality_config()).fast is None
     rules = [FieldRule(name="score", type="number", min=0, max=1), FieldRule(name="tags", type="array", max_length=2)]
-    assert Gate(DatasetConfig(schema=rules), QualityConfig()).fast is not None
+    assert Gate(dataset_config(schema=rules), quality_config()).fast is not None
 
 
 def test_workers_split_a_file_and_merge_the_same_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -292,15 +313,15 @@ def test_workers_split_a_file_and_merge_the_same_results(tmp_path: Path, monkeyp
     path.write_bytes(b"\n".join(rows + rows[:40]) + b"\n")  # duplicates across the two halves
     monkeypatch.setattr(validation, "MIN_SHARD_BYTES", 1000)
     monkeypatch.setattr(validation, "BLOCK_BYTES", 2048)
-    quality = QualityConfig(error_patterns=[r"^\s*error\b"], distinct_sample=250)  # more than one part holds
-    one = Gate(DatasetConfig(), quality)
+    quality = quality_config(error_patterns=[r"^\s*error\b"], distinct_sample=250)  # more than one part holds
+    one = Gate(dataset_config(), quality)
     one.scan(path, upstream_errors=3)
-    two = Gate(DatasetConfig(), quality, workers=2)
+    two = Gate(dataset_config(), quality, workers=2)
     assert len(validation._line_ranges(path, 2)) == 2
     two.scan(path, upstream_errors=3)
     assert gate_result(two) == gate_result(one)
     assert one.quality.duplicates >= 40
-    three = Gate(DatasetConfig(), quality, workers=3)  # this process and two workers, merged in order
+    three = Gate(dataset_config(), quality, workers=3)  # this process and two workers, merged in order
     assert len(validation._line_ranges(path, 3)) == 3
     three.scan(path, upstream_errors=3)
     assert gate_result(three) == gate_result(one)
@@ -355,8 +376,8 @@ def test_fast_path_agrees_on_varied_shapes_and_bad_utf8_in_a_read_field(
     path = tmp_path / "varied.jsonl"
     path.write_bytes(b"\n".join(rows) + b"\n")
     monkeypatch.setattr(validation, "BLOCK_BYTES", 4096)
-    quality = QualityConfig(error_patterns=[r"^\s*error\b", "__ERROR__", r"^i'm sorry"], distinct_sample=100)
-    dataset = DatasetConfig(schema=[FieldRule(name="id", type="string", required=True, allow_empty=False)])
+    quality = quality_config(error_patterns=[r"^\s*error\b", "__ERROR__", r"^i'm sorry"], distinct_sample=100)
+    dataset = dataset_config(schema=[FieldRule(name="id", type="string", required=True, allow_empty=False)])
     fast = Gate(dataset, quality)
     assert fast.fast is not None and fast.fast.decodings[0].pairs
     fast.scan(path)
@@ -388,8 +409,8 @@ def test_pairs_take_the_cheapest_decoding_and_other_shapes_switch_over(
     rows = [chat(f"p-{i}", reply=f"reply {i % 30}", prompt=f"q{i}").encode() for i in range(400)]
     path = tmp_path / "pairs.jsonl"
     path.write_bytes(b"\n".join(rows) + b"\n")
-    dataset = DatasetConfig(schema=[FieldRule(name="id", type="string", required=True)])
-    gate = Gate(dataset, QualityConfig())
+    dataset = dataset_config(schema=[FieldRule(name="id", type="string", required=True)])
+    gate = Gate(dataset, quality_config())
     gate.scan(path)
     assert gate.fast is not None
     first, general = gate.fast.decodings[0].decoder, gate.fast.decodings[1].decoder
@@ -399,12 +420,12 @@ def test_pairs_take_the_cheapest_decoding_and_other_shapes_switch_over(
     system = {"id": "s", "messages": [{"role": "system", "content": "s"}, *json.loads(chat("x"))["messages"]]}
     path.write_bytes(b"\n".join([*rows[:200], json.dumps(system).encode(), *rows[200:]]) + b"\n")
     used.clear()
-    again = Gate(dataset, QualityConfig())
+    again = Gate(dataset, quality_config())
     again.fast = gate.fast
     again.scan(path)
     assert used.count((first, False)) == 1  # the system prompt's block; pairs are not tried again after it
     assert used[-1] == (general, True)
-    slow = Gate(dataset, QualityConfig())
+    slow = Gate(dataset, quality_config())
     slow.fast = None
     slow.scan(path)
     assert gate_result(again) == gate_result(slow) and again.valid_rows == 401
@@ -445,7 +466,7 @@ def test_near_keys_match_one_at_a_time_and_lengths_give_statistics_median() -> N
 
     rng = random.Random(2)
     for lengths in ([3, 1, 2], [4, 1, 3, 2], [5], [rng.randrange(1, 900) for _ in range(1001)]):
-        q = Quality(QualityConfig())
+        q = Quality(quality_config())
         q.add_many(list(range(len(lengths))), ["x" * k for k in lengths], [b"x" * k for k in lengths])
         assert q.checks(0.0)["median_reply_chars"]["value"] == statistics.median(lengths)
         ordered, n = sorted(lengths), len(lengths)
@@ -467,7 +488,7 @@ def test_distinct_n_matches_sets_of_words() -> None:
     alphabet = ["seed", "Seed", "root,", "ROOT", "ünï", "ΣΑΣ", " ", "\t", "\x1c", "\xa0", "\u2003", "!!", "a.b", "\n"]
     sample = ["", "   ", "...", "one"]
     sample += ["".join(rng.choices(alphabet, k=rng.randrange(0, 12))) for _ in range(300)]
-    q = Quality(QualityConfig(distinct_sample=len(sample)))
+    q = Quality(quality_config(distinct_sample=len(sample)))
     q.sample.extend(sample)
     unigrams: set[str] = set()
     bigrams: set[tuple[str, str]] = set()
@@ -509,11 +530,11 @@ def test_error_patterns_anchored_share_one_regex_and_count_the_same() -> None:
         "",
         "x" * 400 + "__ERROR__",
     ]
-    q = Quality(QualityConfig(error_patterns=patterns))
+    q = Quality(quality_config(error_patterns=patterns))
     assert len(q._error_like) == 3  # the three anchored ones share a regex
     q.add_many(list(range(len(replies))), replies, [r.encode() for r in replies])
     one_each = [re.compile(p, re.IGNORECASE) for p in patterns]
     expected = sum(any(r.search(reply, 0, 300) for r in one_each) for reply in replies)
     assert q.error_like == expected == 9
     with pytest.raises(ShapingError, match=r"validation\.quality\.error_patterns\[1\]='\(unclosed'"):
-        Quality(QualityConfig(error_patterns=["ok", "(unclosed"]))
+        Quality(quality_config(error_patterns=["ok", "(unclosed"]))

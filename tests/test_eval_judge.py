@@ -4,11 +4,12 @@ parse) and by the local `hf` backend."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -25,7 +26,7 @@ from shaping.evaluation.judge import JudgeItem, check_rubric, judge_messages
 from shaping.evaluation.stats import mean_with_ci
 from shaping.serve import running_server
 
-from .conftest import DIALOGUES
+from .conftest import DIALOGUES, composed
 from .test_openai_backend import Endpoint
 
 # Short: prompt + reply must fit the tiny model's 256-token context when it is the judge.
@@ -34,6 +35,11 @@ RUBRIC = RubricConfig(
     criteria=[CriterionConfig(name="voice", description="warm"), CriterionConfig(name="clarity")],
     scale=[1, 5],
 )
+
+
+def conf_rubric(**changes: Any) -> RubricConfig:
+    """conf/eval/default.yaml's rubric with `changes` applied."""
+    return dataclasses.replace(composed().eval.judge.rubric, **changes)
 
 
 def make_ctx(cfg: Config, out_dir: Path) -> EvalContext:
@@ -197,10 +203,10 @@ def test_judge_prompt_carries_rubric_scale_and_reply() -> None:
 @pytest.mark.parametrize(
     ("rubric", "message"),
     [
-        (RubricConfig(criteria=[]), r"eval\.judge\.rubric\.criteria: empty"),
-        (RubricConfig(criteria=[CriterionConfig(name="1st")]), r"criteria\[0\]\.name='1st': must be usable"),
-        (RubricConfig(criteria=[CriterionConfig(name="a"), CriterionConfig(name="A")]), "names repeat"),
-        (RubricConfig(criteria=[CriterionConfig(name="a")], scale=[5, 1]), r"scale=\[5, 1\]: must be"),
+        (conf_rubric(criteria=[]), r"eval\.judge\.rubric\.criteria: empty"),
+        (conf_rubric(criteria=[CriterionConfig(name="1st")]), r"criteria\[0\]\.name='1st': must be usable"),
+        (conf_rubric(criteria=[CriterionConfig(name="a"), CriterionConfig(name="A")]), "names repeat"),
+        (conf_rubric(criteria=[CriterionConfig(name="a")], scale=[5, 1]), r"scale=\[5, 1\]: must be"),
     ],
 )
 def test_bad_rubrics_are_refused_naming_the_key(rubric: RubricConfig, message: str) -> None:

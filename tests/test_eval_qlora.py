@@ -5,6 +5,7 @@ transformers + peft + BitsAndBytesConfig directly, outside the project's loading
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -17,13 +18,12 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
 from shaping.config import Config, compose
-from shaping.config.schema import ArchitectureConfig, PretrainConfig, QuantizationConfig
 from shaping.errors import ShapingError
 from shaping.stage import StageContext
 from shaping.tracking import RunRecord
 from shaping.training import hf_peft
 
-from .conftest import DIALOGUES, PROSE, REPO
+from .conftest import DIALOGUES, PROSE, REPO, composed
 
 pytest.importorskip("bitsandbytes")
 
@@ -42,13 +42,20 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("model")
     tokenizer = train_bpe_tokenizer(PROSE + [m["content"] for d in DIALOGUES for m in d], vocab_size=320)
-    arch = ArchitectureConfig(
-        hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=96, max_position_embeddings=1024
+    arch = dataclasses.replace(
+        composed().model.architecture,  # conf/model/tiny.yaml's llama
+        hidden_size=64,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=2,
+        intermediate_size=96,
+        max_position_embeddings=1024,
     )
     torch.manual_seed(0)
     model = build_model(arch, tokenizer)
     prose_ids, dialogue_ids, starts = encode_streams(tokenizer, PROSE, DIALOGUES * 10)
-    pretrain(model, prose_ids, dialogue_ids, starts, PretrainConfig(steps=50, batch_size=4, block_size=32), seed=0)
+    config = dataclasses.replace(composed().model.pretrain, steps=50, batch_size=4, block_size=32)
+    pretrain(model, prose_ids, dialogue_ids, starts, config, seed=0)
     with_block_outliers(model)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -146,7 +153,8 @@ def full_base(model_dir: Path) -> PreTrainedModel:
 @pytest.mark.slow
 def test_qlora_adapter_is_scored_on_the_4bit_base(model_dir: Path, tmp_path: Path) -> None:
     cfg = make_cfg(model_dir, tmp_path, quantized=True)
-    assert cfg.lora.quantization == QuantizationConfig()  # nf4, double quantization: what nf4_base builds
+    # conf/lora/qlora.yaml: nf4, double quantization: what nf4_base builds
+    assert cfg.lora.quantization == composed("lora=qlora").lora.quantization
     train(cfg)
     metrics = evaluate(cfg, tmp_path / "run")
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -13,7 +14,6 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from shaping.config.schema import ArchitectureConfig
 from shaping.errors import ShapingError
 from shaping.scratch.families import CharTokenizer, get_family
 from shaping.scratch.generation import generate, score
@@ -21,7 +21,7 @@ from shaping.scratch.pretraining import build_model
 from shaping.scratch.runs import LoadedModel, load_model
 from shaping.scratch.tokenizer import END_OF_TEXT
 
-from .conftest import DIALOGUES, PROSE, REPO
+from .conftest import DIALOGUES, PROSE, REPO, composed
 
 KNOWN = "The river runs under the old stone bridge in the morning."
 
@@ -32,7 +32,9 @@ def char_lstm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("char-lstm")
     tokenizer = CharTokenizer.from_texts(PROSE + [m["content"] for d in DIALOGUES for m in d])
     torch.manual_seed(0)
-    arch = ArchitectureConfig(family="char-lstm", hidden_size=32, num_layers=1, tie_word_embeddings=True)
+    arch = dataclasses.replace(
+        composed().model.architecture, family="char-lstm", hidden_size=32, num_layers=1, tie_word_embeddings=True
+    )
     get_family("char-lstm").save(build_model(arch, tokenizer), out)
     tokenizer.save_pretrained(out)
     return out

@@ -17,12 +17,11 @@ from omegaconf import OmegaConf
 from peft import PeftModel
 
 from shaping.config import Config
-from shaping.config.schema import QuantizationConfig
 from shaping.hub import compute_dtype, load_base_model, quantization_config
 from shaping.training import hf_peft
 from shaping.training.export import merged_model
 
-from .conftest import DIALOGUES, REPO
+from .conftest import DIALOGUES, REPO, composed
 from .test_train_launch import run_train, stage_params
 from .test_train_resume import complete_checkpoints, final_state, kill_after_checkpoint
 
@@ -59,7 +58,7 @@ def test_fp16_trains_with_a_grad_scaler_and_fp32_master_weights(cfg: Config, tmp
 
 
 def test_qlora_on_cuda_merges_into_the_dequantised_base(cfg: Config, tmp_path: Path) -> None:
-    cfg.lora.quantization, cfg.train.precision = QuantizationConfig(), "bf16"
+    cfg.lora.quantization, cfg.train.precision = composed("lora=qlora").lora.quantization, "bf16"
     report = train_on_gpu(cfg, tmp_path / "adapter", steps=3)
     assert report.metrics["adapter"] == "qlora"
     bnb = quantization_config(cfg.lora.quantization, compute_dtype(cfg.lora.quantization, "bf16"))

@@ -3,29 +3,33 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from shaping.config.schema import ArchitectureConfig, PretrainConfig
 from shaping.errors import ShapingError
 from shaping.scratch.families import CharTokenizer
 from shaping.scratch.pretraining import PretrainReport, build_model, encode_streams, pretrain
 from shaping.scratch.tokenizer import IM_END, train_bpe_tokenizer
 
-from .conftest import DIALOGUES, PROSE, REPO
+from .conftest import DIALOGUES, PROSE, REPO, composed
 
+TINY = composed().model  # conf/model/tiny.yaml: each case below changes a few of its values
 ARCHS = {
-    "llama": ArchitectureConfig(
+    "llama": replace(
+        TINY.architecture,
         family="llama", hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=64,
         max_position_embeddings=64,
     ),
-    "gpt2": ArchitectureConfig(
+    "gpt2": replace(
+        TINY.architecture,
         family="gpt2", hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=64
     ),
-    "char-lstm": ArchitectureConfig(
+    "char-lstm": replace(
+        TINY.architecture,
         family="char-lstm", hidden_size=48, num_layers=2, embedding_size=16, dropout=0.1, tie_word_embeddings=False
     ),
 }  # fmt: skip
@@ -49,7 +53,9 @@ def _run(family: str, seed: int, steps: int = 40) -> tuple[PretrainReport, torch
     model = build_model(ARCHS[family], tokenizer)
     prose, dialogue, starts = encode_streams(tokenizer, PROSE, DIALOGUES * 10)
     held, _, _ = encode_streams(tokenizer, PROSE[:6], [])
-    config = PretrainConfig(steps=steps, batch_size=4, block_size=16, warmup_steps=2, eval_interval=10, eval_batches=2)
+    config = replace(
+        TINY.pretrain, steps=steps, batch_size=4, block_size=16, warmup_steps=2, eval_interval=10, eval_batches=2
+    )
     return pretrain(model, prose, dialogue, starts, config, seed=seed, eval_ids=held), model
 
 
@@ -76,7 +82,7 @@ def test_device_and_precision_errors_are_named() -> None:
         {"device": "tpu", "precision": "fp8"} if torch.cuda.is_available() else {"device": "cuda", "precision": "fp16"}
     )
     for key, value in cases.items():
-        config = PretrainConfig(steps=1, batch_size=2, block_size=8, **{key: value})  # type: ignore[arg-type]
+        config = replace(TINY.pretrain, steps=1, batch_size=2, block_size=8, **{key: value})  # type: ignore[arg-type]
         with pytest.raises(ShapingError, match=rf"model\.pretrain\.{key}"):
             pretrain(model, list(range(50)), [], [], config, seed=0)
 

@@ -5,6 +5,7 @@ SamplingClient), with futures that answer like the service; a `live` test runs o
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ tinker = pytest.importorskip("tinker")
 from trl import SFTTrainer  # noqa: E402
 
 from shaping.config import Config  # noqa: E402
-from shaping.config.schema import BackendConfig, LossWeight, ModelSpec  # noqa: E402
+from shaping.config.schema import LossWeight, ModelSpec  # noqa: E402
 from shaping.errors import ShapingError  # noqa: E402
 from shaping.hub import load_tokenizer  # noqa: E402
 from shaping.inference import ModelRegistry  # noqa: E402
@@ -35,7 +36,7 @@ from shaping.integrations.tinker.evaluation import evaluate_reference  # noqa: E
 from shaping.integrations.tinker.supervised import SupervisedChatTemplateRenderer  # noqa: E402
 from shaping.training import hf_peft  # noqa: E402
 
-from .conftest import DIALOGUES, REPO, copy_project_files  # noqa: E402
+from .conftest import DIALOGUES, REPO, composed, copy_project_files  # noqa: E402
 
 ROWS = [{"id": f"r{i}", "messages": d} for i, d in enumerate(DIALOGUES * 3)]  # 9 rows
 
@@ -157,7 +158,9 @@ def service(monkeypatch: pytest.MonkeyPatch, cfg: Config) -> Service:
 
 @pytest.fixture
 def tinker_cfg(cfg: Config) -> Config:
-    cfg.backend = BackendConfig(name="tinker", renderer="chat_template", checkpoint_ttl_seconds=3600)
+    cfg.backend = dataclasses.replace(
+        composed("backend=tinker").backend, renderer="chat_template", checkpoint_ttl_seconds=3600
+    )
     cfg.train.max_steps, cfg.train.batch_size, cfg.train.learning_rate = 4, 4, 1e-2
     cfg.train.lr_scheduler, cfg.train.warmup_ratio, cfg.train.save_steps = "cosine", 0.25, 0
     return cfg

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from shaping.errors import ShapingError
 from shaping.scratch.corpus import Corpus, load_corpus, split_corpus
 from shaping.scratch.tokenizer import IM_END, IM_START, tokenizer_stats, train_tokenizer
 
-from .conftest import DIALOGUES, PROSE, REPO
+from .conftest import DIALOGUES, PROSE, REPO, composed
 
 TRICKY = [
     "naïve café — 🌱 seeds\n\n  spaced\tout",
@@ -27,7 +28,9 @@ METHODS = ["bpe", "sentencepiece_unigram", "sentencepiece_bpe"]
 
 
 def _train(method: str, **overrides: object) -> TokenizerConfig:
-    return TokenizerConfig(method=method, vocab_size=400, min_frequency=1, threads=1, **overrides)
+    return dataclasses.replace(
+        composed().tokenizer, method=method, vocab_size=400, min_frequency=1, threads=1, **overrides
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -12,13 +12,12 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from shaping.config import Config
-from shaping.config.schema import QuantizationConfig
 from shaping.hub import compute_dtype, load_base_model, quantization_config
 from shaping.serve.models import SamplingOptions, ServedModels
 from shaping.training import hf_peft
 from shaping.training.export import main, merged_model
 
-from .conftest import DIALOGUES
+from .conftest import DIALOGUES, composed
 
 IDS = torch.tensor([[1, 5, 6, 7, 8, 9, 10, 11], [1, 40, 41, 42, 43, 44, 45, 46]])
 
@@ -30,7 +29,7 @@ def train_adapter(cfg: Config, out: Path) -> hf_peft.TrainingReport:
 
 def test_qlora_trains_on_this_cpu_and_merges_into_the_dequantised_base(cfg: Config, tmp_path: Path) -> None:
     pytest.importorskip("bitsandbytes")
-    cfg.lora.quantization, cfg.lora.dropout = QuantizationConfig(), 0.0
+    cfg.lora.quantization, cfg.lora.dropout = composed("lora=qlora").lora.quantization, 0.0
     report = train_adapter(cfg, tmp_path / "adapter")
     assert report.metrics["adapter"] == "qlora" and report.metrics["steps"] == 3
     # base + adapter as trained: the 4-bit base with the adapter on top

@@ -10,14 +10,14 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from shaping.config import Config
-from shaping.config.schema import LossWeight, QuantizationConfig
+from shaping.config.schema import LossWeight
 from shaping.device import resolve_device, resolve_gradient_checkpointing, resolve_precision
 from shaping.errors import ShapingError
 from shaping.hub import hub_error
 from shaping.training import hf_peft
 from shaping.training.failures import NonFiniteLoss
 
-from .conftest import DIALOGUES
+from .conftest import DIALOGUES, composed
 
 
 def test_precision_and_checkpointing_choices() -> None:
@@ -100,7 +100,7 @@ def test_qlora_without_an_adapter_and_merge_without_one_fail(cfg: Config) -> Non
     cfg.train.merge = True
     with pytest.raises(ShapingError, match=r"train\.merge=true: lora=none saves the full model"):
         hf_peft.check_options(cfg)
-    cfg.lora.quantization = QuantizationConfig()
+    cfg.lora.quantization = composed("lora=qlora").lora.quantization
     with pytest.raises(ShapingError, match=r"a 4-bit base cannot be fully fine-tuned"):
         hf_peft.check_options(cfg)
 

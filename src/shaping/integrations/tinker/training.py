@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from shaping.config.loading import plain
 from shaping.config.schema import Config, LoraConfig, TrainConfig
 from shaping.data.transforms import to_sft
 from shaping.errors import ShapingError
@@ -332,7 +333,7 @@ def train(
     # a fresh Live (it clears what a killed run left, or DVC removed it), then the resumed state's history
     # replayed, as hf_peft's DVCLiveResume does: the plots read like one uninterrupted run's
     live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False)
-    live.log_params({"backend": dataclasses.asdict(backend), "train": dataclasses.asdict(t), "lora_r": cfg.lora.r})
+    live.log_params({"backend": plain(backend), "train": plain(t), "lora_r": cfg.lora.r})  # enums as strings
     tokens = 0
     for record in history:
         tokens += int(record["num_tokens"])
