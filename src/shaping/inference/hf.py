@@ -1,4 +1,4 @@
-"""Local generation with transformers: batched, left-padded, seeded."""
+"""Local generation with transformers: batched, left-padded, seeded per row."""
 
 from __future__ import annotations
 
@@ -13,14 +13,18 @@ from jinja2 import TemplateError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     StoppingCriteria,
     StoppingCriteriaList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
 )
 
 from shaping.device import pick_device
-from shaping.inference.types import ChatRequest, ChatResponse
+from shaping.inference.types import ChatRequest, ChatResponse, request_seed
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,30 @@ class StopOnStrings(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
+class SampleEachRow(LogitsProcessor):
+    """Samples every row's next token from that row's own generator, seeded once per row, and leaves
+    it the only token not at -inf, so generate()'s greedy step takes it. transformers' sampling draws
+    the whole batch from torch's global generator, so a row's reply would depend on its neighbours
+    and its place in the batch; here it depends on its seed and its own logits only."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
+        self.seeds = list(seeds)
+        self.generators: list[torch.Generator] | None = None
+        self.warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(temperature)]
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.generators is None:
+            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        probs = torch.softmax(scores.float(), dim=-1)  # (B, V)
+        chosen = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators, strict=True)])
+        only = torch.full_like(scores, float("-inf"))
+        return only.scatter_(1, chosen[:, None], 0.0)  # type: ignore[return-value]
+
+
 def generate_chat(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -87,32 +115,43 @@ def generate_chat(
     seed: int | None = 0,
     n: int = 1,
     stop: Sequence[str] = (),
+    seeds: Sequence[int] | None = None,
 ) -> list[Completion]:
     """Continue each conversation with `n` assistant replies (temperature 0 = greedy).
 
     Replies come grouped by conversation: conversation i's are at [i * n, (i + 1) * n). A reply
     ends at the first end-of-turn token (finish_reason "stop"), at the first of the `stop`
-    strings, which is cut off ("stop"), or after `max_new_tokens` ("length"). `seed` reseeds
-    torch's global generator before sampling, so the same batch and seed give the same replies;
-    None keeps the generator's state.
+    strings, which is cut off ("stop"), or after `max_new_tokens` ("length"). `seeds` (one per
+    conversation) gives each reply a random stream of its own, so a conversation's replies depend on its
+    seed alone, whatever else is in the batch. Without them, `seed` reseeds torch's global generator
+    before sampling, so the same batch and seed give the same replies; None keeps the generator's state.
     """
+    if seeds is not None and len(seeds) != len(conversations):
+        raise ValueError(f"generate_chat: {len(seeds)} seeds for {len(conversations)} conversations")
     prompts = [str(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)) for c in conversations]
     prompts = [p for p in prompts for _ in range(n)]
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     enc = enc.to(model.device)
     sampling: dict[str, Any] = {"do_sample": temperature > 0}
-    if temperature > 0:
+    processors = LogitsProcessorList()
+    if temperature > 0 and seeds is not None:
+        # the n replies to one conversation: n streams, each a function of the conversation's seed
+        row_seeds = [s if n == 1 else request_seed(s, str(j)) for s in seeds for j in range(n)]
+        processors.append(SampleEachRow(row_seeds, temperature, top_p))
+        sampling["do_sample"] = False
+    elif temperature > 0:
         sampling.update(temperature=temperature, top_p=top_p, top_k=0)
     stop = [s for s in stop if s]
     if stop:  # end each row as soon as it has produced a stop string; the text is cut below
         prompt_length = enc["input_ids"].shape[1]
         sampling["stopping_criteria"] = StoppingCriteriaList([StopOnStrings(tokenizer, stop, prompt_length)])
     end_ids = end_of_turn_ids(model, tokenizer)
-    if seed is not None:
+    if seed is not None and not processors:
         torch.manual_seed(seed)
     with torch.no_grad():
         out = model.generate(  # type: ignore[operator]  # transformers types generate loosely
             **enc,
+            logits_processor=processors,
             max_new_tokens=max_new_tokens,
             min_new_tokens=min_new_tokens,
             eos_token_id=end_ids,
@@ -188,11 +227,17 @@ class HFBackend:
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start : start + self.batch_size]
                 self._calls += 1
+                # a keyed request's stream is its own (the same reply whatever shares its batch); an
+                # unkeyed one's follows this backend's seed and its place among the calls
+                seeds = [
+                    request_seed(self.seed, requests[i].key or f"call {self._calls} row {row}")
+                    for row, i in enumerate(chunk)
+                ]
                 replies = generate_chat(
                     self.model,
                     self.tokenizer,
                     [requests[i].messages for i in chunk],
-                    seed=self.seed + self._calls,
+                    seeds=seeds,
                     **options,
                 )
                 for i, reply in zip(chunk, replies, strict=True):

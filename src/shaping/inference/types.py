@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -11,6 +12,16 @@ from typing import Any, Protocol, runtime_checkable
 class ChatRequest:
     messages: list[dict[str, str]]
     options: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, max_new_tokens, ...
+    # What identifies this request and its sample index (the engine's request key). A sampling backend
+    # seeds the request's own random stream from it and its seed (`request_seed`), so the reply depends on
+    # the request alone, never on which requests shared its batch or when it arrived. None: unseeded.
+    key: str | None = None
+
+
+def request_seed(seed: int, key: str) -> int:
+    """The sampling seed of the request keyed `key` under a backend's `seed`: 63 bits of a hash of both."""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 @dataclass

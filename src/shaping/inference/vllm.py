@@ -15,7 +15,7 @@ from typing import Any
 from shaping.config.schema import ModelSpec
 from shaping.errors import ShapingError
 from shaping.inference.redact import redact
-from shaping.inference.types import ChatRequest, ChatResponse
+from shaping.inference.types import ChatRequest, ChatResponse, request_seed
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class VLLMBackend:
             ) from None
         self.name = name
         self.defaults = defaults
+        self.seed = seed
         self._vllm = vllm
         # engine_options may hold hf_token or the like: the log line masks them
         log.info("loading %s into vLLM (%s)", model_path, redact(spec.engine_options) or "default engine options")
@@ -79,9 +80,12 @@ class VLLMBackend:
     def generate(
         self, requests: list[ChatRequest], on_response: Callable[[int, ChatResponse], None] | None = None
     ) -> list[ChatResponse]:
-        params = [
-            self._vllm.SamplingParams(**sampling_kwargs(self.name, {**self.defaults, **r.options})) for r in requests
-        ]
+        params = []
+        for r in requests:
+            kwargs = sampling_kwargs(self.name, {**self.defaults, **r.options})
+            if r.key is not None and "seed" not in kwargs:  # the request's own stream, whatever its batch
+                kwargs["seed"] = request_seed(self.seed, r.key)
+            params.append(self._vllm.SamplingParams(**kwargs))
         outputs = self.llm.chat([r.messages for r in requests], sampling_params=params, use_tqdm=False)
         responses: list[ChatResponse] = []
         for index, output in enumerate(outputs):

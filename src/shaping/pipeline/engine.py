@@ -8,7 +8,8 @@ total concurrency) takes records in input order, so every backend stays busy wit
 coroutine per input record being alive at once.
 
 Per request: the system prompt is injected, the request is keyed (model id, messages,
-options, sample index), answered from the response cache or from an identical request already
+options, sample index; the key also seeds a sampling backend's random stream for it, so its
+reply depends on nothing else), answered from the response cache or from an identical request already
 in flight, else sent. Finished records go to the journal once per loop turn (one write for the
 burst); answers go to the cache in one transaction every COMMIT_INTERVAL_S (a commit costs
 about a millisecond on a VM disk, which at thousands of answers per second was a third of the
@@ -277,13 +278,15 @@ class Engine:
         step: dict[str, Any] = {"model": request.model, "messages": messages, "options": request.options}
         record.steps.append(step)
         response: ChatResponse | None = None
+        # the request's key (model id, messages, options, sample index) also seeds its sampling
+        options = {**model.defaults, **request.options} if request.options else model.defaults
+        payload = request_payload(model.model_id, messages, options)
+        sample_index = record.seen.get(payload, 0)
+        record.seen[payload] = sample_index + 1
+        request_key = request_key_from_payload(payload, sample_index)
         key: str | None = None
         if self.cache is not None:
-            options = {**model.defaults, **request.options} if request.options else model.defaults
-            payload = request_payload(model.model_id, messages, options)
-            sample_index = record.seen.get(payload, 0)
-            record.seen[payload] = sample_index + 1
-            key = request_key_from_payload(payload, sample_index)
+            key = request_key
             waiting = self._inflight.get(key)
             if waiting is not None:
                 self.stats.shared += 1
@@ -295,7 +298,8 @@ class Engine:
                 if response is not None:
                     self.stats.cache_hits += 1
         if response is None:
-            response = await self._send(model, key, ChatRequest(messages, request.options), (record.index, position))
+            chat = ChatRequest(messages, request.options, key=request_key)
+            response = await self._send(model, key, chat, (record.index, position))
         step.update(
             response=response.text,
             error=response.error,

@@ -20,7 +20,7 @@ from shaping.config.schema import ModelSpec
 from shaping.errors import ShapingError
 from shaping.inference.hf import truncate_at_stop
 from shaping.inference.registry import register_backend
-from shaping.inference.types import ChatRequest, ChatResponse
+from shaping.inference.types import ChatRequest, ChatResponse, request_seed
 from shaping.integrations.tinker.client import TINKER_SCHEME, TinkerReference, import_tinker, service_client
 from shaping.integrations.tinker.renderers import Renderer, load_renderer, resolve_renderer_name
 
@@ -45,6 +45,12 @@ class TinkerSampler:
         client = service.create_sampling_client(model_path=model_path, base_model=None if model_path else base_model)
         return cls(client.result(), renderer, import_tinker(), seed)
 
+    def _seed_of(self, request: ChatRequest) -> int:
+        """A keyed request's own seed (its reply depends on nothing else); else the next of this client's."""
+        if request.key is not None:
+            return request_seed(self.seed, request.key) % 2**31  # 31 bits: a seed any sampler takes
+        return self.seed + self._calls
+
     def sample(self, requests: list[ChatRequest], defaults: dict[str, Any]) -> Iterator[tuple[int, ChatResponse]]:
         """Every request is sent before any answer is awaited (the service batches them)."""
         pending = []
@@ -57,7 +63,7 @@ class TinkerSampler:
                 max_tokens=int(options.get("max_new_tokens", 256)),
                 temperature=float(options.get("temperature", 1.0)),
                 top_p=float(options.get("top_p", 1.0)),
-                seed=int(options.get("seed", self.seed + self._calls)),
+                seed=int(options.get("seed", self._seed_of(request))),
                 stop=self.renderer.stop_sequences(),
             )
             prompt = self.tinker.ModelInput.from_ints(self.renderer.generation_prompt(request.messages))
