@@ -1,4 +1,4 @@
-# make demo: set up, then run the whole DAG on the embedded default (CPU, offline, minutes).
+# make demo: set up, then run the whole DAG on the embedded default (CPU, offline, minutes) and print a summary.
 # make check: set up, then lint, type-check, the layers contract and the tests not marked slow (the fast loop).
 # make test: set up, then lint, type-check, the layers contract and the whole test suite (what CI runs).
 PYTHON ?= python3
@@ -44,7 +44,7 @@ lock:
 
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro $(REPRO_FLAGS)
-	PATH="$(abspath $(BIN)):$$PATH" dvc metrics show --md eval/metrics.json
+	$(BIN)/python src/summary.py
 
 check: setup lint typecheck layers
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "not slow"

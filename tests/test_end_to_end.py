@@ -24,6 +24,11 @@ def test_repro_builds_every_stage(repo: Path) -> None:
         assert set(metrics[name]) >= {"loss", "perplexity"}
     assert set(metrics["think_tags"]["tuned"]) == {"valid_share", "with_tags_share"}
     assert metrics["tuned"]["loss"] < metrics["base"]["loss"]
+    # distillation closes part of the base-to-teacher gap; adherence is measured for all three models
+    assert metrics["teacher"]["loss"] < metrics["base"]["loss"] and metrics["gap_closed"] > 0
+    assert {m: metrics["adherence"][m]["n"] for m in ("base", "teacher", "tuned")} == dict.fromkeys(
+        ("base", "teacher", "tuned"), 2
+    )
     samples = [json.loads(line) for line in (repo / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 and {"prompt", "base", "tuned"} <= set(samples[0])
     for record in (

@@ -75,7 +75,10 @@ def test_registry_runs_metrics_with_adapters_disabled_for_base(cfg: Config, tmp_
         out_dir=tmp_path,
     )
     metrics = run_metrics(ctx, ["loss", "samples", "think_tags"])
-    assert set(metrics) == {"base", "tuned", "teacher", "samples", "think_tags"}
+    assert set(metrics) == {"base", "tuned", "teacher", "gap_closed", "samples", "think_tags"}
+    gap = metrics["base"]["loss"] - metrics["teacher"]["loss"]
+    expected_gap = round((metrics["base"]["loss"] - metrics["tuned"]["loss"]) / gap, 4) if gap > 0 else None
+    assert metrics["gap_closed"] == expected_gap
     assert metrics["base"]["loss"] != metrics["tuned"]["loss"]  # random LoRA weights change the model
     reference = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path)
     expected = assistant_loss(

