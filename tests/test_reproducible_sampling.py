@@ -4,6 +4,8 @@ batch's size, the order requests arrived in, or how many generate() calls came b
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +73,17 @@ class Sampled(Pipeline):
 
 def test_a_pipeline_synthesizes_the_same_rows_whatever_its_batches(cfg: Config, tmp_path: Path) -> None:
     """The same records through batches of 12 and of 5, each run with a fresh response cache (so every
-    request is generated again): byte-identical rows."""
+    request is generated again), the model's files rewritten in between (as a rebuild of the base
+    does: new mtimes, so a new model id in the cache): byte-identical rows."""
+    model = tmp_path / "model"
+    shutil.copytree(cfg.models["teacher"].model, model)
+    cfg.models["teacher"].model = str(model)
     cfg.models["teacher"].sysprompt_file = None
     rows = []
     for run, batch in enumerate((12, 5)):
+        if run:
+            for file in model.iterdir():
+                os.utime(file, ns=(file.stat().st_atime_ns, file.stat().st_mtime_ns + 10**9))
         cfg.models["teacher"].max_concurrency = batch
         cfg.synth.cache_dir = str(tmp_path / f"cache{run}")
         Sampled(cfg, output_dir=tmp_path / str(run)).execute()

@@ -12,7 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 class ChatRequest:
     messages: list[dict[str, str]]
     options: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, max_new_tokens, ...
-    # What identifies this request and its sample index (the engine's request key). A sampling backend
+    # What identifies this request and its sample index (the engine hashes the model's registry name,
+    # the messages, options and sample index). A sampling backend
     # seeds the request's own random stream from it and its seed (`request_seed`), so the reply depends on
     # the request alone, never on which requests shared its batch or when it arrived. None: unseeded.
     key: str | None = None

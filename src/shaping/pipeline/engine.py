@@ -7,13 +7,14 @@ in flight is each model's backend's business (`max_concurrency` per model: a sem
 total concurrency) takes records in input order, so every backend stays busy without a
 coroutine per input record being alive at once.
 
-Per request: the system prompt is injected, the request is keyed (model id, messages,
-options, sample index; the key also seeds a sampling backend's random stream for it, so its
-reply depends on nothing else), answered from the response cache or from an identical request already
-in flight, else sent. Finished records go to the journal once per loop turn (one write for the
-burst); answers go to the cache in one transaction every COMMIT_INTERVAL_S (a commit costs
-about a millisecond on a VM disk, which at thousands of answers per second was a third of the
-engine's time), so a SIGKILL loses at most that long's answers, re-sent on the re-run.
+Per request: the system prompt is injected; a sampling backend's random stream for it is seeded
+from the model's name, the messages, options and sample index, so its reply depends on nothing
+else; the request is keyed (model id, messages, options, sample index) and answered from the
+response cache or from an identical request already in flight, else sent. Finished records go
+to the journal once per loop turn (one write for the burst); answers go to the cache in one
+transaction every COMMIT_INTERVAL_S (a commit costs about a millisecond on a VM disk, which at
+thousands of answers per second was a third of the engine's time), so a SIGKILL loses at most
+that long's answers, re-sent on the re-run.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from shaping.errors import ShapingError
 from shaping.inference import ChatRequest, ChatResponse, ModelRegistry
 from shaping.inference.types import AsyncChatBackend
 from shaping.pipeline.api import ModelRequest, ModelResponse, PipelineError, TrainingSample
-from shaping.pipeline.cache import ResponseCache, request_key_from_payload, request_payload
+from shaping.pipeline.cache import ResponseCache, request_key, request_key_from_payload, request_payload
 from shaping.pipeline.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -278,15 +279,16 @@ class Engine:
         step: dict[str, Any] = {"model": request.model, "messages": messages, "options": request.options}
         record.steps.append(step)
         response: ChatResponse | None = None
-        # the request's key (model id, messages, options, sample index) also seeds its sampling
         options = {**model.defaults, **request.options} if request.options else model.defaults
-        payload = request_payload(model.model_id, messages, options)
+        # what seeds the request's sampling: the model's registry name, messages, options and sample
+        # index, so a rebuild samples the same reply (the cache's model id also holds the weights' mtimes)
+        payload = request_payload(request.model, messages, options)
         sample_index = record.seen.get(payload, 0)
         record.seen[payload] = sample_index + 1
-        request_key = request_key_from_payload(payload, sample_index)
+        seed_key = request_key_from_payload(payload, sample_index)
         key: str | None = None
         if self.cache is not None:
-            key = request_key
+            key = request_key(model.model_id, messages, options, sample_index)
             waiting = self._inflight.get(key)
             if waiting is not None:
                 self.stats.shared += 1
@@ -298,7 +300,7 @@ class Engine:
                 if response is not None:
                     self.stats.cache_hits += 1
         if response is None:
-            chat = ChatRequest(messages, request.options, key=request_key)
+            chat = ChatRequest(messages, request.options, key=seed_key)
             response = await self._send(model, key, chat, (record.index, position))
         step.update(
             response=response.text,
