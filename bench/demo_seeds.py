@@ -31,7 +31,8 @@ SKIP = ("dvc.lock", "eval/", "metrics/", "dvclive/", "models/", "data/synth/", "
 
 
 def sh(repo: Path, *cmd: str) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": path}
     proc = subprocess.run(list(cmd), cwd=repo, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -92,7 +93,8 @@ def main() -> None:
         cells = " | ".join("-" if v is None else f"{v:.3f}" for v in row.values())
         print(f"| {name} | {cells} | {len(values)} values |")
     if args.json:
-        args.json.write_text(json.dumps({"overrides": args.overrides, "per_seed": per_seed, "summary": summary}, indent=2))
+        report = {"overrides": args.overrides, "per_seed": per_seed, "summary": summary}
+        args.json.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
