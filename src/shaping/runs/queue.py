@@ -1,0 +1,232 @@
+"""The runs of a repository, read from and written to DVC's experiment queue.
+
+A run is one queued `dvc exp run`; its id is the experiment's name. This module keeps no state DVC
+does not, except the names of runs cancelled through it (one empty file each under
+`.dvc/tmp/shaping-runs/cancelled/`), since DVC records a cancelled task as failed; a restarted
+service reads everything back from the repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shaping.config import compose
+from shaping.errors import ShapingError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+DVC_STATUS = {"Queued": "queued", "Running": "running", "Success": "succeeded", "Failed": "failed"}
+
+
+class RunError(ShapingError):
+    """A request the queue refuses: `code` says why (the HTTP layer maps it to a status)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Run:
+    id: str
+    name: str
+    status: str
+    rev: str | None = None  # the queued experiment's stash commit
+    submitted_at: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self, full: bool = False) -> dict[str, Any]:
+        out = asdict(self)
+        if not full:
+            out.pop("params")
+            out.pop("metrics")
+        return out
+
+
+class RunQueue:
+    """The repository at `root`; `workers` queue workers are started on each submission if not running."""
+
+    def __init__(self, root: Path, workers: int = 1) -> None:
+        self.root = Path(root).resolve()
+        if not (self.root / "dvc.yaml").is_file() or not (self.root / "conf").is_dir():
+            raise ShapingError(f"{self.root}: no dvc.yaml and conf/ here; start the service in a shaping repository")
+        self.workers = max(1, workers)
+        self._lock = threading.Lock()  # DVC's repo objects and its queue's stash are not for concurrent use
+        self._cancelled = self.root / ".dvc" / "tmp" / "shaping-runs" / "cancelled"
+
+    # commands ----------------------------------------------------------------------------------
+    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`dvc <args>` in the repository, with this interpreter's environment first on PATH."""
+        bin_dir = str(Path(sys.executable).parent)
+        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        proc = subprocess.run(
+            [os.path.join(bin_dir, "dvc"), *args], cwd=self.root, capture_output=True, text=True, env=env
+        )
+        if check and proc.returncode != 0:
+            raise RunError(
+                "dvc_failed", f"dvc {args[0]} {args[1] if len(args) > 1 else ''} failed: {proc.stderr.strip()[-2000:]}"
+            )
+        return proc
+
+    def start_workers(self) -> None:
+        """`dvc queue start -j <workers>` (running workers are kept). A worker it spawns keeps the output
+        streams it was given, so they go to a file: a pipe would hold this call until the worker exits."""
+        log_file = self.root / ".dvc" / "tmp" / "shaping-runs" / "queue-start.log"
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        bin_dir = str(Path(sys.executable).parent)
+        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        with log_file.open("w", encoding="utf-8") as out:
+            code = subprocess.call(
+                [os.path.join(bin_dir, "dvc"), "queue", "start", "-j", str(self.workers)],
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        if code != 0:
+            text = log_file.read_text(encoding="utf-8").strip()[-2000:]
+            raise RunError("dvc_failed", f"dvc queue start failed: {text}")
+
+    def validate(self, overrides: list[str]) -> None:
+        """Compose conf/ with the overrides, as `dvc exp run -S` will: a bad key is a RunError naming it."""
+        for override in overrides:
+            if not isinstance(override, str) or not override.strip() or override.lstrip().startswith("-"):
+                raise RunError("invalid_override", f"overrides: {override!r} is not a Hydra override (key=value)")
+        try:
+            compose(overrides, config_dir=self.root / "conf")
+        except ShapingError as err:
+            raise RunError("invalid_override", str(err)) from None
+        except Exception as err:  # Hydra's own errors name the key: "Could not override 'lora.rr'..."
+            raise RunError("invalid_override", f"{type(err).__name__}: {err}".splitlines()[0]) from None
+
+    def submit(self, overrides: list[str], name: str | None = None) -> Run:
+        """Queue `dvc exp run -S <override>...` named `name` (a fresh `run-<hex>` if None) and make sure the
+        queue's workers run; nothing is queued when an override or the name is refused."""
+        if name is not None and not NAME.match(name):
+            raise RunError("invalid_name", f"name: {name!r}: letters, digits, '-' and '_' only (at most 64)")
+        self.validate(overrides)
+        with self._lock:
+            taken = {run["name"] for run in self._status()}
+            run_id = name or f"run-{uuid.uuid4().hex[:8]}"
+            if run_id in taken or run_id in self._experiment_names():
+                raise RunError("name_taken", f"name: a run or experiment named {run_id!r} exists already")
+            args = ["exp", "run", "--queue", "--name", run_id]
+            for override in overrides:
+                args += ["-S", override]
+            self.dvc(*args)
+            self.start_workers()
+        return Run(id=run_id, name=run_id, status="queued")
+
+    def cancel(self, run_id: str) -> Run:
+        """Kill a running run (`dvc queue kill`), or remove a queued one (`dvc queue remove`)."""
+        run = self.get(run_id, full=False)
+        if run.status not in ("queued", "running"):
+            raise RunError("not_cancellable", f"run {run_id} is {run.status}: only queued or running runs cancel")
+        self._cancelled.mkdir(parents=True, exist_ok=True)
+        (self._cancelled / run_id).touch()
+        with self._lock:
+            if run.status == "queued":
+                self.dvc("queue", "remove", run_id)
+            else:
+                self.dvc("queue", "kill", run_id)
+        return Run(id=run_id, name=run_id, status="cancelled", rev=run.rev, submitted_at=run.submitted_at)
+
+    # reading -----------------------------------------------------------------------------------
+    def _status(self) -> list[dict[str, Any]]:
+        from dvc.repo import Repo
+
+        with Repo(str(self.root)) as repo:
+            return list(repo.experiments.celery_queue.status())
+
+    def _status_and_workers(self) -> tuple[list[dict[str, Any]], int]:
+        from dvc.repo import Repo
+
+        with Repo(str(self.root)) as repo:
+            queue = repo.experiments.celery_queue
+            return list(queue.status()), len(queue.worker_status())
+
+    def _experiment_names(self) -> set[str]:
+        return {str(e.get("name")) for e in self._experiments()}
+
+    def _experiments(self) -> list[dict[str, Any]]:
+        """Every experiment of `dvc exp show --json`, each {name, rev, params, metrics}."""
+        shown = json.loads(self.dvc("exp", "show", "--json").stdout or "[]")
+        found = []
+        for baseline in shown:
+            for group in baseline.get("experiments") or []:
+                for exp in group.get("revs") or []:
+                    data = exp.get("data") or {}
+                    found.append(
+                        {
+                            "name": exp.get("name"),
+                            "rev": exp.get("rev"),
+                            "params": {f: (v or {}).get("data", {}) for f, v in (data.get("params") or {}).items()},
+                            "metrics": {f: (v or {}).get("data", {}) for f, v in (data.get("metrics") or {}).items()},
+                        }
+                    )
+        return found
+
+    def runs(self, status: str | None = None) -> list[Run]:
+        """Every run the queue knows, newest first; `status` keeps one kind."""
+        if status is not None and status not in STATUSES:
+            raise RunError("invalid_status", f"status: {status!r}: one of {', '.join(STATUSES)}")
+        with self._lock:
+            entries, workers = self._status_and_workers()
+            if not workers and any(e["status"] == "Queued" for e in entries):
+                # a DVC worker may stop with runs still queued (after a kill, or treeverse/dvc#10562)
+                self.start_workers()
+        entries.sort(key=lambda e: e["timestamp"], reverse=True)
+        cancelled = {p.name for p in self._cancelled.iterdir()} if self._cancelled.is_dir() else set()
+        runs = []
+        for entry in entries:
+            name = str(entry.get("name") or entry["rev"][:7])
+            state = DVC_STATUS.get(str(entry["status"]), "failed")
+            if name in cancelled and state in ("failed", "running"):
+                state = "cancelled"
+            elif state == "running" and not workers:  # its worker is gone: it will never finish
+                state = "failed"
+            runs.append(
+                Run(id=name, name=name, status=state, rev=entry["rev"], submitted_at=entry["timestamp"].isoformat())
+            )
+        # a queued run removed by cancel() is no longer in the queue: it is still a run that was cancelled
+        known = {r.id for r in runs}
+        runs += [Run(id=n, name=n, status="cancelled") for n in sorted(cancelled - known)]
+        return [r for r in runs if status is None or r.status == status]
+
+    def get(self, run_id: str, full: bool = True) -> Run:
+        run = next((r for r in self.runs() if r.id == run_id), None)
+        if run is None:
+            raise RunError("not_found", f"no run {run_id!r}")
+        if full and run.status == "succeeded":
+            with self._lock:
+                exp = next((e for e in self._experiments() if e["name"] == run_id), None)
+            if exp is not None:
+                run.params, run.metrics = exp["params"], exp["metrics"]
+        return run
+
+    def logs(self, run_id: str, tail: int | None = None) -> list[str]:
+        """The run's output (`dvc queue logs`), the last `tail` lines if given."""
+        run = self.get(run_id, full=False)
+        if run.status == "queued" or run.rev is None:
+            return []
+        with self._lock:
+            text = self.dvc("queue", "logs", run_id, check=False).stdout
+        lines = text.splitlines()
+        return lines[-tail:] if tail else lines
+
+    def ready(self) -> dict[str, Any]:
+        """What /readyz reports: the repository readable and DVC's queue answering."""
+        with self._lock:
+            self._status()
+        return {"repository": str(self.root), "dvc": "ok"}
