@@ -77,6 +77,23 @@ def wait_for(client: httpx.Client, run_id: str, statuses: set[str], timeout: flo
     raise AssertionError(f"run {run_id} did not reach {statuses}: {run}")
 
 
+def sse(client: httpx.Client, path: str, until: str | None = None, timeout: float = 300) -> list[tuple[str, str]]:
+    """The (event, data) pairs of a server-sent event stream, to its end or to the first data holding `until`."""
+    events, event, deadline = [], "message", time.monotonic() + timeout
+    with client.stream("GET", path, timeout=timeout) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            assert time.monotonic() < deadline, events[-20:]
+            if line.startswith("event: "):
+                event = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((event, line.removeprefix("data: ")))
+                if until is not None and until in events[-1][1]:
+                    break
+                event = "message"
+    return events
+
+
 @pytest.mark.slow
 def test_submit_follow_cancel_and_refusals(service: tuple[str, Path, Path]) -> None:
     url, repo, log = service
@@ -124,11 +141,15 @@ def test_submit_follow_cancel_and_refusals(service: tuple[str, Path, Path]) -> N
     assert any("Running stage 'train'" in line for line in lines)
     assert client.get("/runs/r4/logs", params={"tail": 3}).json()["lines"] == lines[-3:]
 
+    # a finished run's stream replays its output, then ends with its status
+    replay = sse(client, "/runs/r4/logs/stream")
+    assert [data for event, data in replay if event == "end"] == ["succeeded"]
+    assert any("Running stage 'train'" in data for _, data in replay)
+
+    # a running one's delivers lines while it trains: the stream is read until the train stage starts
     wait_for(client, "long", {"running"})
-    deadline = time.monotonic() + 300
-    while not any("Running stage 'train'" in line for line in client.get("/runs/long/logs").json()["lines"]):
-        assert time.monotonic() < deadline, client.get("/runs/long/logs").json()
-        time.sleep(1)
+    live = sse(client, "/runs/long/logs/stream", until="Running stage 'train'")
+    assert not any(event == "end" for event, _ in live)
     killed = client.post("/runs/long/cancel")
     assert killed.status_code == 200 and killed.json()["status"] == "cancelled", killed.json()
     assert wait_for(client, "long", {"cancelled", "failed", "succeeded"}, timeout=60)["status"] == "cancelled"
@@ -138,6 +159,7 @@ def test_submit_follow_cancel_and_refusals(service: tuple[str, Path, Path]) -> N
     assert sorted(r["id"] for r in client.get("/runs", params={"status": "cancelled"}).json()["runs"]) == ["long", "r2"]
     assert client.get("/runs", params={"status": "nope"}).status_code == 422
     assert client.get("/runs/nope").status_code == 404
+    assert client.get("/runs/nope/logs/stream").status_code == 404
     assert client.post("/runs/r4/cancel").json()["code"] == "not_cancellable"
 
     # the key is in no log and no file of the repository

@@ -7,19 +7,21 @@ value of the environment variable `api_key_env`), as `X-Api-Key: <key>` or `Auth
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
+import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from shaping.runs.queue import RunError, RunQueue
+from shaping.runs.queue import ENDED, RunError, RunQueue
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ HTTP_STATUS = {
     "dvc_failed": 500,
 }
 OPEN_PATHS = {"/healthz", "/readyz"}
+POLL_S = 0.5  # how often a log stream looks for new lines
+STATUS_EVERY_S = 2.0  # how often it asks the queue whether the run has ended
 
 
 class Submission(BaseModel):
@@ -47,6 +51,13 @@ def error(code: str, message: str, request_id: str) -> JSONResponse:
         status_code=HTTP_STATUS.get(code, 500),
         headers={"X-Request-ID": request_id},
     )
+
+
+def sse_data(line: bytes) -> str:
+    """One output line as server-sent events: a progress bar's carriage returns (an SSE line break
+    too) split it into one `data:` event per update."""
+    parts = [p.rstrip() for p in line.decode("utf-8", errors="replace").split("\r")]
+    return "".join(f"data: {p}\n\n" for p in parts if p) or "data: \n\n"
 
 
 def create_app(queue: RunQueue, api_key_env: str | None = "SHAPING_API_KEY") -> FastAPI:
@@ -109,6 +120,37 @@ def create_app(queue: RunQueue, api_key_env: str | None = "SHAPING_API_KEY") -> 
     @app.get("/runs/{run_id}/logs")
     async def logs(run_id: str, tail: int | None = None) -> dict[str, Any]:
         return {"id": run_id, "lines": await run_in_threadpool(queue.logs, run_id, tail)}
+
+    @app.get("/runs/{run_id}/logs/stream")
+    async def log_stream(run_id: str) -> StreamingResponse:
+        """Server-sent events: each line of the run's output as `data:` as it is written (the lines so
+        far first), then `event: end` with the run's final status once it has ended."""
+        await run_in_threadpool(queue.get, run_id, False)  # an unknown run is a 404 before the stream starts
+        return StreamingResponse(stream_lines(run_id), media_type="text/event-stream")
+
+    async def stream_lines(run_id: str) -> AsyncIterator[str]:
+        offset, pending, checked, path = 0, b"", 0.0, None
+        while True:
+            ended = None
+            if time.monotonic() - checked >= STATUS_EVERY_S:  # asked before reading: no last line is lost
+                checked = time.monotonic()
+                run = await run_in_threadpool(queue.get, run_id, False)
+                ended = run.status if run.status in ENDED else None
+                path = path or queue.log_file(run)
+            if path is not None:
+                with path.open("rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                offset += len(chunk)
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    yield sse_data(line)
+            if ended is not None:
+                if pending:
+                    yield sse_data(pending)
+                yield f"event: end\ndata: {ended}\n\n"
+                return
+            await asyncio.sleep(POLL_S)
 
     @app.post("/runs/{run_id}/cancel")
     async def cancel(run_id: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from shaping.errors import ShapingError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+ENDED = ("succeeded", "failed", "cancelled")
 DVC_STATUS = {"Queued": "queued", "Running": "running", "Success": "succeeded", "Failed": "failed"}
 
 
@@ -215,14 +216,19 @@ class RunQueue:
                 run.params, run.metrics = exp["params"], exp["metrics"]
         return run
 
+    def log_file(self, run: Run) -> Path | None:
+        """Where DVC's queue writes the run's output (what `dvc queue logs` prints), once it has started."""
+        if run.rev is None:
+            return None
+        path = self.root / ".dvc" / "tmp" / "exps" / "run" / run.rev / f"{run.rev}.out"
+        return path if path.is_file() else None
+
     def logs(self, run_id: str, tail: int | None = None) -> list[str]:
-        """The run's output (`dvc queue logs`), the last `tail` lines if given."""
-        run = self.get(run_id, full=False)
-        if run.status == "queued" or run.rev is None:
+        """The run's output so far, the last `tail` lines if given (none while it is queued)."""
+        path = self.log_file(self.get(run_id, full=False))
+        if path is None:
             return []
-        with self._lock:
-            text = self.dvc("queue", "logs", run_id, check=False).stdout
-        lines = text.splitlines()
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
         return lines[-tail:] if tail else lines
 
     def ready(self) -> dict[str, Any]:
