@@ -137,6 +137,13 @@ def test_submit_follow_cancel_and_refusals(service: tuple[str, Path, Path]) -> N
     assert run["metrics"]["eval/metrics.json"] == committed  # type: ignore[index]
     assert committed["tuned"]["loss"] > 0
 
+    # the training history (DVCLive), as the experiment commit holds it
+    history = client.get("/runs/r4/metrics").json()["history"]
+    logged = sh(repo, "git", "show", f"{exp['rev']}:dvclive/train/plots/metrics/loss.tsv").stdout.splitlines()
+    expected = [{"step": int(row.split("\t")[0]), "value": float(row.split("\t")[1])} for row in logged[1:]]
+    assert expected and history["loss"] == expected
+    assert [p["step"] for p in history["learning_rate"]] == [p["step"] for p in expected]
+
     lines = client.get("/runs/r4/logs").json()["lines"]
     assert any("Running stage 'train'" in line for line in lines)
     assert client.get("/runs/r4/logs", params={"tail": 3}).json()["lines"] == lines[-3:]
@@ -150,6 +157,11 @@ def test_submit_follow_cancel_and_refusals(service: tuple[str, Path, Path]) -> N
     wait_for(client, "long", {"running"})
     live = sse(client, "/runs/long/logs/stream", until="Running stage 'train'")
     assert not any(event == "end" for event, _ in live)
+    deadline = time.monotonic() + 180  # its loss curve gains points while it trains
+    while not client.get("/runs/long/metrics").json()["history"].get("loss"):
+        assert time.monotonic() < deadline, client.get("/runs/long").json()
+        time.sleep(1)
+    assert client.get("/runs/long").json()["status"] == "running"
     killed = client.post("/runs/long/cancel")
     assert killed.status_code == 200 and killed.json()["status"] == "cancelled", killed.json()
     assert wait_for(client, "long", {"cancelled", "failed", "succeeded"}, timeout=60)["status"] == "cancelled"

@@ -121,6 +121,11 @@ def create_app(queue: RunQueue, api_key_env: str | None = "SHAPING_API_KEY") -> 
     async def logs(run_id: str, tail: int | None = None) -> dict[str, Any]:
         return {"id": run_id, "lines": await run_in_threadpool(queue.logs, run_id, tail)}
 
+    @app.get("/runs/{run_id}/metrics")
+    async def metrics(run_id: str) -> dict[str, Any]:
+        """The train stage's per-step history (DVCLive): loss, learning rate, ... as [{step, value}]."""
+        return {"id": run_id, "history": await run_in_threadpool(queue.history, run_id)}
+
     @app.get("/runs/{run_id}/logs/stream")
     async def log_stream(run_id: str) -> StreamingResponse:
         """Server-sent events: each line of the run's output as `data:` as it is written (the lines so

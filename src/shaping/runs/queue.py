@@ -7,6 +7,8 @@ service reads everything back from the repository."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -24,6 +26,7 @@ from shaping.errors import ShapingError
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ENDED = ("succeeded", "failed", "cancelled")
+HISTORY_DIR = "dvclive/train/plots/metrics"  # DVCLive's per-step history of the train stage: <metric>.tsv
 DVC_STATUS = {"Queued": "queued", "Running": "running", "Success": "succeeded", "Failed": "failed"}
 
 
@@ -230,6 +233,48 @@ class RunQueue:
             return []
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
         return lines[-tail:] if tail else lines
+
+    def _run_info(self, run: Run) -> dict[str, Any]:
+        """DVC's executor record of a started run: its workspace (root_dir) and, once done, its experiment ref."""
+        if run.rev is None:
+            return {}
+        path = self.root / ".dvc" / "tmp" / "exps" / "run" / run.rev / f"{run.rev}.run"
+        try:
+            return dict(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            return {}
+
+    def history(self, run_id: str) -> dict[str, list[dict[str, float]]]:
+        """The train stage's DVCLive history, {metric: [{step, value}, ...]}: read from the run's workspace
+        while it runs, from its experiment commit once it has succeeded (empty before the first log step)."""
+        run = self.get(run_id, full=False)
+        info = self._run_info(run)
+        files: dict[str, str] = {}
+        if run.status == "succeeded" and info.get("result_ref"):
+            ref = str(info["result_ref"])
+            listed = subprocess.run(
+                ["git", "ls-tree", "--name-only", f"{ref}:{HISTORY_DIR}"], cwd=self.root, capture_output=True, text=True
+            ).stdout.split()
+            for name in listed:
+                if name.endswith(".tsv"):
+                    shown = subprocess.run(
+                        ["git", "show", f"{ref}:{HISTORY_DIR}/{name}"], cwd=self.root, capture_output=True, text=True
+                    )
+                    files[name] = shown.stdout
+        elif run.status == "running" and info.get("root_dir"):
+            for path in sorted((Path(info["root_dir"]) / HISTORY_DIR).glob("*.tsv")):
+                files[path.name] = path.read_text(encoding="utf-8")
+        history: dict[str, list[dict[str, float]]] = {}
+        for name, text in files.items():
+            metric = name.removesuffix(".tsv")
+            points = []
+            for row in csv.DictReader(io.StringIO(text), delimiter="\t"):
+                try:  # a row being written as it is read is incomplete: skip it
+                    points.append({"step": int(row["step"]), "value": float(row[metric])})
+                except (KeyError, TypeError, ValueError):
+                    continue
+            history[metric] = points
+        return history
 
     def ready(self) -> dict[str, Any]:
         """What /readyz reports: the repository readable and DVC's queue answering."""
