@@ -22,9 +22,19 @@ from shaping.inference.types import ChatResponse
 KNOWN_KEYS_MAX = 2_000_000  # about 100 MB of key prefixes in memory at most
 
 
+def request_body(messages: list[dict[str, str]], options: dict[str, Any]) -> bytes:
+    """A request's messages and options, serialized once however many payloads are made of them."""
+    return orjson.dumps([messages, options], option=orjson.OPT_SORT_KEYS)
+
+
+def payload_of(model: str, body: bytes) -> bytes:
+    """`request_payload(model, messages, options)` from `request_body(messages, options)`: the same bytes."""
+    return b"[" + orjson.dumps(model) + b"," + body[1:]
+
+
 def request_payload(model_id: str, messages: list[dict[str, str]], options: dict[str, Any]) -> bytes:
     """What identifies a request, less its sample index (see `request_key`)."""
-    return orjson.dumps([model_id, messages, options], option=orjson.OPT_SORT_KEYS)
+    return payload_of(model_id, request_body(messages, options))
 
 
 def request_key_from_payload(payload: bytes, sample_index: int) -> str:

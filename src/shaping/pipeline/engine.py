@@ -39,7 +39,7 @@ from shaping.errors import ShapingError
 from shaping.inference import ChatRequest, ChatResponse, ModelRegistry
 from shaping.inference.types import AsyncChatBackend
 from shaping.pipeline.api import ModelRequest, ModelResponse, PipelineError, TrainingSample
-from shaping.pipeline.cache import ResponseCache, request_key, request_key_from_payload, request_payload
+from shaping.pipeline.cache import ResponseCache, payload_of, request_body, request_key_from_payload
 from shaping.pipeline.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -282,13 +282,14 @@ class Engine:
         options = {**model.defaults, **request.options} if request.options else model.defaults
         # what seeds the request's sampling: the model's registry name, messages, options and sample
         # index, so a rebuild samples the same reply (the cache's model id also holds the weights' mtimes)
-        payload = request_payload(request.model, messages, options)
+        body = request_body(messages, options)  # serialized once for both keys
+        payload = payload_of(request.model, body)
         sample_index = record.seen.get(payload, 0)
         record.seen[payload] = sample_index + 1
         seed_key = request_key_from_payload(payload, sample_index)
         key: str | None = None
         if self.cache is not None:
-            key = request_key(model.model_id, messages, options, sample_index)
+            key = request_key_from_payload(payload_of(model.model_id, body), sample_index)
             waiting = self._inflight.get(key)
             if waiting is not None:
                 self.stats.shared += 1

@@ -66,16 +66,21 @@ class RunQueue:
             raise ShapingError(f"{self.root}: no dvc.yaml and conf/ here; start the service in a shaping repository")
         self.workers = max(1, workers)
         self._lock = threading.Lock()  # DVC's repo objects and its queue's stash are not for concurrent use
-        self._cancelled = self.root / ".dvc" / "tmp" / "shaping-runs" / "cancelled"
+        self._state = self.root / ".dvc" / "tmp" / "shaping-runs"  # the one folder of this module's own
+        self._cancelled = self._state / "cancelled"
 
     # commands ----------------------------------------------------------------------------------
-    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """`dvc <args>` in the repository, with this interpreter's environment first on PATH."""
+    @staticmethod
+    def _dvc_command(*args: str) -> tuple[list[str], dict[str, str]]:
+        """The argv of `dvc <args>` and its environment: this interpreter's environment first on PATH."""
         bin_dir = str(Path(sys.executable).parent)
         env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-        proc = subprocess.run(
-            [os.path.join(bin_dir, "dvc"), *args], cwd=self.root, capture_output=True, text=True, env=env
-        )
+        return [os.path.join(bin_dir, "dvc"), *args], env
+
+    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`dvc <args>` in the repository; a failure is a RunError quoting DVC's message."""
+        argv, env = self._dvc_command(*args)
+        proc = subprocess.run(argv, cwd=self.root, capture_output=True, text=True, env=env)
         if check and proc.returncode != 0:
             raise RunError(
                 "dvc_failed", f"dvc {args[0]} {args[1] if len(args) > 1 else ''} failed: {proc.stderr.strip()[-2000:]}"
@@ -85,13 +90,12 @@ class RunQueue:
     def start_workers(self) -> None:
         """`dvc queue start -j <workers>` (running workers are kept). A worker it spawns keeps the output
         streams it was given, so they go to a file: a pipe would hold this call until the worker exits."""
-        log_file = self.root / ".dvc" / "tmp" / "shaping-runs" / "queue-start.log"
+        log_file = self._state / "queue-start.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        bin_dir = str(Path(sys.executable).parent)
-        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        argv, env = self._dvc_command("queue", "start", "-j", str(self.workers))
         with log_file.open("w", encoding="utf-8") as out:
             code = subprocess.call(
-                [os.path.join(bin_dir, "dvc"), "queue", "start", "-j", str(self.workers)],
+                argv,
                 cwd=self.root,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
