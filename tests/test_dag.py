@@ -34,6 +34,9 @@ SOURCE_ROOTS = (REPO / "src", REPO)
 # Config sections a stage reads without listing them in `params:`: `paths` reaches dvc.yaml as the
 # deps/outs themselves, and `pipeline` is the synthesize selector passed on its command line.
 SECTIONS_NOT_PARAMS = {"paths", "pipeline"}
+# Sections no stage reads: the runs service's (`python -m shaping.runs serve`: notify.webhooks). A stage that
+# listed one would re-run when, say, a webhook is added.
+SECTIONS_NOT_STAGES = {"notify"}
 SECTIONS = {f.name for f in fields(Config)}
 
 
@@ -247,6 +250,17 @@ def test_stage_params_cover_the_sections_its_code_reads(name: str) -> None:
     unlisted = {section: files for section, files in read.items() if section not in listed | SECTIONS_NOT_PARAMS}
     assert not unlisted, f"stage {name} reads params sections it does not list in `params:`: {unlisted}"
     assert not listed - set(read), f"stage {name} lists params sections its code never reads: {listed - set(read)}"
+
+
+def test_every_params_section_is_read_by_a_stage_or_is_no_stages() -> None:
+    """Each section of params.yaml is in some stage's `params:` (or reaches stages without: paths, pipeline),
+    or is one no stage reads (SECTIONS_NOT_STAGES) and no stage lists."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    listed = {param.split(".")[0] for stage in STAGES.values() for param in stage.get("params", [])}
+    assert set(params) == SECTIONS
+    assert not listed & SECTIONS_NOT_STAGES, f"stages list sections no stage reads: {listed & SECTIONS_NOT_STAGES}"
+    unread = SECTIONS - listed - SECTIONS_NOT_PARAMS - SECTIONS_NOT_STAGES
+    assert not unread, f"params sections no stage lists, and not in SECTIONS_NOT_STAGES: {sorted(unread)}"
 
 
 def test_each_plotted_file_is_drawn_once() -> None:

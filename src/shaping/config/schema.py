@@ -100,6 +100,12 @@ class Launcher(StrEnum):
     accelerate = "accelerate"  # `accelerate launch` with the `accelerate` section
 
 
+class WebhookFormat(StrEnum):
+    json = "json"  # the event itself
+    slack = "slack"  # {"text": summary}: a Slack incoming webhook
+    discord = "discord"  # {"content": summary}: a Discord webhook
+
+
 @dataclass
 class ArchitectureConfig:
     family: Family  # llama | gpt2 (transformers) | char-lstm (plain PyTorch, not a fine-tuning base)
@@ -431,6 +437,33 @@ class EvalConfig:
     baseline_checks: list[BaselineCheck]
 
 
+# the runs service's events a webhook gets unless its `events` says otherwise: a run's lifecycle
+LIFECYCLE_EVENTS = ("run.queued", "run.started", "run.succeeded", "run.failed", "run.cancelled")
+
+
+@dataclass
+class WebhookConfig:
+    """An entry of `notify.webhooks`: where the runs service POSTs its events (shaping.runs.notify).
+
+    Exactly one of `url` and `url_env`: a URL that carries a token (Slack, Discord) is read from the
+    environment variable `url_env` names, never written to params.yaml."""
+
+    url: str | None = None
+    url_env: str | None = None  # the NAME of an environment variable holding the URL
+    events: list[str] = field(default_factory=lambda: list(LIFECYCLE_EVENTS))  # event types; ["*"] = all
+    format: WebhookFormat = WebhookFormat.json
+    max_per_minute: int = 30  # POSTs to this URL in any 60 s window (retries count); more wait, none dropped
+    max_attempts: int = 5  # then the event is dropped with a warning
+    timeout_s: float = 10.0  # per POST
+
+
+@dataclass
+class NotifyConfig:
+    """What the runs service (`python -m shaping.runs serve`) tells others: no DVC stage reads it."""
+
+    webhooks: list[WebhookConfig]
+
+
 @dataclass
 class PathsConfig:
     corpus_dir: str
@@ -461,3 +494,4 @@ class Config:
     accelerate: dict[str, Any]
     seed: int
     pipeline: str | None  # the one pipeline `src/synthesize.py` runs
+    notify: NotifyConfig  # the runs service's webhooks (no stage reads it)
