@@ -9,8 +9,11 @@
 
 Writes the adapter and tokenizer to <paths.adapter_dir>, DVCLive metrics to dvclive/train, and
 checkpoints every train.save_steps steps to <paths.checkpoint_dir>/<key>/: run it again after a
-kill and it resumes from the newest one. Under a multi-process launcher every process runs this
-script; rank 0 is the stage and the others train alongside it, writing nothing of their own.
+kill and it resumes from the newest one. With SHAPING_CHECKPOINT_DIR set, checkpoints go there
+instead (the runs service sets it for DVC's queue, whose runs each get a fresh workspace, so that a
+cancelled run's re-submission resumes; <paths.checkpoint_dir> then holds its README only). Under a
+multi-process launcher every process runs this script; rank 0 is the stage and the others train
+alongside it, writing nothing of their own.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from accelerate.utils import str_to_bool
 from shaping.device import check_liger, pick_device, resolve_device, resolve_precision
 from shaping.errors import ShapingError
 from shaping.io import atomic_dir, read_jsonl, remove_stale_temp_dirs
-from shaping.stage import StageContext, run_stage
+from shaping.stage import CHECKPOINT_DIR_ENV, StageContext, run_stage
 from shaping.training import checkpointing, launch
 
 if TYPE_CHECKING:
@@ -74,9 +77,12 @@ def main(ctx: StageContext) -> None:
     ctx.record.add_inputs([train_file])
     gate = validation_status(Path(cfg.paths.validated_dir) / "report.json")
     key = checkpointing.checkpoint_key(cfg, ctx.record.inputs[Path(train_file).as_posix()])
-    checkpoints = checkpointing.claim_run_dir(
-        ctx.out(cfg.paths.checkpoint_dir), key, keep_unfinished=cfg.train.keep_unfinished_runs
-    )
+    declared = ctx.out(cfg.paths.checkpoint_dir)
+    root = Path(os.environ.get(CHECKPOINT_DIR_ENV) or declared)
+    if root != declared:  # the declared out still exists, as DVC expects of it
+        declared.mkdir(parents=True, exist_ok=True)
+        (declared / checkpointing.README).write_text(checkpointing.README_TEXT, encoding="utf-8")
+    checkpoints = checkpointing.claim_run_dir(root, key, keep_unfinished=cfg.train.keep_unfinished_runs)
     if launch.world_size() > 1:
         check_group_device(device, cfg.train.device, os.environ)
     launch.share_plan(launch.TrainPlan(cfg, train_file, checkpoints), device)

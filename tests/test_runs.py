@@ -3,14 +3,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
 import sys
+import tarfile
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -27,44 +32,93 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class Receiver:
+    """A real local webhook endpoint: records each JSON body it accepts; answers 500 to its first request."""
+
+    def __init__(self) -> None:
+        self.accepted: list[dict[str, object]] = []
+        self.refused = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if receiver.refused == 0:
+                    receiver.refused += 1
+                    self.send_response(500)
+                else:
+                    receiver.accepted.append(body)
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook/{secrets.token_hex(4)}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+class Service:
+    """`python -m shaping.runs serve` over `repo` on a fixed port, restartable."""
+
+    def __init__(self, repo: Path, env: dict[str, str]) -> None:
+        self.repo, self.env, self.port = repo, env, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = repo.parent / "service.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "shaping.runs", "serve", "--repo", str(self.repo), "--port", str(self.port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        for _ in range(300):
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise AssertionError(f"the service did not start:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
 @pytest.fixture(scope="module")
-def service(smoke_repo_built: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
-    """(base URL, the repo, the service's log file); the queue's workers are stopped afterwards."""
+def service(smoke_repo_built: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Receiver]]:
+    """The service over a copy of the smoke repo whose conf/ sends every event to a local receiver (its URL
+    from an environment variable); the queue's workers are stopped afterwards."""
     repo = copy_smoke_repo(smoke_repo_built, tmp_path_factory.mktemp("runs") / "repo")
-    port = free_port()
-    log = repo.parent / "service.log"
+    receiver = Receiver()
+    conf = repo / "conf" / "config.yaml"
+    hook = "  webhooks:\n    - url_env: RUNS_TEST_WEBHOOK\n      events: ['*']\n      max_per_minute: 600\n"
+    conf.write_text(conf.read_text().replace("  webhooks: []\n", hook, 1))
+    sh(repo, "git", "commit", "-qam", "a webhook")
     bin_dir = str(Path(sys.executable).parent)
     env = {
         **os.environ,
         "SHAPING_API_KEY": KEY,
+        "RUNS_TEST_WEBHOOK": receiver.url,
         "HF_HUB_OFFLINE": "1",
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
     }
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "shaping.runs", "serve", "--repo", str(repo), "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
+    server = Service(repo, env)
+    server.start()
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError(f"the service did not start:\n{log.read_text()}")
-        yield url, repo, log
+        yield server, receiver
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
         sh(repo, "dvc", "queue", "stop", "--kill", check=False)
+        receiver.server.shutdown()
 
 
 def wait_for(client: httpx.Client, run_id: str, statuses: set[str], timeout: float = 400) -> dict[str, object]:
@@ -94,9 +148,24 @@ def sse(client: httpx.Client, path: str, until: str | None = None, timeout: floa
     return events
 
 
+def worker_processes(repo: Path) -> list[str]:
+    """Command lines of live processes running a run in `repo` (DVC's executor and its stages)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if str(repo) in cwd and any(part in cmdline for part in ("exec-run", "src/")):
+            found.append(cmdline)
+    return found
+
+
 @pytest.mark.slow
-def test_submit_follow_cancel_and_refusals(service: tuple[str, Path, Path]) -> None:
-    url, repo, log = service
+def test_submit_follow_cancel_retry_and_refusals(service: tuple[Service, Receiver]) -> None:
+    server, receiver = service
+    url, repo, log = server.url, server.repo, server.log
     anonymous = httpx.Client(base_url=url, timeout=60)
     client = httpx.Client(base_url=url, timeout=120, headers={"X-Api-Key": KEY})
 
@@ -108,6 +177,7 @@ def test_submit_follow_cancel_and_refusals(service: tuple[str, Path, Path]) -> N
     assert refused.json()["code"] == "unauthorized" and refused.json()["request_id"] == "req-1"
     bearer = anonymous.get("/runs", headers={"Authorization": f"Bearer {KEY}"})
     assert bearer.status_code == 200 and bearer.headers["X-Request-ID"]
+    assert anonymous.get("/events").status_code == 401
 
     # a bad key is a 422 naming it, and nothing is queued
     bad = client.post("/runs", json={"overrides": [SMOKE, "lora.rr=4"]})
@@ -117,18 +187,28 @@ def test_submit_follow_cancel_and_refusals(service: tuple[str, Path, Path]) -> N
     assert client.get("/runs").json() == {"runs": []}
 
     # three runs on one worker: the first succeeds, the second waits in the queue and is cancelled there,
-    # the third (long) is killed while it trains
+    # the third (long, saving a checkpoint every 5 steps) is killed while it trains
     first = client.post("/runs", json={"overrides": [SMOKE, "lora.r=4"], "name": "r4"})
     assert first.status_code == 202 and first.json() == {**first.json(), "id": "r4", "status": "queued"}
     assert client.post("/runs", json={"overrides": [SMOKE, "lora.r=2"], "name": "r2"}).status_code == 202
-    long = client.post("/runs", json={"overrides": [SMOKE, "train.max_steps=2000"], "name": "long"})
-    assert long.status_code == 202
+    long = [SMOKE, "train.max_steps=2000", "train.save_steps=5"]
+    assert client.post("/runs", json={"overrides": long, "name": "long"}).status_code == 202
     assert client.post("/runs", json={"overrides": [SMOKE], "name": "r4"}).json()["code"] == "name_taken"
     cancelled = client.post("/runs/r2/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.json()
 
+    # the API restarted while r4 trains: the run goes on, and the new API follows it
+    sse(client, "/runs/r4/logs/stream", until="Running stage 'train'")
+    deadline = time.monotonic() + 60  # the service looks at its runs every second or two
+    while (running := client.get("/runs/r4").json())["stage"] is None:
+        assert time.monotonic() < deadline and running["status"] == "running", running
+        time.sleep(0.2)
+    assert running["stage"] in ("train", "evaluate") and running["heartbeat"]["time"], running
+    server.stop()
+    server.start()
     run = wait_for(client, "r4", {"succeeded", "failed"})
     assert run["status"] == "succeeded", client.get("/runs/r4/logs").json()
+    assert run["stage"] is None and run["overrides"] == [SMOKE, "lora.r=4"]
     # its params and metrics are the experiment's, as `dvc exp show` and its commit hold them
     assert run["params"]["params.yaml"]["lora"]["r"] == 4  # type: ignore[index]
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
@@ -153,32 +233,126 @@ def test_submit_follow_cancel_and_refusals(service: tuple[str, Path, Path]) -> N
     assert [data for event, data in replay if event == "end"] == ["succeeded"]
     assert any("Running stage 'train'" in data for _, data in replay)
 
-    # a running one's delivers lines while it trains: the stream is read until the train stage starts
-    wait_for(client, "long", {"running"})
-    live = sse(client, "/runs/long/logs/stream", until="Running stage 'train'")
-    assert not any(event == "end" for event, _ in live)
-    deadline = time.monotonic() + 180  # its loss curve gains points while it trains
+    # its events, in order: queued, started, its stages, training progress, eval, succeeded
+    events = [json.loads(data) for _, data in sse(client, "/runs/r4/events")]
+    types = [e["type"] for e in events]
+    assert types[:2] == ["run.queued", "run.started"] and types[-1] == "run.succeeded", types
+    assert all(e["v"] == 1 and e["run"] == "r4" and e["time"] for e in events)
+    stages = [e["data"]["stage"] for e in events if e["type"] == "stage.started"]
+    assert stages[-2:] == ["train", "evaluate"], stages
+    assert types.index("stage.started") < types.index("train.progress") < types.index("eval.completed")
+    progress = [e["data"] for e in events if e["type"] == "train.progress"]
+    assert [p["step"] for p in progress] == [p["step"] for p in expected]
+    assert [p["loss"] for p in progress] == [p["value"] for p in expected]
+    evaluated = next(e["data"] for e in events if e["type"] == "eval.completed")
+    assert evaluated["tuned_loss"] == committed["tuned"]["loss"]
+
+    # its outputs: listed with sizes and hashes from its commit's dvc.lock; the adapter downloads and loads
+    artifacts = {a["path"]: a for a in client.get("/runs/r4/artifacts").json()["artifacts"]}
+    lock = sh(repo, "git", "show", f"{exp['rev']}:dvc.lock").stdout
+    assert artifacts["models/adapter"]["kind"] == "dir" and artifacts["models/adapter"]["md5"] in lock
+    download = client.get("/runs/r4/artifacts/models/adapter")
+    assert download.status_code == 200 and download.headers["content-type"] == "application/x-tar"
+    adapter = repo.parent / "downloaded"
+    with tarfile.open(fileobj=io.BytesIO(download.content)) as tar:
+        tar.extractall(adapter, filter="data")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tuned = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(repo / "models" / "base"), adapter / "adapter"
+    )
+    assert tuned.peft_config["default"].r == 4
+    # its model answers over HTTP as the CLI's generate and score code does on the downloaded adapter
+    from shaping.scratch.generation import generate, score
+    from shaping.scratch.runs import load_model
+
+    local = load_model(repo / "models" / "base", adapter / "adapter", "cpu")
+    options = {"max_new_tokens": 12, "temperature": 0.8, "seed": 3, "num_return_sequences": 2}
+    answered = client.post("/runs/r4/generate", json={"chat": "Who are you?", **options})
+    assert answered.status_code == 200 and answered.json()["status"] == "succeeded", answered.json()
+    prompt = answered.json()["prompt"]
+    assert "Who are you?" in prompt
+    expected_texts = [g.text for g in generate(local.model, local.tokenizer, prompt, **options)]  # type: ignore[arg-type]
+    assert answered.json()["outputs"] == expected_texts and len(answered.json()["steps"]) == 2
+    scored = client.post("/runs/r4/score", json={"text": "I keep a seed library.", "detail_level": "per_token"})
+    here = score(local.model, local.tokenizer, "I keep a seed library.", detail_level="per_token", top_k=5)
+    assert scored.json()["loss"] == pytest.approx(here.loss, rel=1e-6)
+    assert len(scored.json()["per_token"]) == here.tokens
+    assert client.post("/runs/r4/generate", json={"max_new_tokens": 4}).json()["code"] == "invalid_request"
+    too_long = client.post("/runs/r4/generate", json={"prompt_text": "x", "max_new_tokens": 999})
+    assert too_long.status_code == 422 and too_long.json()["message"].startswith("max_new_tokens"), too_long.json()
+    single = client.get("/runs/r4/artifacts/eval/metrics.json")
+    assert single.status_code == 200 and json.loads(single.content) == committed
+    for outside in ("dvc.yaml", "models/adapter/../../dvc.yaml", "..%2F..%2Fetc%2Fpasswd", "models/adapter/nope"):
+        assert client.get(f"/runs/r4/artifacts/{outside}").status_code == 404, outside
+
+    # the long run: killed while it trains, once it has saved a checkpoint; no process of its is left
+    saved = json.loads(sse(client, "/runs/long/events", until="checkpoint.saved")[-1][1])
+    assert saved["type"] == "checkpoint.saved", saved
+    deadline = time.monotonic() + 120  # its loss curve gains points while it trains
     while not client.get("/runs/long/metrics").json()["history"].get("loss"):
         assert time.monotonic() < deadline, client.get("/runs/long").json()
         time.sleep(1)
-    assert client.get("/runs/long").json()["status"] == "running"
+    live = client.get("/runs/long").json()
+    assert live["status"] == "running" and live["stage"] == "train" and live["heartbeat"]["type"], live
     killed = client.post("/runs/long/cancel")
     assert killed.status_code == 200 and killed.json()["status"] == "cancelled", killed.json()
     assert wait_for(client, "long", {"cancelled", "failed", "succeeded"}, timeout=60)["status"] == "cancelled"
+    deadline = time.monotonic() + 30
+    while worker_processes(repo):
+        assert time.monotonic() < deadline, worker_processes(repo)
+        time.sleep(0.5)
+    assert [json.loads(d)["type"] for _, d in sse(client, "/runs/long/events")][-1] == "run.cancelled"
+
+    # retried, it resumes from that checkpoint (and is cancelled again); the queued-then-cancelled r2 retried
+    # runs to the end: a second run with other overrides that succeeds
+    assert client.post("/runs/r4/retry").json()["code"] == "not_retryable"
+    again = client.post("/runs/long/retry")
+    assert again.status_code == 202 and again.json()["id"] == "long-retry-1", again.json()
+    assert client.post("/runs/r2/retry", json={"name": "r2-again"}).json()["id"] == "r2-again"
+    resumed = sse(client, "/runs/long-retry-1/logs/stream", until="resuming from")
+    step = re.search(r"resuming from \S+ \(step (\d+)\)", resumed[-1][1])
+    assert step is not None and int(step.group(1)) >= saved["data"]["step"] > 0, resumed[-3:]
+    assert client.post("/runs/long-retry-1/cancel").status_code == 200
+    second = wait_for(client, "r2-again", {"succeeded", "failed"})
+    assert second["status"] == "succeeded", (second, client.get("/runs/r2-again/logs", params={"tail": 30}).json())
+    assert second["params"]["params.yaml"]["lora"]["r"] == 2  # type: ignore[index]
 
     listed = {r["id"]: r["status"] for r in client.get("/runs").json()["runs"]}
-    assert listed == {"long": "cancelled", "r4": "succeeded", "r2": "cancelled"}
-    assert sorted(r["id"] for r in client.get("/runs", params={"status": "cancelled"}).json()["runs"]) == ["long", "r2"]
+    assert listed == {
+        "r2-again": "succeeded",
+        "long-retry-1": "cancelled",
+        "long": "cancelled",
+        "r4": "succeeded",
+        "r2": "cancelled",
+    }
+    assert sorted(r["id"] for r in client.get("/runs", params={"status": "cancelled"}).json()["runs"]) == [
+        "long",
+        "long-retry-1",
+        "r2",
+    ]
     assert client.get("/runs", params={"status": "nope"}).status_code == 422
     assert client.get("/runs/nope").status_code == 404
     assert client.get("/runs/nope/logs/stream").status_code == 404
     assert client.post("/runs/r4/cancel").json()["code"] == "not_cancellable"
+
+    # the webhook got every event once (the first POST, refused with a 500, was retried), across the restart
+    deadline = time.monotonic() + 30
+    everything = [json.loads(d) for _, d in sse(client, "/runs/r2-again/events")]
+    while everything[-1]["id"] not in {e["id"] for e in receiver.accepted}:
+        assert time.monotonic() < deadline, receiver.accepted[-5:]
+        time.sleep(0.5)
+    ids = [e["id"] for e in receiver.accepted]
+    assert receiver.refused == 1 and len(ids) == len(set(ids))
+    assert [e["id"] for e in events] == [i for i in ids if i.startswith("r4/")]
 
     # the key is in no log and no file of the repository
     assert KEY not in log.read_text()
     for path in repo.rglob("*"):
         if path.is_file() and ".git" not in path.parts and path.stat().st_size < 5_000_000:
             assert KEY.encode() not in path.read_bytes(), path
+            assert receiver.url.encode() not in path.read_bytes(), path
 
 
 def test_a_folder_that_is_not_a_repository_is_refused(tmp_path: Path) -> None:

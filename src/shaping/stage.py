@@ -24,6 +24,10 @@ from shaping.tracking import RunRecord
 
 log = logging.getLogger("shaping")
 
+# Where the train stage puts its resumable checkpoints instead of paths.checkpoint_dir when set: the runs
+# service sets it for DVC's queue, whose runs each get a fresh workspace (src/train.py)
+CHECKPOINT_DIR_ENV = "SHAPING_CHECKPOINT_DIR"
+
 # bitsandbytes on a CPU with AVX512-BF16 tries, at import, to fetch an optional fused 4-bit matmul
 # from the Hugging Face hub (the `kernels` package) and warns when it cannot; every stage imports it
 # through peft. Without it, QLoRA on CPU uses bitsandbytes' own compiled CPU kernel instead,

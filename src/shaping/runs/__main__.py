@@ -25,17 +25,26 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvicorn
 
+    from shaping.config import compose
     from shaping.runs.app import create_app
+    from shaping.runs.events import EventHub
+    from shaping.runs.notify import Notifier
     from shaping.runs.queue import RunQueue
 
     try:
         queue = RunQueue(args.repo, workers=args.workers)
+        # notify.webhooks as the repository's conf/ has it (each url_env read from this environment)
+        notifier = Notifier(compose([], config_dir=queue.root / "conf").notify.webhooks, queue.state_dir)
     except ShapingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not os.environ.get(args.api_key_env):
         logging.getLogger("shaping.runs").warning("%s is not set: the API needs no key", args.api_key_env)
-    uvicorn.run(create_app(queue, args.api_key_env), host=args.host, port=args.port, log_level="info")
+    hub = EventHub(queue, on_event=notifier.publish)
+    try:
+        uvicorn.run(create_app(queue, args.api_key_env, hub), host=args.host, port=args.port, log_level="info")
+    finally:
+        notifier.close()
     return 0
 
 

@@ -7,7 +7,9 @@ service reads everything back from the repository."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -22,10 +24,12 @@ from typing import Any
 
 from shaping.config import compose
 from shaping.errors import ShapingError
+from shaping.stage import CHECKPOINT_DIR_ENV
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ENDED = ("succeeded", "failed", "cancelled")
+TRAIN_STAGE = "train"
 HISTORY_DIR = "dvclive/train/plots/metrics"  # DVCLive's per-step history of the train stage: <metric>.tsv
 DVC_STATUS = {"Queued": "queued", "Running": "running", "Success": "succeeded", "Failed": "failed"}
 
@@ -46,6 +50,10 @@ class Run:
     status: str
     rev: str | None = None  # the queued experiment's stash commit
     submitted_at: str | None = None
+    reason: str | None = None  # why a failed run failed
+    stage: str | None = None  # the stage now running (from the run's events)
+    heartbeat: dict[str, Any] | None = None  # the newest DVCLive step or stage event, with its time
+    overrides: list[str] | None = None  # what it was submitted with, when submitted through this service
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -66,8 +74,10 @@ class RunQueue:
             raise ShapingError(f"{self.root}: no dvc.yaml and conf/ here; start the service in a shaping repository")
         self.workers = max(1, workers)
         self._lock = threading.Lock()  # DVC's repo objects and its queue's stash are not for concurrent use
-        self._state = self.root / ".dvc" / "tmp" / "shaping-runs"  # the one folder of this module's own
-        self._cancelled = self._state / "cancelled"
+        self.state_dir = self.root / ".dvc" / "tmp" / "shaping-runs"  # the one folder of this module's own
+        self._cancelled = self.state_dir / "cancelled"
+        self._submissions = self.state_dir / "submissions"  # <id>.json: the overrides a run was submitted with
+        self.checkpoint_dir = self.state_dir / "checkpoints"  # the queue's runs' checkpoints (SHAPING_CHECKPOINT_DIR)
 
     # commands ----------------------------------------------------------------------------------
     @staticmethod
@@ -87,12 +97,33 @@ class RunQueue:
             )
         return proc
 
+    def worker_count(self) -> int:
+        """DVC's queue workers alive for this repository, read from the process table: DVC names each
+        `dvc-exp-<hash of its queue folder>-<n>@localhost`. (Asking them over celery's broker takes a
+        1 s broadcast, and a worker still starting does not answer it: `dvc queue start` then starts
+        a second one, which takes the next queued run at once.)"""
+        import psutil
+
+        wdir = os.path.join(str(self.root), ".dvc", "tmp", "exps", "celery")  # DVC's celery_queue.wdir
+        tag = f"dvc-exp-{hashlib.sha256(wdir.encode('utf-8')).hexdigest()[:6]}-"
+        count = 0
+        for proc in psutil.process_iter(["cmdline", "status"]):
+            cmdline = proc.info.get("cmdline") or []
+            if proc.info.get("status") != psutil.STATUS_ZOMBIE and "queue-worker" in cmdline:
+                count += any(part.startswith(tag) for part in cmdline)
+        return count
+
     def start_workers(self) -> None:
-        """`dvc queue start -j <workers>` (running workers are kept). A worker it spawns keeps the output
-        streams it was given, so they go to a file: a pipe would hold this call until the worker exits."""
-        log_file = self._state / "queue-start.log"
+        """`dvc queue start -j <workers>` unless that many run already. A worker it spawns keeps the
+        output streams it was given, so they go to a file: a pipe would hold this call until it exits."""
+        if self.worker_count() >= self.workers:
+            return
+        log_file = self.state_dir / "queue-start.log"
         log_file.parent.mkdir(parents=True, exist_ok=True)
         argv, env = self._dvc_command("queue", "start", "-j", str(self.workers))
+        # each queued run trains in a fresh workspace: its checkpoints go to one folder of the repository's
+        # instead, so that a cancelled run's re-submission (the same overrides) resumes from them
+        env[CHECKPOINT_DIR_ENV] = str(self.checkpoint_dir)
         with log_file.open("w", encoding="utf-8") as out:
             code = subprocess.call(
                 argv,
@@ -133,22 +164,68 @@ class RunQueue:
             for override in overrides:
                 args += ["-S", override]
             self.dvc(*args)
+            self._submissions.mkdir(parents=True, exist_ok=True)
+            (self._submissions / f"{run_id}.json").write_text(json.dumps({"overrides": overrides}), encoding="utf-8")
             self.start_workers()
-        return Run(id=run_id, name=run_id, status="queued")
+        return Run(id=run_id, name=run_id, status="queued", overrides=overrides)
+
+    def overrides(self, run_id: str) -> list[str] | None:
+        """The overrides `run_id` was submitted with (None: it was queued by hand, not through this service)."""
+        try:
+            return list(json.loads((self._submissions / f"{run_id}.json").read_text(encoding="utf-8"))["overrides"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def retry(self, run_id: str, name: str | None = None) -> Run:
+        """Submit a failed or cancelled run's overrides again, as `name` (`<id>-retry-<n>` if None); a
+        cancelled run's retry resumes from its checkpoints."""
+        run = self.get(run_id, full=False)
+        if run.status not in ("failed", "cancelled"):
+            raise RunError("not_retryable", f"run {run_id} is {run.status}: only failed or cancelled runs retry")
+        overrides = self.overrides(run_id)
+        if overrides is None:
+            raise RunError("not_retryable", f"run {run_id} was not submitted through this service: no overrides known")
+        if name is None:
+            taken = {r.id for r in self.runs()} | self._experiment_names()
+            base = re.sub(r"-retry-\d+$", "", run_id)[:50]
+            name = next(f"{base}-retry-{n}" for n in range(1, 10_000) if f"{base}-retry-{n}" not in taken)
+        return self.submit(overrides, name)
 
     def cancel(self, run_id: str) -> Run:
-        """Kill a running run (`dvc queue kill`), or remove a queued one (`dvc queue remove`)."""
+        """Remove a queued run from the queue (`dvc queue remove`), or kill a running one's processes."""
         run = self.get(run_id, full=False)
         if run.status not in ("queued", "running"):
             raise RunError("not_cancellable", f"run {run_id} is {run.status}: only queued or running runs cancel")
         self._cancelled.mkdir(parents=True, exist_ok=True)
         (self._cancelled / run_id).touch()
         with self._lock:
-            if run.status == "queued":
-                self.dvc("queue", "remove", run_id)
-            else:
-                self.dvc("queue", "kill", run_id)
+            removed = run.status == "queued" and self.dvc("queue", "remove", run_id, check=False).returncode == 0
+        if not removed:  # running, or taken by a worker since its status was read
+            self._kill(self.get(run_id, full=False))
         return Run(id=run_id, name=run_id, status="cancelled", rev=run.rev, submitted_at=run.submitted_at)
+
+    def _kill(self, run: Run) -> None:
+        """Stop a running run: SIGTERM to its executor (`dvc exp exec-run`) and every process under it,
+        SIGKILL to any left after 10 s. Not `dvc queue kill`: it interrupts the executor's whole process
+        group, which holds the queue worker too, and the worker then shuts down with the next run taken
+        from the queue and never started (it would read `running` for ever)."""
+        import psutil
+
+        info = self.root / ".dvc" / "tmp" / "exps" / "run" / str(run.rev) / f"{run.rev}.json"
+        try:
+            executor = psutil.Process(int(json.loads(info.read_text(encoding="utf-8"))["pid"]))
+            tree = [*executor.children(recursive=True), executor]
+        except (OSError, ValueError, KeyError, psutil.Error):  # not started yet, or already gone
+            with self._lock:
+                self.dvc("queue", "kill", run.id, check=False)
+            return
+        for proc in tree:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        _, alive = psutil.wait_procs(tree, timeout=10)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
 
     # reading -----------------------------------------------------------------------------------
     def _status(self) -> list[dict[str, Any]]:
@@ -156,13 +233,6 @@ class RunQueue:
 
         with Repo(str(self.root)) as repo:
             return list(repo.experiments.celery_queue.status())
-
-    def _status_and_workers(self) -> tuple[list[dict[str, Any]], int]:
-        from dvc.repo import Repo
-
-        with Repo(str(self.root)) as repo:
-            queue = repo.experiments.celery_queue
-            return list(queue.status()), len(queue.worker_status())
 
     def _experiment_names(self) -> set[str]:
         return {str(e.get("name")) for e in self._experiments()}
@@ -190,7 +260,7 @@ class RunQueue:
         if status is not None and status not in STATUSES:
             raise RunError("invalid_status", f"status: {status!r}: one of {', '.join(STATUSES)}")
         with self._lock:
-            entries, workers = self._status_and_workers()
+            entries, workers = self._status(), self.worker_count()
             if not workers and any(e["status"] == "Queued" for e in entries):
                 # a DVC worker may stop with runs still queued (after a kill, or treeverse/dvc#10562)
                 self.start_workers()
@@ -202,10 +272,20 @@ class RunQueue:
             state = DVC_STATUS.get(str(entry["status"]), "failed")
             if name in cancelled and state in ("failed", "running"):
                 state = "cancelled"
-            elif state == "running" and not workers:  # its worker is gone: it will never finish
-                state = "failed"
+            reason = None
+            if state == "running" and not workers:  # its worker is gone: it will never finish
+                state, reason = "failed", "its queue worker is gone (killed or crashed) while the run was running"
+                if not (self.root / ".dvc" / "tmp" / "exps" / "run" / entry["rev"]).is_dir():
+                    reason = "its queue worker stopped after taking it from the queue, before starting it: retry it"
             runs.append(
-                Run(id=name, name=name, status=state, rev=entry["rev"], submitted_at=entry["timestamp"].isoformat())
+                Run(
+                    id=name,
+                    name=name,
+                    status=state,
+                    rev=entry["rev"],
+                    submitted_at=entry["timestamp"].isoformat(),
+                    reason=reason,
+                )
             )
         # a queued run removed by cancel() is no longer in the queue: it is still a run that was cancelled
         known = {r.id for r in runs}
@@ -216,12 +296,27 @@ class RunQueue:
         run = next((r for r in self.runs() if r.id == run_id), None)
         if run is None:
             raise RunError("not_found", f"no run {run_id!r}")
+        if run.status == "failed" and run.reason is None:
+            run.reason = self.failure_reason(run)
+        if full:
+            run.overrides = self.overrides(run_id)
         if full and run.status == "succeeded":
             with self._lock:
                 exp = next((e for e in self._experiments() if e["name"] == run_id), None)
             if exp is not None:
                 run.params, run.metrics = exp["params"], exp["metrics"]
         return run
+
+    def failure_reason(self, run: Run) -> str:
+        """A failed run's reason: the last error its output names (a stage's `ERROR` line, DVC's
+        `ERROR:`), else its last line."""
+        path = self.log_file(run)
+        if path is None:
+            return "it failed before it started (no output)"
+        lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+        lines = [line for line in lines if line]
+        errors = [line for line in lines if " ERROR " in line or line.startswith(("ERROR", "error:"))]
+        return (errors or lines or ["it failed with no output"])[-1][-2000:]
 
     def log_file(self, run: Run) -> Path | None:
         """Where DVC's queue writes the run's output (what `dvc queue logs` prints), once it has started."""
@@ -238,7 +333,13 @@ class RunQueue:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
         return lines[-tail:] if tail else lines
 
-    def _run_info(self, run: Run) -> dict[str, Any]:
+    def _stage_started(self, run: Run, stage: str) -> bool:
+        """Whether DVC has printed `Running stage '<stage>':` in the run's output (it deletes the stage's
+        old outputs first)."""
+        path = self.log_file(run)
+        return path is not None and f"Running stage '{stage}':" in path.read_text(encoding="utf-8", errors="replace")
+
+    def run_info(self, run: Run) -> dict[str, Any]:
         """DVC's executor record of a started run: its workspace (root_dir) and, once done, its experiment ref."""
         if run.rev is None:
             return {}
@@ -252,7 +353,7 @@ class RunQueue:
         """The train stage's DVCLive history, {metric: [{step, value}, ...]}: read from the run's workspace
         while it runs, from its experiment commit once it has succeeded (empty before the first log step)."""
         run = self.get(run_id, full=False)
-        info = self._run_info(run)
+        info = self.run_info(run)
         files: dict[str, str] = {}
         if run.status == "succeeded" and info.get("result_ref"):
             ref = str(info["result_ref"])
@@ -261,11 +362,9 @@ class RunQueue:
             ).stdout.split()
             for name in listed:
                 if name.endswith(".tsv"):
-                    shown = subprocess.run(
-                        ["git", "show", f"{ref}:{HISTORY_DIR}/{name}"], cwd=self.root, capture_output=True, text=True
-                    )
-                    files[name] = shown.stdout
-        elif run.status == "running" and info.get("root_dir"):
+                    files[name] = self.show(ref, f"{HISTORY_DIR}/{name}") or ""
+        elif run.status == "running" and info.get("root_dir") and self._stage_started(run, TRAIN_STAGE):
+            # (before its train stage starts, a run's workspace holds the baseline's committed curves)
             for path in sorted((Path(info["root_dir"]) / HISTORY_DIR).glob("*.tsv")):
                 files[path.name] = path.read_text(encoding="utf-8")
         history: dict[str, list[dict[str, float]]] = {}
@@ -279,6 +378,19 @@ class RunQueue:
                     continue
             history[metric] = points
         return history
+
+    def result_ref(self, run_id: str) -> str:
+        """The experiment commit of a succeeded run (what its artifacts are read from)."""
+        run = self.get(run_id, full=False)
+        ref = self.run_info(run).get("result_ref") if run.status == "succeeded" else None
+        if not ref:
+            raise RunError("not_found", f"run {run_id} is {run.status}: only a succeeded run has artifacts")
+        return str(ref)
+
+    def show(self, ref: str, path: str) -> str | None:
+        """A file's text at a commit (`git show <ref>:<path>`), None if it is not there."""
+        shown = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=self.root, capture_output=True, text=True)
+        return shown.stdout if shown.returncode == 0 else None
 
     def ready(self) -> dict[str, Any]:
         """What /readyz reports: the repository readable and DVC's queue answering."""

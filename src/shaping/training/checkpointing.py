@@ -48,6 +48,7 @@ UNWEIGHTED_TRAIN_KEYS = (
 )
 # accelerate keys that say where and how the processes meet, not what they compute
 UNWEIGHTED_ACCELERATE_KEYS = ("main_process_ip", "main_process_port", "machine_rank", "rdzv_backend", "same_network")
+CHECKPOINT_SAVED = "checkpoint saved:"  # the log line of each save (what shaping.runs reads)
 LAST = "last"  # where keep_checkpoints=true leaves a finished run's checkpoints
 README = "README.txt"
 _KEY = re.compile(r"^[0-9a-f]{16}$")
@@ -234,7 +235,8 @@ class DVCLiveResume(TrainerCallback):
 
 class RunStart(TrainerCallback):
     """Where this run started: step and tokens seen, restored from the checkpoint it resumed (0 and
-    0 for a fresh run), so that its report can tell this run's work from the whole run's."""
+    0 for a fresh run), so that its report can tell this run's work from the whole run's. Logs each
+    checkpoint it saves (`checkpoint saved: <folder> (step N)`: the runs service's checkpoint.saved)."""
 
     def __init__(self) -> None:
         self.step = 0
@@ -244,3 +246,8 @@ class RunStart(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self.step, self.tokens = state.global_step, int(state.num_input_tokens_seen)
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            folder = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
+            log.info("%s %s (step %d)", CHECKPOINT_SAVED, folder, state.global_step)
