@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("shaping.runs").warning("%s is not set: the API needs no key", args.api_key_env)
     hub = EventHub(queue, on_event=notifier.publish)
     try:
-        uvicorn.run(create_app(queue, args.api_key_env, hub), host=args.host, port=args.port, log_level="info")
+        # open event streams never end by themselves: a stop waits 5 s for them, then closes them
+        app = create_app(queue, args.api_key_env, hub)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=5)
     finally:
         notifier.close()
     return 0

@@ -16,12 +16,14 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from shaping.runs.artifacts import ArtifactNotFound, list_artifacts, open_artifact
@@ -43,7 +45,8 @@ HTTP_STATUS = {
     "unauthorized": 401,
     "dvc_failed": 500,
 }
-OPEN_PATHS = {"/healthz", "/readyz"}
+OPEN_PATHS = {"/healthz", "/readyz", "/"}  # and /static/...: the page asks for the key itself
+STATIC = Path(__file__).parent / "static"
 POLL_S = 0.5  # how often a log stream looks for new lines
 STATUS_EVERY_S = 2.0  # how often it asks the queue whether the run has ended
 EVENTS_POLL_S = 0.25  # how often an event stream looks for new events
@@ -115,12 +118,13 @@ def create_app(queue: RunQueue, api_key_env: str | None = "SHAPING_API_KEY", hub
             events.stop()
 
     app = FastAPI(title="shaping runs", description=__doc__, lifespan=lifespan)
+    app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
 
     @app.middleware("http")
     async def request_id_and_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         request.state.request_id = request_id
-        if key and request.url.path not in OPEN_PATHS:
+        if key and request.url.path not in OPEN_PATHS and not request.url.path.startswith("/static/"):
             given = request.headers.get("x-api-key") or ""
             bearer = request.headers.get("authorization", "")
             if bearer.lower().startswith("bearer "):
@@ -168,9 +172,20 @@ def create_app(queue: RunQueue, api_key_env: str | None = "SHAPING_API_KEY", hub
         return run.to_json()
 
     @app.get("/runs")
-    async def runs(status: str | None = None) -> dict[str, Any]:
-        found = await run_in_threadpool(queue.runs, status)
-        return {"runs": [r.to_json() for r in found]}
+    async def runs(status: str | None = None, full: bool = False) -> dict[str, Any]:
+        """Every run, newest first; `?full=true` adds each one's overrides, params and metrics."""
+        found = await run_in_threadpool(queue.runs_full if full else queue.runs, status)
+        return {"runs": [r.to_json(full=full) for r in found]}
+
+    @app.get("/config")
+    async def config() -> dict[str, Any]:
+        """conf/'s config groups and their options (what a new run's overrides can pick)."""
+        return {"groups": await run_in_threadpool(queue.config_groups)}
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        """The web page (static files shipped in the package; it asks for the key itself)."""
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     @app.get("/runs/{run_id}")
     async def run(run_id: str) -> dict[str, Any]:

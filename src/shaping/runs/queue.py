@@ -292,6 +292,35 @@ class RunQueue:
         runs += [Run(id=n, name=n, status="cancelled") for n in sorted(cancelled - known)]
         return [r for r in runs if status is None or r.status == status]
 
+    def runs_full(self, status: str | None = None) -> list[Run]:
+        """`runs()`, each succeeded one with its params and metrics (one `dvc exp show` for all)."""
+        found = self.runs(status)
+        if any(r.status == "succeeded" for r in found):
+            with self._lock:
+                shown = {e["name"]: e for e in self._experiments()}
+            for run in found:
+                if run.status == "succeeded" and run.id in shown:
+                    run.params, run.metrics = shown[run.id]["params"], shown[run.id]["metrics"]
+        for run in found:
+            run.overrides = self.overrides(run.id)
+        return found
+
+    def config_groups(self) -> dict[str, Any]:
+        """conf/'s config groups, each with its options and the one conf/config.yaml's defaults pick."""
+        import yaml
+
+        conf = self.root / "conf"
+        defaults: dict[str, str] = {}
+        for entry in (yaml.safe_load((conf / "config.yaml").read_text(encoding="utf-8")) or {}).get("defaults", []):
+            if isinstance(entry, dict):
+                defaults.update({str(k): str(v) for k, v in entry.items()})
+        groups = {}
+        for folder in sorted(p for p in conf.iterdir() if p.is_dir()):
+            options = sorted(f.stem for f in folder.glob("*.yaml"))
+            if options:
+                groups[folder.name] = {"options": options, "default": defaults.get(folder.name)}
+        return groups
+
     def get(self, run_id: str, full: bool = True) -> Run:
         run = next((r for r in self.runs() if r.id == run_id), None)
         if run is None:
