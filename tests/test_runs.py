@@ -8,6 +8,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -148,17 +149,20 @@ def sse(client: httpx.Client, path: str, until: str | None = None, timeout: floa
     return events
 
 
-def worker_processes(repo: Path) -> list[str]:
-    """Command lines of live processes running a run in `repo` (DVC's executor and its stages)."""
-    found = []
+def worker_processes(repo: Path, workers: bool = False) -> dict[int, str]:
+    """{pid: command line} of live processes running a run in `repo` (DVC's executor and its stages),
+    and with `workers` DVC's queue workers too."""
+    kinds = ("exec-run", "src/", *(("queue-worker",) if workers else ()))
+    found = {}
     for proc in Path("/proc").iterdir():
         try:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             cwd = os.readlink(proc / "cwd")
-        except OSError:
+            state = (proc / "stat").read_text().split(") ")[-1][0]
+        except (OSError, IndexError):
             continue
-        if str(repo) in cwd and any(part in cmdline for part in ("exec-run", "src/")):
-            found.append(cmdline)
+        if str(repo) in cwd and state != "Z" and any(kind in cmdline for kind in kinds):
+            found[int(proc.name)] = cmdline
     return found
 
 
@@ -305,7 +309,7 @@ def test_submit_follow_cancel_retry_and_refusals(service: tuple[Service, Receive
         time.sleep(0.5)
     assert [json.loads(d)["type"] for _, d in sse(client, "/runs/long/events")][-1] == "run.cancelled"
 
-    # retried, it resumes from that checkpoint (and is cancelled again); the queued-then-cancelled r2 retried
+    # retried, it resumes from that checkpoint; the queued-then-cancelled r2 retried
     # runs to the end: a second run with other overrides that succeeds
     assert client.post("/runs/r4/retry").json()["code"] == "not_retryable"
     again = client.post("/runs/long/retry")
@@ -314,7 +318,12 @@ def test_submit_follow_cancel_retry_and_refusals(service: tuple[Service, Receive
     resumed = sse(client, "/runs/long-retry-1/logs/stream", until="resuming from")
     step = re.search(r"resuming from \S+ \(step (\d+)\)", resumed[-1][1])
     assert step is not None and int(step.group(1)) >= saved["data"]["step"] > 0, resumed[-3:]
-    assert client.post("/runs/long-retry-1/cancel").status_code == 200
+    # the machine "crashes" under it: its worker and processes SIGKILLed; it reads failed, with the reason,
+    # and the service starts a worker again for the run still queued
+    for pid in worker_processes(repo, workers=True):
+        os.kill(pid, signal.SIGKILL)
+    lost = wait_for(client, "long-retry-1", {"failed", "succeeded", "cancelled"}, timeout=60)
+    assert lost["status"] == "failed" and "killed" in str(lost["reason"]), lost
     second = wait_for(client, "r2-again", {"succeeded", "failed"})
     assert second["status"] == "succeeded", (second, client.get("/runs/r2-again/logs", params={"tail": 30}).json())
     assert second["params"]["params.yaml"]["lora"]["r"] == 2  # type: ignore[index]
@@ -322,16 +331,12 @@ def test_submit_follow_cancel_retry_and_refusals(service: tuple[Service, Receive
     listed = {r["id"]: r["status"] for r in client.get("/runs").json()["runs"]}
     assert listed == {
         "r2-again": "succeeded",
-        "long-retry-1": "cancelled",
+        "long-retry-1": "failed",
         "long": "cancelled",
         "r4": "succeeded",
         "r2": "cancelled",
     }
-    assert sorted(r["id"] for r in client.get("/runs", params={"status": "cancelled"}).json()["runs"]) == [
-        "long",
-        "long-retry-1",
-        "r2",
-    ]
+    assert sorted(r["id"] for r in client.get("/runs", params={"status": "cancelled"}).json()["runs"]) == ["long", "r2"]
     assert client.get("/runs", params={"status": "nope"}).status_code == 422
     assert client.get("/runs/nope").status_code == 404
     assert client.get("/runs/nope/logs/stream").status_code == 404

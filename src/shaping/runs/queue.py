@@ -272,11 +272,9 @@ class RunQueue:
             state = DVC_STATUS.get(str(entry["status"]), "failed")
             if name in cancelled and state in ("failed", "running"):
                 state = "cancelled"
-            reason = None
-            if state == "running" and not workers:  # its worker is gone: it will never finish
-                state, reason = "failed", "its queue worker is gone (killed or crashed) while the run was running"
-                if not (self.root / ".dvc" / "tmp" / "exps" / "run" / entry["rev"]).is_dir():
-                    reason = "its queue worker stopped after taking it from the queue, before starting it: retry it"
+            reason = self._lost(str(entry["rev"]), workers) if state == "running" else None
+            if reason is not None:
+                state = "failed"
             runs.append(
                 Run(
                     id=name,
@@ -291,6 +289,24 @@ class RunQueue:
         known = {r.id for r in runs}
         runs += [Run(id=n, name=n, status="cancelled") for n in sorted(cancelled - known)]
         return [r for r in runs if status is None or r.status == status]
+
+    def _lost(self, rev: str, workers: int) -> str | None:
+        """Why a run DVC calls running never will finish, or None if it may: its executor's record (the
+        pid and, once it has exited, the exit code the worker wrote) says whether its processes live."""
+        import psutil
+
+        info = self.root / ".dvc" / "tmp" / "exps" / "run" / rev / f"{rev}.json"
+        try:
+            record = json.loads(info.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # taken from the queue, not started yet
+            return None if workers else "its queue worker stopped after taking it from the queue, before it started"
+        if record.get("returncode") is not None:  # exited; DVC records the outcome in a moment
+            return None if record["returncode"] == 0 else f"it exited with code {record['returncode']}"
+        try:
+            alive = psutil.Process(int(record["pid"])).status() != psutil.STATUS_ZOMBIE
+        except (psutil.Error, KeyError, TypeError, ValueError):
+            alive = False
+        return None if alive else "its processes are gone (killed, e.g. SIGKILL, or the machine restarted) mid-run"
 
     def runs_full(self, status: str | None = None) -> list[Run]:
         """`runs()`, each succeeded one with its params and metrics (one `dvc exp show` for all)."""
