@@ -12,6 +12,8 @@ STAMP := $(VENV)/.shaping-installed
 
 # e.g. make demo REPRO_FLAGS=--force to rebuild every stage
 REPRO_FLAGS ?=
+# pytest's worker processes (pytest-xdist); 0 runs the tests in pytest's own process
+PYTEST_WORKERS ?= 2
 
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
@@ -47,9 +49,11 @@ demo: setup
 	$(BIN)/python src/summary.py
 
 check: setup lint typecheck layers
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -m "not slow"
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
 
-test: setup lint typecheck layers pytest
+# the type check runs beside the suite: much of the suite's time is spent waiting on subprocesses
+test: setup lint layers
+	$(MAKE) --no-print-directory -j2 typecheck pytest
 
 lint: setup
 	$(BIN)/ruff check .
@@ -63,7 +67,7 @@ layers: setup
 	$(BIN)/lint-imports
 
 pytest: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
 
 # Recompose params.yaml from conf/ (what `dvc exp run -S` does), e.g. make params ARGS="lora.r=16"
 params: setup
