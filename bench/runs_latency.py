@@ -60,13 +60,17 @@ def receiver() -> tuple[ThreadingHTTPServer, dict[str, float]]:
 
 def follow(url: str, seen: dict[str, tuple[float, dict[str, object]]], stop: threading.Event) -> None:
     """Every event of GET /events with the time it arrived here."""
-    with httpx.Client(base_url=url, timeout=None) as client, client.stream("GET", "/events") as response:
-        for line in response.iter_lines():
-            if stop.is_set():
-                return
-            if line.startswith("data: "):
-                event = json.loads(line.removeprefix("data: "))
-                seen.setdefault(event["id"], (time.time(), event))
+    try:
+        with httpx.Client(base_url=url, timeout=None) as client, client.stream("GET", "/events") as response:
+            for line in response.iter_lines():
+                if stop.is_set():
+                    return
+                if line.startswith("data: "):
+                    event = json.loads(line.removeprefix("data: "))
+                    seen.setdefault(event["id"], (time.time(), event))
+    except httpx.HTTPError:  # the service stopped under the stream
+        if not stop.is_set():
+            raise
 
 
 def summary(values: list[float]) -> str:
@@ -77,7 +81,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="runs-latency-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="runs-latency-", ignore_cleanup_errors=True) as tmp:
         repo = Path(tmp) / "repo"
         repo.mkdir()
         copy_repo(repo)
@@ -119,7 +123,7 @@ def main() -> int:
                 except httpx.TransportError:
                     time.sleep(0.1)
             threading.Thread(target=follow, args=(url, seen, stop), daemon=True).start()
-            to_start, to_end, delays = [], [], []
+            to_start, to_end, train_to_end, delays = [], [], [], []
             client = httpx.Client(base_url=url, timeout=120)
             for n in range(args.runs):
                 run_id = f"r{n + 2}"
@@ -135,6 +139,8 @@ def main() -> int:
                 to_start.append(seen[f"{run_id}/run.started"][0] - posted)
                 steps = [t for i, (t, e) in seen.items() if i.startswith(f"{run_id}/train.progress/")]
                 to_end.append(seen[f"{run_id}/run.succeeded"][0] - max(steps))
+                evaluated = seen[f"{run_id}/stage.started/evaluate"][0]
+                train_to_end.append(seen[f"{run_id}/run.succeeded"][0] - evaluated)
                 time.sleep(2)  # the webhook's last deliveries
                 delays += [
                     arrived[i] - datetime.fromisoformat(str(e["time"])).timestamp()
@@ -156,6 +162,7 @@ def main() -> int:
     print("|---|---|")
     print(f"| POST /runs -> run.started (on GET /events) | {summary(to_start)} |")
     print(f"| last train.progress -> run.succeeded | {summary(to_end)} |")
+    print(f"| of which stage.started evaluate -> run.succeeded | {summary(train_to_end)} |")
     print(f"| event derived (its `time`) -> at the webhook | {summary(delays)} |")
     return 0
 
