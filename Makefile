@@ -49,7 +49,7 @@ demo: setup
 	$(BIN)/python src/summary.py
 
 check: setup lint typecheck layers
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow"
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal -m "not slow"
 
 # the type check runs beside the suite: much of the suite's time is spent waiting on subprocesses
 test: setup lint layers
@@ -67,7 +67,7 @@ layers: setup
 	$(BIN)/lint-imports
 
 pytest: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
 # Recompose params.yaml from conf/ (what `dvc exp run -S` does), e.g. make params ARGS="lora.r=16"
 params: setup
