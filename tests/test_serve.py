@@ -175,3 +175,23 @@ def test_concurrent_requests_share_batches(server: str, client: openai.OpenAI) -
     requests = int(after["requests"]) - int(before["requests"])
     batches = int(after["batches"]) - int(before["batches"])
     assert requests == 8 and batches < requests
+
+
+def test_requests_with_different_options_share_a_batch(server: str, client: openai.OpenAI) -> None:
+    """Greedy and seeded requests to the base and the adapter, each with its own temperature,
+    top_p, top_k, max_tokens and stop strings, sent at once: each gets the reply it gets alone."""
+    requests: list[dict[str, Any]] = [
+        {"model": "base"},
+        {"model": "tuned", "max_tokens": 5},
+        {"model": "base", "temperature": 0.8, "seed": 7},
+        {"model": "tuned", "temperature": 1.1, "top_p": 0.9, "seed": 3, "stop": ["e"]},
+        {"model": "tuned", "temperature": 0.9, "seed": 5, "extra_body": {"top_k": 10}},
+        {"model": "base", "temperature": 1.0, "seed": 2, "max_tokens": 4},
+    ] * 2
+    expected = [_reply(client, **r) for r in requests[:6]] * 2
+    before = _health(server)
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        replies = list(pool.map(lambda r: _reply(client, **r), requests))
+    after = _health(server)
+    assert replies == expected
+    assert int(after["batches"]) - int(before["batches"]) < len(requests)

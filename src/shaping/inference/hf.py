@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from transformers import (
     StoppingCriteria,
     StoppingCriteriaList,
     TemperatureLogitsWarper,
+    TopKLogitsWarper,
     TopPLogitsWarper,
 )
 
@@ -79,28 +81,166 @@ class StopOnStrings(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
-class SampleEachRow(LogitsProcessor):
-    """Samples every row's next token from that row's own generator, seeded once per row, and leaves
-    it the only token not at -inf, so generate()'s greedy step takes it. transformers' sampling draws
-    the whole batch from torch's global generator, so a row's reply would depend on its neighbours
-    and its place in the batch; here it depends on its seed and its own logits only."""
+@dataclass(frozen=True)
+class SamplingOptions:
+    """One row's sampling: temperature 0 is greedy; a sampled row with a seed draws from a stream of
+    its own (its reply is the same in any batch), one without draws from a stream unseeded rows share."""
 
-    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
-        self.seeds = list(seeds)
-        self.generators: list[torch.Generator] | None = None
-        self.warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(temperature)]
-        if top_p < 1.0:
-            self.warpers.append(TopPLogitsWarper(top_p))
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    stop: tuple[str, ...]
+    seed: int | None  # None: the generator runs on, so replies vary
+    top_k: int = 0  # 0: no top-k cut
+
+    @property
+    def sampled(self) -> bool:
+        return self.temperature > 0
+
+
+class SampleRows(LogitsProcessor):
+    """Picks every row's next token by that row's own options and leaves it the only token not at
+    -inf, so generate()'s greedy step takes it: a greedy row (temperature 0) its argmax, a sampled
+    row a draw from its own generator (seeded once) after its own temperature, top-k and top-p.
+    transformers' sampling draws the whole batch from torch's global generator with one set of
+    options, so a row's reply would depend on its neighbours and its place in the batch; here it
+    depends on its options, its seed and its own logits only."""
+
+    def __init__(self, rows: Sequence[SamplingOptions]) -> None:
+        self.rows = list(rows)
+        self.seeds = [row.seed if row.sampled else None for row in self.rows]
+        self.generators: list[torch.Generator | None] | None = None
+        # unseeded rows vary anyway: they share one generator and one multinomial call per step
+        self.shared_seed = random.getrandbits(63)
+        self.shared: torch.Generator | None = None
+        groups: dict[tuple[float, int, float], list[int]] = defaultdict(list)
+        for i, row in enumerate(self.rows):
+            if row.sampled:
+                groups[(row.temperature, row.top_k, row.top_p)].append(i)
+        # rows with the same options are warped together, in generate()'s order: temperature, top-k, top-p
+        self.groups: list[tuple[list[int], list[LogitsProcessor]]] = []
+        for (temperature, top_k, top_p), indices in groups.items():
+            warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(temperature)]
+            if top_k > 0:
+                warpers.append(TopKLogitsWarper(top_k))
+            if top_p < 1.0:
+                warpers.append(TopPLogitsWarper(top_p))
+            self.groups.append((indices, warpers))
+        self.greedy = [i for i, row in enumerate(self.rows) if not row.sampled]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.generators is None:
-            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
-        for warper in self.warpers:
-            scores = warper(input_ids, scores)
-        probs = torch.softmax(scores.float(), dim=-1)  # (B, V)
-        chosen = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators, strict=True)])
+            self.generators = [
+                None if s is None else torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds
+            ]
+            self.shared = torch.Generator(device=scores.device).manual_seed(self.shared_seed)
+        chosen = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
+        if self.greedy:
+            index = torch.tensor(self.greedy, device=scores.device)
+            chosen[index] = scores[index].argmax(dim=-1)
+        for indices, warpers in self.groups:
+            index = torch.tensor(indices, device=scores.device)
+            ids, group = input_ids[index], scores[index]
+            for warper in warpers:
+                group = warper(ids, group)
+            probs = torch.softmax(group.float(), dim=-1)  # (b, V)
+            unseeded = [j for j, i in enumerate(indices) if self.generators[i] is None]
+            if unseeded:
+                at = torch.tensor(unseeded, device=scores.device)
+                chosen[index[at]] = torch.multinomial(probs[at], 1, generator=self.shared)[:, 0]
+            for i, p in zip(indices, probs, strict=True):
+                generator = self.generators[i]
+                if generator is not None:
+                    chosen[i] = torch.multinomial(p, 1, generator=generator)[0]
         only = torch.full_like(scores, float("-inf"))
         return only.scatter_(1, chosen[:, None], 0.0)  # type: ignore[return-value]
+
+
+class SampleEachRow(SampleRows):
+    """SampleRows with one temperature and top-p for the whole batch and a seed per row."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
+        super().__init__([SamplingOptions(temperature, top_p, 0, (), seed) for seed in seeds])
+
+
+class StopRowsOnStrings(StoppingCriteria):
+    """Ends each row once its reply contains one of its own stop strings, or once it holds its own
+    number of new tokens (rows with a lower max_new_tokens than the batch's)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, rows: Sequence[SamplingOptions], prompt_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.stops = [[s for s in row.stop if s] for row in rows]
+        self.max_new = [row.max_new_tokens for row in rows]
+        self.prompt_length = prompt_length
+        self.window = 4 * max((len(s) for stop in self.stops for s in stop), default=0) + 4
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        new = input_ids.shape[1] - self.prompt_length
+        done = [new >= m for m in self.max_new]
+        with_stop = [i for i, stop in enumerate(self.stops) if stop and not done[i]]
+        if with_stop:
+            tails = input_ids[with_stop, max(self.prompt_length, input_ids.shape[1] - self.window) :].tolist()
+            for i, text in zip(with_stop, self.tokenizer.batch_decode(tails, skip_special_tokens=True), strict=True):
+                done[i] = any(s in text for s in self.stops[i])
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+def generate_rows(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[list[dict[str, str]]],
+    rows: Sequence[SamplingOptions],
+    *,
+    adapter_names: list[str] | None = None,
+) -> list[Completion]:
+    """One assistant reply per conversation, each row with its own SamplingOptions (temperature,
+    top-p, top-k, seed, max_new_tokens, stop strings), all in one generate() call. A greedy or
+    seeded row's reply is the one it gets alone. `adapter_names` (a PeftModel's per-row
+    adapters, "__base__" for the base) runs several LoRA adapters and the base in the same batch."""
+    if len(rows) != len(conversations):
+        raise ValueError(f"generate_rows: {len(rows)} options for {len(conversations)} conversations")
+    prompts = [str(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)) for c in conversations]
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    enc = enc.to(model.device)
+    prompt_length = enc["input_ids"].shape[1]
+    processors = LogitsProcessorList()
+    if any(row.sampled for row in rows):
+        processors.append(SampleRows(rows))
+    extra: dict[str, Any] = {}
+    if adapter_names is not None:
+        extra["adapter_names"] = adapter_names
+    longest = max(row.max_new_tokens for row in rows)
+    if any(row.stop for row in rows) or any(row.max_new_tokens < longest for row in rows):
+        extra["stopping_criteria"] = StoppingCriteriaList([StopRowsOnStrings(tokenizer, rows, prompt_length)])
+    end_ids = end_of_turn_ids(model, tokenizer)
+    with torch.no_grad():
+        out = model.generate(  # type: ignore[operator]  # transformers types generate loosely
+            **enc,
+            logits_processor=processors,
+            max_new_tokens=longest,
+            do_sample=False,
+            eos_token_id=end_ids,
+            pad_token_id=tokenizer.pad_token_id,
+            **extra,
+        )
+    new_tokens = out[:, prompt_length:]  # (B, new)
+    prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()  # (B,)
+    responses = []
+    for row, options, prompt_tokens in zip(new_tokens.tolist(), rows, prompt_lengths, strict=True):
+        row = row[: options.max_new_tokens]  # a finished row is padded on to the batch's longest
+        end = next((i for i, t in enumerate(row) if t in end_ids), None)
+        kept = row if end is None else row[:end]
+        kept = [t for t in kept if t != tokenizer.pad_token_id]
+        text, stopped = truncate_at_stop(str(tokenizer.decode(kept, skip_special_tokens=True)), options.stop)
+        responses.append(
+            Completion(
+                text=text,
+                finish_reason="stop" if end is not None or stopped else "length",
+                completion_tokens=len(kept),
+                prompt_tokens=int(prompt_tokens),
+            )
+        )
+    return responses
 
 
 def generate_chat(

@@ -67,6 +67,7 @@ class ChatCompletionRequest(BaseModel):
     n: int | None = Field(None, ge=1, le=128)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)  # not OpenAI's; vLLM's server takes it too
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
@@ -186,13 +187,18 @@ def stream_events(
 def create_app(
     models: ServedModels,
     *,
-    max_batch_size: int = 16,
+    max_batch_size: int = 64,
     batch_window_s: float = 0.01,
     default_max_tokens: int = 256,
     api_key: str | None = None,
 ) -> FastAPI:
     """The app over `models`. With `api_key`, /v1 routes need `Authorization: Bearer <api_key>`."""
-    batcher = Batcher(models.generate, max_batch_size=max_batch_size, window_s=batch_window_s)
+    batcher = Batcher(
+        models.generate_rows,
+        max_batch_size=max_batch_size,
+        window_s=batch_window_s,
+        group_of=models.batch_group,
+    )
     started = int(time.time())
 
     @asynccontextmanager
@@ -253,7 +259,13 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "batches": batcher.batches, "requests": batcher.requests}
+        return {
+            "status": "ok",
+            "batches": batcher.batches,
+            "requests": batcher.requests,
+            "rows": batcher.rows,
+            "generate_s": round(batcher.busy_s, 3),
+        }
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def list_models() -> dict[str, Any]:
@@ -277,6 +289,7 @@ def create_app(
         options = SamplingOptions(
             temperature=temperature,
             top_p=1.0 if request.top_p is None else request.top_p,
+            top_k=request.top_k or 0,
             max_new_tokens=max_new_tokens(request, prompt_tokens, models.context_length, default_max_tokens),
             stop=stop_sequences(request.stop),
             seed=request.seed if temperature > 0 else None,

@@ -1,30 +1,39 @@
 """Gathers concurrent requests into shared generate() calls, run off the event loop.
 
-One consumer task takes the first waiting request, waits `window_s` for others to arrive (or
-none, when the queue already holds a full batch), then groups what it has by model and sampling
-options and runs each group through generate() in a single worker thread, `max_batch_size` rows
-at a time (a request with n choices is n rows). While a batch runs, new requests queue up, so
-under load the next batch is fuller. A sampled request with a seed runs alone: batched rows
-share one random stream, so its reply would depend on its neighbours.
+One consumer task runs generate() in a single worker thread, one batch at a time. Whenever that
+thread is free it takes every request waiting (up to `max_batch_size` rows; a request with n
+choices is n rows) and runs them at once; while a batch runs, new requests queue up for the next
+one. Only when the queue is nearly empty (fewer than `max_batch_size // 8` rows waiting, at least
+one) does a batch wait up to `window_s` for more to join it, so a burst arriving at an idle server
+is not split into a batch of one and a batch of the rest.
+
+Rows in one batch may differ in everything per-row: model (the base and any LoRA adapter of it;
+`group_of` says which models can share a call), temperature, top-p, top-k, seed, max tokens and
+stop strings. A seeded row samples from a generator of its own, so a greedy or seeded reply is
+the one the request gets alone, whatever shares its batch. A batch runs until its longest row
+ends (no iteration-level batching): clients that send their next request on each reply can
+settle into two cohorts that alternate, batches of about half the requests in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections import defaultdict
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 from shaping.inference.hf import Completion
+from shaping.inference.types import request_seed
 from shaping.serve.models import SamplingOptions
 
 log = logging.getLogger(__name__)
 
 Conversation = list[dict[str, str]]
-GenerateFn = Callable[[str, list[Conversation], SamplingOptions], list[Completion]]
+# (model of each row, conversations, options of each row) -> one reply per row
+GenerateFn = Callable[[Sequence[str], list[Conversation], Sequence[SamplingOptions]], list[Completion]]
 
 
 @dataclass(eq=False)
@@ -35,20 +44,36 @@ class Job:
     options: SamplingOptions
     future: asyncio.Future[list[Completion]] = field(repr=False)
 
-    @property
-    def key(self) -> tuple[Any, ...]:
-        solo = self.options.seed is not None and self.options.temperature > 0
-        return (self.model, self.options, id(self) if solo else None)
+    def row_options(self) -> list[SamplingOptions]:
+        """The n choices' options: with a seed and n > 1, each choice its own stream derived from it."""
+        if self.n == 1 or self.options.seed is None:
+            return [self.options] * self.n
+        return [replace(self.options, seed=request_seed(self.options.seed, str(j))) for j in range(self.n)]
+
+
+def _same_group(model: str) -> Hashable:
+    return model
 
 
 class Batcher:
-    def __init__(self, generate: GenerateFn, max_batch_size: int, window_s: float) -> None:
+    def __init__(
+        self,
+        generate: GenerateFn,
+        max_batch_size: int,
+        window_s: float,
+        group_of: Callable[[str], Hashable] = _same_group,
+    ) -> None:
         self.generate = generate
+        self.group_of = group_of
         self.max_batch_size = max(1, max_batch_size)
         self.window_s = window_s
+        self.nearly_empty = max(1, self.max_batch_size // 8)
         self.batches = 0  # generate() calls made
         self.requests = 0  # requests answered through them
-        self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self.rows = 0  # rows (requests x n) generated in them
+        self.busy_s = 0.0  # time the generate thread has spent in generate()
+        self._waiting: list[Job] = []  # in arrival order
+        self._arrived = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
 
     async def submit(
@@ -56,56 +81,70 @@ class Batcher:
     ) -> list[Completion]:
         """The `n` replies to `conversation`, once a batch holding it has run."""
         future: asyncio.Future[list[Completion]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(Job(model, conversation, n, options, future))
+        self._waiting.append(Job(model, conversation, n, options, future))
+        self._arrived.set()
         return await future
 
     async def run(self) -> None:
         """Serve the queue until cancelled."""
+        loop = asyncio.get_running_loop()
         while True:
-            jobs = [await self._queue.get()]
-            self._take_waiting(jobs)
-            if sum(j.n for j in jobs) < self.max_batch_size and self.window_s > 0:
-                await asyncio.sleep(self.window_s)
-                self._take_waiting(jobs)
-            groups: dict[tuple[Any, ...], list[Job]] = defaultdict(list)
-            for job in jobs:
-                if not job.future.done():  # a client that went away cancels its future
-                    groups[job.key].append(job)
-            for group in groups.values():
-                for chunk in self._chunks(group):
-                    await self._run(chunk)
+            while not self._live_rows():
+                self._arrived.clear()
+                await self._arrived.wait()
+            # nearly empty: wait up to window_s for more rows to join (a burst arriving at an idle
+            # server); otherwise run what is waiting at once
+            deadline = loop.time() + self.window_s
+            while self._live_rows() < self.nearly_empty and (left := deadline - loop.time()) > 0:
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), left)
+            await self._run(self._take_batch())
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def _take_waiting(self, jobs: list[Job]) -> None:
-        while sum(j.n for j in jobs) < self.max_batch_size and not self._queue.empty():
-            jobs.append(self._queue.get_nowait())
+    def _live_rows(self) -> int:
+        self._waiting = [job for job in self._waiting if not job.future.done()]  # a client gone cancels its future
+        return sum(job.n for job in self._waiting)
 
-    def _chunks(self, group: list[Job]) -> list[list[Job]]:
-        chunks: list[list[Job]] = [[]]
-        for job in group:
-            if chunks[-1] and sum(j.n for j in chunks[-1]) + job.n > self.max_batch_size:
-                chunks.append([])
-            chunks[-1].append(job)
-        return chunks
+    def _take_batch(self) -> list[Job]:
+        """The oldest waiting job and, in arrival order, the others of its group that fit beside it."""
+        group = self.group_of(self._waiting[0].model)
+        batch: list[Job] = []
+        rows = 0
+        for job in self._waiting:
+            if self.group_of(job.model) != group:
+                continue
+            if batch and rows + job.n > self.max_batch_size:
+                break
+            batch.append(job)
+            rows += job.n
+        taken = set(map(id, batch))
+        self._waiting = [job for job in self._waiting if id(job) not in taken]
+        return batch
 
-    async def _run(self, chunk: list[Job]) -> None:
-        head = chunk[0]
-        conversations = [job.conversation for job in chunk for _ in range(job.n)]
+    async def _run(self, batch: list[Job]) -> None:
+        names = [job.model for job in batch for _ in range(job.n)]
+        conversations = [job.conversation for job in batch for _ in range(job.n)]
+        options = [o for job in batch for o in job.row_options()]
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         try:
-            replies = await loop.run_in_executor(self._executor, self.generate, head.model, conversations, head.options)
+            replies = await loop.run_in_executor(self._executor, self.generate, names, conversations, options)
         except Exception as err:
-            log.exception("generate failed for a batch of %d request(s)", len(chunk))
-            for job in chunk:
+            log.exception("generate failed for a batch of %d request(s)", len(batch))
+            for job in batch:
                 if not job.future.done():
                     job.future.set_exception(err)
             return
+        finally:
+            self.busy_s += time.perf_counter() - started
         self.batches += 1
-        self.requests += len(chunk)
+        self.requests += len(batch)
+        self.rows += len(names)
         start = 0
-        for job in chunk:
+        for job in batch:
             if not job.future.done():
                 job.future.set_result(replies[start : start + job.n])
             start += job.n

@@ -4,33 +4,28 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from shaping.errors import ShapingError
-from shaping.inference.hf import Completion, generate_chat
+from shaping.inference.hf import Completion, SamplingOptions, generate_rows
+
+__all__ = ["SamplingOptions", "ServedModels"]
+
+BASE_ROW = "__base__"  # PEFT's name for a row of a mixed batch that runs the base model
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SamplingOptions:
-    """What must match for two requests to share one generate() call."""
-
-    temperature: float
-    top_p: float
-    max_new_tokens: int
-    stop: tuple[str, ...]
-    seed: int | None  # None: the generator runs on, so replies vary
-
-
 class ServedModels:
-    """One base model in memory; with adapters it is a PeftModel holding each under its name, and
-    the base is served with the adapters disabled. Not thread-safe: the server calls `generate`
-    from one worker thread only."""
+    """One base model in memory; with adapters it is a PeftModel holding each under its name.
+    The base and every LoRA adapter run together in one batch (PEFT's per-row `adapter_names`);
+    an adapter PEFT cannot mix (DoRA, non-LoRA types) runs in batches of its own, set active,
+    and the base alone runs with the adapters disabled. Not thread-safe: the server calls
+    `generate` from one worker thread only."""
 
     def __init__(self, model_path: str, adapters: dict[str, str], base_name: str, device: str) -> None:
         if base_name in adapters:
@@ -64,6 +59,18 @@ class ServedModels:
         self.base_name = base_name
         self.adapter_names = list(adapters)
         self.context_length: int | None = getattr(base.config, "max_position_embeddings", None)
+        self.mixable = {name for name in self.adapter_names if self._mixable(name)}
+
+    def _mixable(self, name: str) -> bool:
+        """Whether PEFT can run adapter `name` on some rows of a batch (`adapter_names=`): plain
+        LoRA only; this peft refuses DoRA there ("Cannot pass `adapter_names` when DoRA is enabled")."""
+        config = getattr(self.model, "peft_config", {}).get(name)
+        peft_type = str(getattr(getattr(config, "peft_type", None), "value", getattr(config, "peft_type", "")))
+        return peft_type == "LORA" and not getattr(config, "use_dora", False)
+
+    def batch_group(self, name: str) -> Hashable:
+        """Requests whose models have the same group can share one generate() call."""
+        return name if name in self.adapter_names and name not in self.mixable else self.base_name
 
     @property
     def names(self) -> list[str]:
@@ -79,21 +86,29 @@ class ServedModels:
         self, name: str, conversations: list[list[dict[str, str]]], options: SamplingOptions
     ) -> list[Completion]:
         """One reply per conversation from model `name` (the base or an adapter)."""
-        if isinstance(self.model, PeftModel):
-            if name == self.base_name:
-                with self.model.disable_adapter():
-                    return self._generate(conversations, options)
-            self.model.set_adapter(name)
-        return self._generate(conversations, options)
+        return self.generate_rows([name] * len(conversations), conversations, [options] * len(conversations))
 
-    def _generate(self, conversations: list[list[dict[str, str]]], options: SamplingOptions) -> list[Completion]:
-        return generate_chat(
-            self.model,  # type: ignore[arg-type]  # a PeftModel generates like the model it wraps
+    def generate_rows(
+        self, names: Sequence[str], conversations: list[list[dict[str, str]]], options: Sequence[SamplingOptions]
+    ) -> list[Completion]:
+        """One reply per conversation, row i from model names[i] with options[i]; the names must
+        share a batch_group."""
+        if len({self.batch_group(name) for name in names}) > 1:
+            raise ValueError(f"generate_rows: {sorted(set(names))} cannot share one batch")
+        model = self.model
+        if not isinstance(model, PeftModel):
+            return generate_rows(model, self.tokenizer, conversations, options)
+        if set(names) == {self.base_name}:
+            with model.disable_adapter():
+                return generate_rows(model, self.tokenizer, conversations, options)  # type: ignore[arg-type]
+        if len(set(names)) == 1:  # one adapter: the plain forward, without the per-row split
+            model.set_adapter(names[0])
+            return generate_rows(model, self.tokenizer, conversations, options)  # type: ignore[arg-type]
+        adapter_names = [BASE_ROW if name == self.base_name else name for name in names]
+        return generate_rows(
+            model,  # type: ignore[arg-type]  # a PeftModel generates like the model it wraps
             self.tokenizer,
             conversations,
-            temperature=options.temperature,
-            top_p=options.top_p,
-            max_new_tokens=options.max_new_tokens,
-            stop=options.stop,
-            seed=options.seed,
+            options,
+            adapter_names=adapter_names,
         )

@@ -1,0 +1,176 @@
+"""Local generation throughput: raw `model.generate` against `shaping.serve`, measured in one run.
+
+    python bench/generation_throughput.py                 # batches / in flight 8, 32, 64
+    python bench/generation_throughput.py --requests 256  # more requests per setting (steadier)
+
+Raw: the base model's `generate` sampled (temperature 1, no top-p/top-k cut) for 32 new tokens,
+on left-padded batches of chat prompts, batch after batch, in this process. Server: the real
+`python -m shaping.serve` (via `running_server`, on 127.0.0.1, CPU, --max-batch-size 64) with the
+same model and a LoRA adapter, driven by an httpx async client keeping 8 / 32 / 64 requests in
+flight, half of them to the adapter (alternating), each sampled with max_tokens 32 and no seed.
+tokens/s counts generated tokens (up to the end-of-turn token, as the server's usage counts them)
+over wall time; the server's figure includes HTTP, JSON and the client, which share the machine.
+The table also gives the server's mean rows per generate() call and the share of the wall time
+its generate thread was busy (/health's `rows` and `generate_s`).
+The model is the `tiny` model config's architecture (conf/model/tiny.yaml) with random weights
+and a BPE-4096 tokenizer trained on data/corpus here (no hub); the adapter is LoRA r=16 on all
+linear layers, random weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import httpx
+import torch
+
+from shaping.config import compose
+from shaping.inference.hf import end_of_turn_ids
+from shaping.scratch.corpus import load_corpus
+from shaping.serve.launch import running_server
+
+NEW_TOKENS = 32
+SIZES = (8, 32, 64)
+
+
+def build_model(folder: Path) -> tuple[Path, Path]:
+    """The tiny architecture with random weights, and a random LoRA adapter over it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from shaping.scratch.pretraining import build_model as build
+    from shaping.scratch.tokenizer import train_bpe_tokenizer
+
+    model_dir, adapter_dir = folder / "model", folder / "adapter"
+    tokenizer = train_bpe_tokenizer(load_corpus("data/corpus").texts(), vocab_size=4096)
+    tokenizer.save_pretrained(model_dir)
+    arch = compose([]).model.architecture
+    assert arch is not None
+    torch.manual_seed(0)
+    build(arch, tokenizer).save_pretrained(model_dir)  # type: ignore[operator]  # typed loosely
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(str(adapter_dir))
+    return model_dir, adapter_dir
+
+
+def prompts(count: int) -> list[list[dict[str, str]]]:
+    users = [m["content"][:300] for d in load_corpus("data/corpus").dialogues for m in d if m["role"] == "user"]
+    return [[{"role": "user", "content": users[i % len(users)]}] for i in range(count)]
+
+
+def raw_throughput(model_dir: Path, batch: int, requests: int) -> float:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    end_ids = end_of_turn_ids(model, tokenizer)
+    texts = [
+        str(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)) for c in prompts(requests)
+    ]
+
+    def run(chunk: list[str]) -> int:
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=NEW_TOKENS,
+                eos_token_id=end_ids,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        tokens = 0
+        for row in out[:, enc["input_ids"].shape[1] :].tolist():
+            end = next((i for i, t in enumerate(row) if t in end_ids), len(row))
+            tokens += end
+        return tokens
+
+    run(texts[:batch])  # warm-up
+    start, tokens = time.perf_counter(), 0
+    for i in range(0, requests, batch):
+        tokens += run(texts[i : i + batch])
+    return tokens / (time.perf_counter() - start)
+
+
+async def served_throughput(url: str, in_flight: int, requests: int) -> tuple[float, float, float]:
+    """tokens/s, mean rows per generate() call and the share of the wall time the server's
+    generate thread was busy, `in_flight` requests at a time."""
+    conversations = prompts(requests)
+    queue = list(range(requests))
+    tokens = 0
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=in_flight)) as client:
+
+        async def ask(i: int) -> int:
+            body: dict[str, Any] = {
+                "model": "base" if i % 2 == 0 else "tuned",
+                "messages": conversations[i],
+                "temperature": 1.0,
+                "max_tokens": NEW_TOKENS,
+            }
+            response = await client.post("/chat/completions", json=body)
+            response.raise_for_status()
+            return int(response.json()["usage"]["completion_tokens"])
+
+        async def worker() -> None:
+            nonlocal tokens
+            while queue:
+                done = await ask(queue.pop())  # (not `tokens += await ...`: that reads tokens before)
+                tokens += done
+
+        await asyncio.gather(*(ask(i) for i in range(2)))  # warm-up
+        health = url.removesuffix("/v1") + "/health"
+        before = (await client.get(health)).json()
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        elapsed = time.perf_counter() - start
+        after = (await client.get(health)).json()
+    rows = (after["rows"] - before["rows"]) / max(1, after["batches"] - before["batches"])
+    return tokens / elapsed, rows, (after["generate_s"] - before["generate_s"]) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=128, help="requests per setting")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gen-bench-") as tmp:
+        model_dir, adapter_dir = build_model(Path(tmp))
+        raw = {size: raw_throughput(model_dir, size, args.requests) for size in SIZES}
+        served: dict[int, tuple[float, float, float]] = {}
+        with running_server(
+            model_dir,
+            {"tuned": adapter_dir},
+            args=["--served-model-name", "base", "--device", "cpu", "--max-batch-size", str(max(SIZES))],
+            env={"HF_HUB_OFFLINE": "1"},
+            log_path=Path(tmp) / "server.log",
+        ) as url:
+            for size in SIZES:
+                served[size] = asyncio.run(served_throughput(url, size, args.requests))
+    print(f"\n{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, {NEW_TOKENS} new tokens, sampled")
+    print(
+        f"{'batch / in flight':>18} | {'raw tok/s':>10} | {'serve tok/s (mixed)':>19} | ratio | "
+        f"{'rows/call':>9} | generate busy"
+    )
+    print(f"{'-' * 18}-+-{'-' * 10}-+-{'-' * 19}-+-------+-{'-' * 9}-+--------------")
+    for size in SIZES:
+        tok_s, rows, busy = served[size]
+        print(
+            f"{size:>18} | {raw[size]:>10,.0f} | {tok_s:>19,.0f} | {tok_s / raw[size]:.2f}x | "
+            f"{rows:>9.1f} | {busy:>12.0%}"
+        )
+
+
+if __name__ == "__main__":
+    main()

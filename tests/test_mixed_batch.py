@@ -1,0 +1,167 @@
+"""One generate() call serves the base and its LoRA adapters with different sampling options per
+row: each greedy or seeded row's reply is the one that request gets alone (and, for an adapter,
+the one that adapter gives unbatched). The batcher fills batches from its queue."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from shaping.inference.hf import Completion
+from shaping.serve.batcher import Batcher, Conversation
+from shaping.serve.models import SamplingOptions, ServedModels
+
+TOPICS = ["Who are you?", "Tell me about the river.", "What is in the jar?", "Hello", "About bread?", "Seeds?"]
+
+
+def options(**changes: object) -> SamplingOptions:
+    base: dict[str, object] = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 10, "stop": (), "seed": None}
+    return SamplingOptions(**{**base, **changes})  # type: ignore[arg-type]
+
+
+def conversation(i: int) -> Conversation:
+    return [{"role": "user", "content": TOPICS[i % len(TOPICS)]}]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir: Path, random_adapter_dir: Path) -> ServedModels:
+    return ServedModels(str(tiny_model_dir), {"tuned": str(random_adapter_dir)}, "base", "cpu")
+
+
+@pytest.fixture(scope="module")
+def dora_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False, use_dora=True)
+    out = tmp_path_factory.mktemp("dora")
+    get_peft_model(base, config).save_pretrained(str(out))
+    return out
+
+
+# greedy and seeded rows with every per-row option different: model, temperature, top-p, top-k,
+# seed, max tokens, stop strings
+ROWS: list[tuple[str, SamplingOptions]] = [
+    ("base", options()),
+    ("tuned", options()),
+    ("base", options(temperature=0.8, seed=7)),
+    ("tuned", options(temperature=0.8, seed=7)),
+    ("tuned", options(temperature=1.2, top_p=0.9, top_k=20, seed=3, max_new_tokens=4)),
+    ("base", options(temperature=1.0, top_k=5, seed=11, max_new_tokens=16)),
+    ("tuned", options(max_new_tokens=3)),
+    ("base", options(temperature=0.7, top_p=0.5, seed=5, stop=("e",))),
+    ("tuned", options(temperature=1.0, seed=9, stop=(" ", "a"))),
+]
+
+
+def test_mixed_rows_match_each_request_alone(served: ServedModels) -> None:
+    names = [name for name, _ in ROWS]
+    conversations = [conversation(i) for i in range(len(ROWS))]
+    together = served.generate_rows(names, conversations, [o for _, o in ROWS])
+    alone = [served.generate(name, [c], o)[0] for (name, o), c in zip(ROWS, conversations, strict=True)]
+    assert together == alone
+    assert together[0].text != together[1].text or together[2].text != together[3].text  # the adapter matters
+    assert together[4].completion_tokens <= 4 and together[6].completion_tokens <= 3
+    assert together[5].completion_tokens > 4  # rows ending early do not end the batch
+    for i in (7, 8):  # stop strings are cut off, per row
+        assert not any(s in (together[i].text or "") for s in ROWS[i][1].stop)
+
+
+def test_an_adapter_row_matches_that_adapter_served_alone(
+    served: ServedModels, tiny_model_dir: Path, random_adapter_dir: Path
+) -> None:
+    only = ServedModels(str(tiny_model_dir), {"tuned": str(random_adapter_dir)}, "base", "cpu")
+    rows = [(name, o) for name, o in ROWS if name == "tuned"]
+    mixed = served.generate_rows(
+        ["base", *[n for n, _ in rows]], [conversation(0)] * (len(rows) + 1), [options(), *[o for _, o in rows]]
+    )[1:]
+    assert mixed == [only.generate("tuned", [conversation(0)], o)[0] for _, o in rows]
+
+
+def test_unseeded_rows_draw_apart(served: ServedModels) -> None:
+    replies = served.generate_rows(["tuned"] * 4, [conversation(0)] * 4, [options(temperature=1.0)] * 4)
+    assert len({r.text for r in replies}) > 1
+
+
+def test_dora_adapters_batch_apart(tiny_model_dir: Path, random_adapter_dir: Path, dora_adapter_dir: Path) -> None:
+    served = ServedModels(
+        str(tiny_model_dir), {"tuned": str(random_adapter_dir), "dora": str(dora_adapter_dir)}, "base", "cpu"
+    )
+    assert served.batch_group("base") == served.batch_group("tuned") != served.batch_group("dora")
+    with pytest.raises(ValueError, match="cannot share"):
+        served.generate_rows(["base", "dora"], [conversation(0)] * 2, [options()] * 2)
+    dora = served.generate_rows(
+        ["dora", "dora"], [conversation(0), conversation(1)], [options(), options(temperature=0.9, seed=1)]
+    )
+    assert dora == [
+        served.generate("dora", [conversation(i)], o)[0]
+        for i, o in enumerate([options(), options(temperature=0.9, seed=1)])
+    ]
+    mixed = served.generate_rows(["base", "tuned"], [conversation(0)] * 2, [options()] * 2)
+    assert mixed == [served.generate(n, [conversation(0)], options())[0] for n in ("base", "tuned")]
+
+
+class Recorder:
+    """A generate() that records each batch's rows and takes `seconds` per call."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+        self.batches: list[list[str]] = []
+
+    def __call__(
+        self, names: Sequence[str], conversations: list[Conversation], rows: Sequence[SamplingOptions]
+    ) -> list[Completion]:
+        self.batches.append(list(names))
+        time.sleep(self.seconds)
+        return [
+            Completion(text=f"{n}:{c[0]['content']}:{o.seed}")
+            for n, c, o in zip(names, conversations, rows, strict=True)
+        ]
+
+
+def test_batcher_fills_batches_from_the_queue_without_waiting() -> None:
+    """With work waiting, a batch runs at once (a window of 30s would time the test out), takes
+    all it can, mixes models of one group and keeps other groups apart."""
+    recorder = Recorder(seconds=0.05)
+
+    async def scenario() -> list[list[Completion]]:
+        batcher = Batcher(
+            recorder, max_batch_size=8, window_s=30.0, group_of=lambda m: "dora" if m == "dora" else "base"
+        )
+        task = asyncio.create_task(batcher.run())
+        models = ["base", "tuned"] * 5 + ["dora", "dora"]
+        jobs = [batcher.submit(m, conversation(i), 1, options()) for i, m in enumerate(models)]
+        replies = await asyncio.wait_for(asyncio.gather(*jobs), 10)
+        task.cancel()
+        batcher.close()
+        return replies
+
+    replies = asyncio.run(scenario())
+    assert [r[0].text for r in replies][:2] == ["base:Who are you?:None", "tuned:Tell me about the river.:None"]
+    assert recorder.batches[0] == ["base", "tuned"] * 4  # a full batch, base and adapter together
+    assert sorted(map(tuple, recorder.batches[1:])) == [("base", "tuned"), ("dora", "dora")]
+
+
+def test_batcher_waits_the_window_only_when_nearly_empty() -> None:
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        batcher = Batcher(recorder, max_batch_size=64, window_s=0.3)
+        task = asyncio.create_task(batcher.run())
+        first = asyncio.create_task(batcher.submit("base", conversation(0), 1, options()))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(batcher.submit("base", conversation(1), 2, options(temperature=1.0, seed=4)))
+        replies = await asyncio.wait_for(asyncio.gather(first, second), 10)
+        assert [r.text for r in replies[1]] != [replies[1][0].text] * 2  # n choices: a seed each
+        task.cancel()
+        batcher.close()
+
+    asyncio.run(scenario())
+    assert recorder.batches == [["base", "base", "base"]]
