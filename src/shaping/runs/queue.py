@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -155,10 +156,11 @@ class RunQueue:
         if name is not None and not NAME.match(name):
             raise RunError("invalid_name", f"name: {name!r}: letters, digits, '-' and '_' only (at most 64)")
         self.validate(overrides)
+        experiments = self._experiment_names()
         with self._lock:
             taken = {run["name"] for run in self._status()}
             run_id = name or f"run-{uuid.uuid4().hex[:8]}"
-            if run_id in taken or run_id in self._experiment_names():
+            if run_id in taken or run_id in experiments:
                 raise RunError("name_taken", f"name: a run or experiment named {run_id!r} exists already")
             args = ["exp", "run", "--queue", "--name", run_id]
             for override in overrides:
@@ -238,8 +240,16 @@ class RunQueue:
         return {str(e.get("name")) for e in self._experiments()}
 
     def _experiments(self) -> list[dict[str, Any]]:
-        """Every experiment of `dvc exp show --json`, each {name, rev, params, metrics}."""
-        shown = json.loads(self.dvc("exp", "show", "--json").stdout or "[]")
+        """Every experiment of `dvc exp show --json`, each {name, rev, params, metrics}. Run outside this
+        queue's lock (it only reads, and takes seconds with many runs queued), and tried three times, a
+        second apart: it also reads the queue's temporary workspaces, and fails for a moment while a worker
+        sets one up ("directory '.dvc/tmp/exps/tmp.../.dvc' does not exist")."""
+        for attempt in range(3):
+            proc = self.dvc("exp", "show", "--json", check=attempt == 2)
+            if proc.returncode == 0:
+                break
+            time.sleep(1)
+        shown = json.loads(proc.stdout or "[]")
         found = []
         for baseline in shown:
             for group in baseline.get("experiments") or []:
@@ -312,8 +322,7 @@ class RunQueue:
         """`runs()`, each succeeded one with its params and metrics (one `dvc exp show` for all)."""
         found = self.runs(status)
         if any(r.status == "succeeded" for r in found):
-            with self._lock:
-                shown = {e["name"]: e for e in self._experiments()}
+            shown = {e["name"]: e for e in self._experiments()}
             for run in found:
                 if run.status == "succeeded" and run.id in shown:
                     run.params, run.metrics = shown[run.id]["params"], shown[run.id]["metrics"]
@@ -346,8 +355,7 @@ class RunQueue:
         if full:
             run.overrides = self.overrides(run_id)
         if full and run.status == "succeeded":
-            with self._lock:
-                exp = next((e for e in self._experiments() if e["name"] == run_id), None)
+            exp = next((e for e in self._experiments() if e["name"] == run_id), None)
             if exp is not None:
                 run.params, run.metrics = exp["params"], exp["metrics"]
         return run
