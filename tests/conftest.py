@@ -153,11 +153,9 @@ def copy_project_files(dest: Path, skip: tuple[str, ...]) -> None:
             shutil.copy2(REPO / name, dest / name)
 
 
-@pytest.fixture(scope="session")
-def smoke_repo_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh git repo with the project's files and the smoke params after `dvc repro`, its outputs
-    committed. Built once a session (minutes on 2 cores); tests take a copy (`smoke_repo`)."""
-    dest = tmp_path_factory.mktemp("smoke-built") / "repo"
+def build_smoke_repo(dest: Path) -> Path:
+    """A fresh git repo at `dest` with the project's files and the smoke params after `dvc repro`, its
+    outputs committed."""
     copy_project_files(
         dest, skip=("dvc.lock", "eval/", "metrics/", "dvclive/", "models/", "data/synth/", "data/validated/")
     )
@@ -171,6 +169,25 @@ def smoke_repo_built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sh(dest, "git", "add", "-A")
     sh(dest, "git", "commit", "-qm", "smoke run")  # dvc.lock and the metrics (not DVC-cached) at HEAD
     return dest
+
+
+@pytest.fixture(scope="session")
+def smoke_repo_built(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The smoke repo (build_smoke_repo), built once a session (minutes on 2 cores): under pytest-xdist
+    the first worker to ask builds it in the session's shared temp folder while the others wait on a
+    file lock, then all use it. Tests never change it: each takes a copy (`copy_smoke_repo`)."""
+    from filelock import FileLock
+
+    if worker_id == "master":  # no xdist
+        return build_smoke_repo(tmp_path_factory.mktemp("smoke-built") / "repo")
+    shared = tmp_path_factory.getbasetemp().parent / "smoke-built"
+    with FileLock(str(shared) + ".lock"):
+        if not (shared / "built").is_file():
+            shutil.rmtree(shared, ignore_errors=True)
+            (shared / "repo").mkdir(parents=True)
+            build_smoke_repo(shared / "repo")
+            (shared / "built").touch()
+    return shared / "repo"
 
 
 def copy_smoke_repo(built: Path, dest: Path) -> Path:
