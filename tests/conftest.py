@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -195,3 +199,66 @@ def copy_smoke_repo(built: Path, dest: Path) -> Path:
     shutil.copytree(built, dest, symlinks=True)
     sh(dest, "dvc", "status")  # DVC re-reads the copied files' stats (new inodes) once, here
     return dest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Service:
+    """`python -m shaping.runs serve` over `repo` with API key `key` (and `env` added to its environment),
+    on a port of its own; restartable (stop, start) on the same port."""
+
+    def __init__(self, repo: Path, key: str, env: dict[str, str] | None = None) -> None:
+        bin_dir = str(Path(sys.executable).parent)
+        self.env = {
+            **os.environ,
+            "SHAPING_API_KEY": key,
+            "HF_HUB_OFFLINE": "1",
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            **(env or {}),
+        }
+        self.repo, self.port = repo, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = repo.parent / "service.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import httpx
+
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "shaping.runs", "serve", "--repo", str(self.repo), "--port", str(self.port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+            )
+        for _ in range(300):
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise AssertionError(f"the service did not start:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@contextlib.contextmanager
+def running_service(repo: Path, key: str, env: dict[str, str] | None = None) -> Iterator[Service]:
+    """A started Service over `repo`; afterwards it is stopped and the repo's queue workers with it."""
+    server = Service(repo, key, env)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        sh(repo, "dvc", "queue", "stop", "--kill", check=False)

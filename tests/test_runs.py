@@ -9,7 +9,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -22,15 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import SMOKE, copy_smoke_repo, sh
+from .conftest import SMOKE, Service, copy_smoke_repo, running_service, sh
 
 KEY = f"runs-test-{secrets.token_hex(8)}"  # what the service is started with; it must appear in no log or file
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Receiver:
@@ -60,40 +53,6 @@ class Receiver:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-class Service:
-    """`python -m shaping.runs serve` over `repo` on a fixed port, restartable."""
-
-    def __init__(self, repo: Path, env: dict[str, str]) -> None:
-        self.repo, self.env, self.port = repo, env, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = repo.parent / "service.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("a") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "shaping.runs", "serve", "--repo", str(self.repo), "--port", str(self.port)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-            )
-        for _ in range(300):
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise AssertionError(f"the service did not start:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
 @pytest.fixture(scope="module")
 def service(smoke_repo_built: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service, Receiver]]:
     """The service over a copy of the smoke repo whose conf/ sends every event to a local receiver (its URL
@@ -104,21 +63,10 @@ def service(smoke_repo_built: Path, tmp_path_factory: pytest.TempPathFactory) ->
     hook = "  webhooks:\n    - url_env: RUNS_TEST_WEBHOOK\n      events: ['*']\n      max_per_minute: 600\n"
     conf.write_text(conf.read_text().replace("  webhooks: []\n", hook, 1))
     sh(repo, "git", "commit", "-qam", "a webhook")
-    bin_dir = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "SHAPING_API_KEY": KEY,
-        "RUNS_TEST_WEBHOOK": receiver.url,
-        "HF_HUB_OFFLINE": "1",
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-    }
-    server = Service(repo, env)
-    server.start()
     try:
-        yield server, receiver
+        with running_service(repo, KEY, {"RUNS_TEST_WEBHOOK": receiver.url}) as server:
+            yield server, receiver
     finally:
-        server.stop()
-        sh(repo, "dvc", "queue", "stop", "--kill", check=False)
         receiver.server.shutdown()
 
 

@@ -11,9 +11,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import REPO, copy_smoke_repo, sh
+from .conftest import REPO, Service, copy_smoke_repo, running_service
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.is_file():
@@ -49,63 +46,11 @@ KEY = f"web-test-{secrets.token_hex(8)}"
 SLOW = 300_000  # ms: a smoke run waits behind the one before it on one worker (~20-30 s each on 2 cores)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Service:
-    """`python -m shaping.runs serve` over `repo` (the pattern of tests/test_runs.py)."""
-
-    def __init__(self, repo: Path, env: dict[str, str]) -> None:
-        self.repo, self.env, self.port = repo, env, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = repo.parent / "service.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("a") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "shaping.runs", "serve", "--repo", str(self.repo), "--port", str(self.port)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-            )
-        for _ in range(300):
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise AssertionError(f"the service did not start:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
 @pytest.fixture(scope="module")
 def service(smoke_repo_built: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     repo = copy_smoke_repo(smoke_repo_built, tmp_path_factory.mktemp("web") / "repo")
-    bin_dir = str(Path(sys.executable).parent)
-    env = {
-        **os.environ,
-        "SHAPING_API_KEY": KEY,
-        "HF_HUB_OFFLINE": "1",
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-    }
-    server = Service(repo, env)
-    server.start()
-    try:
+    with running_service(repo, KEY) as server:
         yield server
-    finally:
-        server.stop()
-        sh(repo, "dvc", "queue", "stop", "--kill", check=False)
 
 
 PNG_COLORS = """async (b64) => {
@@ -251,6 +196,7 @@ def test_web_page(service: Service, tmp_path: Path) -> None:
             assert json.loads(Path(download.value.path()).read_text()) == committed
 
             # the table followed it without a reload: succeeded, with its metrics
+            table.bring_to_front()  # a tab in the background has its timers throttled, as a user's would
             expect(row("r4").locator(".badge")).to_have_text("succeeded", timeout=30_000)
             expect(row("r4").locator("td.tuned_loss")).to_have_text(f"{committed['tuned']['loss']:.4f}")
             expect(row("r4").locator("td.gap_closed")).to_have_text(f"{committed['gap_closed']:.3f}")
@@ -259,6 +205,7 @@ def test_web_page(service: Service, tmp_path: Path) -> None:
 
             # long: its page shows the loss curve growing live, a progress bar against its 2000 steps, an
             # ETA; then it is cancelled from there
+            page.bring_to_front()
             page.evaluate("location.hash = '#/runs/long'")
             expect(page.locator("#run-title")).to_have_text("long")
             expect(page.locator("#run-status")).to_have_text("running", timeout=SLOW)
@@ -273,6 +220,7 @@ def test_web_page(service: Service, tmp_path: Path) -> None:
             screenshot(page, decoder, shots, "run-page.png", full_page=True)
             page.click("#run-cancel")
             expect(page.locator("#run-status")).to_have_text("cancelled", timeout=60_000)
+            table.bring_to_front()  # a tab in the background has its timers throttled, as a user's would
             expect(row("long").locator(".badge")).to_have_text("cancelled", timeout=30_000)
             expect(page.locator("#run-retry")).to_be_enabled()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,6 +185,23 @@ class StopRowsOnStrings(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
+def completion(
+    tokenizer: PreTrainedTokenizerBase, row: list[int], end_ids: Container[int], stop: Sequence[str], prompt_tokens: int
+) -> Completion:
+    """One row's new tokens as a Completion: cut at its first end token, padding dropped, the text cut
+    at its first stop string."""
+    end = next((i for i, t in enumerate(row) if t in end_ids), None)
+    kept = row if end is None else row[:end]
+    kept = [t for t in kept if t != tokenizer.pad_token_id]
+    text, stopped = truncate_at_stop(str(tokenizer.decode(kept, skip_special_tokens=True)), stop)
+    return Completion(
+        text=text,
+        finish_reason="stop" if end is not None or stopped else "length",
+        completion_tokens=len(kept),
+        prompt_tokens=prompt_tokens,
+    )
+
+
 def generate_rows(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -225,22 +242,11 @@ def generate_rows(
         )
     new_tokens = out[:, prompt_length:]  # (B, new)
     prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()  # (B,)
-    responses = []
-    for row, options, prompt_tokens in zip(new_tokens.tolist(), rows, prompt_lengths, strict=True):
-        row = row[: options.max_new_tokens]  # a finished row is padded on to the batch's longest
-        end = next((i for i, t in enumerate(row) if t in end_ids), None)
-        kept = row if end is None else row[:end]
-        kept = [t for t in kept if t != tokenizer.pad_token_id]
-        text, stopped = truncate_at_stop(str(tokenizer.decode(kept, skip_special_tokens=True)), options.stop)
-        responses.append(
-            Completion(
-                text=text,
-                finish_reason="stop" if end is not None or stopped else "length",
-                completion_tokens=len(kept),
-                prompt_tokens=int(prompt_tokens),
-            )
-        )
-    return responses
+    return [
+        # a finished row is padded on to the batch's longest: cut at its own max_new_tokens first
+        completion(tokenizer, row[: options.max_new_tokens], end_ids, options.stop, int(prompt_tokens))
+        for row, options, prompt_tokens in zip(new_tokens.tolist(), rows, prompt_lengths, strict=True)
+    ]
 
 
 def generate_chat(
@@ -300,21 +306,10 @@ def generate_chat(
         )
     new_tokens = out[:, enc["input_ids"].shape[1] :]  # (B * n, new)
     prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()  # (B * n,)
-    responses = []
-    for row, prompt_tokens in zip(new_tokens.tolist(), prompt_lengths, strict=True):
-        end = next((i for i, t in enumerate(row) if t in end_ids), None)
-        kept = row if end is None else row[:end]
-        kept = [t for t in kept if t != tokenizer.pad_token_id]
-        text, stopped = truncate_at_stop(str(tokenizer.decode(kept, skip_special_tokens=True)), stop)
-        responses.append(
-            Completion(
-                text=text,
-                finish_reason="stop" if end is not None or stopped else "length",
-                completion_tokens=len(kept),
-                prompt_tokens=int(prompt_tokens),
-            )
-        )
-    return responses
+    return [
+        completion(tokenizer, row, end_ids, stop, int(prompt_tokens))
+        for row, prompt_tokens in zip(new_tokens.tolist(), prompt_lengths, strict=True)
+    ]
 
 
 class HFBackend:

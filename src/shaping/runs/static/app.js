@@ -487,6 +487,11 @@ records when each live train.progress point reached a chart (Date.now()). */
     return () => { stopped = true; clearTimeout(timer); };
   }
 
+  // a hidden tab's timers are throttled (to once a minute after five minutes): refresh when it shows again
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && state.view === "runs" && !state.authWaiting) refreshRuns().catch(() => {});
+  });
+
   const runsView = {
     stop: null,
     enter() {
