@@ -272,6 +272,8 @@ def test_submit_follow_cancel_retry_and_refusals(service: tuple[Service, Receive
         os.kill(pid, signal.SIGKILL)
     lost = wait_for(client, "long-retry-1", {"failed", "succeeded", "cancelled"}, timeout=60)
     assert lost["status"] == "failed" and "killed" in str(lost["reason"]), lost
+    last = json.loads(sse(client, "/runs/long-retry-1/events")[-1][1])
+    assert last["type"] == "run.failed" and last["data"]["reason"] == lost["reason"], last
     second = wait_for(client, "r2-again", {"succeeded", "failed"})
     assert second["status"] == "succeeded", (second, client.get("/runs/r2-again/logs", params={"tail": 30}).json())
     assert second["params"]["params.yaml"]["lora"]["r"] == 2  # type: ignore[index]

@@ -206,7 +206,7 @@ class RunWatch:
         elif run.status == "cancelled":
             self.add("run.cancelled", stamp, {"stage": self.stage})
         else:
-            self.add("run.failed", stamp, {"stage": self.stage, "reason": run.reason})
+            self.add("run.failed", stamp, {"stage": self.stage, "reason": run.reason or queue.failure_reason(run)})
         self.ended = True
 
 
