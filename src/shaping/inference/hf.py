@@ -63,24 +63,6 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
-class StopOnStrings(StoppingCriteria):
-    """Ends a row once its reply contains one of `stop`. transformers' own `stop_strings` matches
-    token strings and fires on lone byte tokens of a byte-level BPE, so this decodes the tail."""
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], prompt_length: int) -> None:
-        self.tokenizer = tokenizer
-        self.stop = list(stop)
-        self.prompt_length = prompt_length
-        # a character is at most 4 byte tokens, so a stop string lies within this many last tokens
-        self.window = 4 * max(len(s) for s in stop) + 4
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-        tails = input_ids[:, max(self.prompt_length, input_ids.shape[1] - self.window) :].tolist()  # (B, <=window)
-        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
-        done = [any(s in text for s in self.stop) for text in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
-
-
 @dataclass(frozen=True)
 class SamplingOptions:
     """One row's sampling: temperature 0 is greedy; a sampled row with a seed draws from a stream of
@@ -165,13 +147,22 @@ class SampleEachRow(SampleRows):
 
 class StopRowsOnStrings(StoppingCriteria):
     """Ends each row once its reply contains one of its own stop strings, or once it holds its own
-    number of new tokens (rows with a lower max_new_tokens than the batch's)."""
+    number of new tokens (rows with a lower max_new_tokens than the batch's). transformers' own
+    `stop_strings` matches token strings and fires on lone byte tokens of a byte-level BPE, so this
+    decodes the tail."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, rows: Sequence[SamplingOptions], prompt_length: int) -> None:
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        stops: Sequence[Sequence[str]],
+        max_new: Sequence[int],
+        prompt_length: int,
+    ) -> None:
         self.tokenizer = tokenizer
-        self.stops = [[s for s in row.stop if s] for row in rows]
-        self.max_new = [row.max_new_tokens for row in rows]
+        self.stops = [[s for s in stop if s] for stop in stops]
+        self.max_new = list(max_new)
         self.prompt_length = prompt_length
+        # a character is at most 4 byte tokens, so a stop string lies within this many last tokens
         self.window = 4 * max((len(s) for stop in self.stops for s in stop), default=0) + 4
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
@@ -228,7 +219,8 @@ def generate_rows(
         extra["adapter_names"] = adapter_names
     longest = max(row.max_new_tokens for row in rows)
     if any(row.stop for row in rows) or any(row.max_new_tokens < longest for row in rows):
-        extra["stopping_criteria"] = StoppingCriteriaList([StopRowsOnStrings(tokenizer, rows, prompt_length)])
+        stopping = StopRowsOnStrings(tokenizer, [r.stop for r in rows], [r.max_new_tokens for r in rows], prompt_length)
+        extra["stopping_criteria"] = StoppingCriteriaList([stopping])
     end_ids = end_of_turn_ids(model, tokenizer)
     with torch.no_grad():
         out = model.generate(  # type: ignore[operator]  # transformers types generate loosely
@@ -289,8 +281,9 @@ def generate_chat(
         sampling.update(temperature=temperature, top_p=top_p, top_k=0)
     stop = [s for s in stop if s]
     if stop:  # end each row as soon as it has produced a stop string; the text is cut below
-        prompt_length = enc["input_ids"].shape[1]
-        sampling["stopping_criteria"] = StoppingCriteriaList([StopOnStrings(tokenizer, stop, prompt_length)])
+        prompt_length, rows = enc["input_ids"].shape[1], len(prompts)
+        stopping = StopRowsOnStrings(tokenizer, [stop] * rows, [max_new_tokens] * rows, prompt_length)
+        sampling["stopping_criteria"] = StoppingCriteriaList([stopping])
     end_ids = end_of_turn_ids(model, tokenizer)
     if seed is not None and not processors:
         torch.manual_seed(seed)
