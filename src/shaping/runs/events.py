@@ -20,8 +20,6 @@ after the fact (a service started after the run) takes its source file's modific
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import re
@@ -33,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from shaping.runs.queue import ENDED, HISTORY_DIR, TRAIN_STAGE, Run, RunQueue
+from shaping.runs.queue import ENDED, HISTORY_DIR, TRAIN_STAGE, Run, RunQueue, history_rows
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +70,6 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, int | float) and not isinstance(value, bool):
             out[name] = value
     return out
-
-
-def _rows(text: str, metric: str) -> dict[int, float]:
-    rows: dict[int, float] = {}
-    for row in csv.DictReader(io.StringIO(text), delimiter="\t"):
-        try:  # a row being written as it is read is incomplete: skip it
-            rows[int(row["step"])] = float(row[metric])
-        except (KeyError, TypeError, ValueError):
-            continue
-    return rows
 
 
 @dataclass
@@ -170,7 +158,7 @@ class RunWatch:
             self.add("eval.completed", iso() if live else iso(metrics.stat().st_mtime), headline(found))
 
     def _progress(self, texts: dict[str, str], stamp: str, live: bool) -> None:
-        columns = {m: _rows(t, m) for m, t in texts.items()}
+        columns = {m: dict(history_rows(t, m)) for m, t in texts.items()}
         steps = sorted(s for s in columns.get("loss", {}) if s > self.last_step)
         for step in steps:
             data: dict[str, Any] = {"step": step}

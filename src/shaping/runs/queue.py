@@ -35,6 +35,17 @@ HISTORY_DIR = "dvclive/train/plots/metrics"  # DVCLive's per-step history of the
 DVC_STATUS = {"Queued": "queued", "Running": "running", "Success": "succeeded", "Failed": "failed"}
 
 
+def history_rows(text: str, metric: str) -> list[tuple[int, float]]:
+    """The (step, value) rows of one DVCLive history file (`step<TAB><metric>`), in its order."""
+    rows = []
+    for row in csv.DictReader(io.StringIO(text), delimiter="\t"):
+        try:  # a row being written as it is read is incomplete: skip it
+            rows.append((int(row["step"]), float(row[metric])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return rows
+
+
 class RunError(ShapingError):
     """A request the queue refuses: `code` says why (the HTTP layer maps it to a status)."""
 
@@ -423,13 +434,7 @@ class RunQueue:
         history: dict[str, list[dict[str, float]]] = {}
         for name, text in files.items():
             metric = name.removesuffix(".tsv")
-            points = []
-            for row in csv.DictReader(io.StringIO(text), delimiter="\t"):
-                try:  # a row being written as it is read is incomplete: skip it
-                    points.append({"step": int(row["step"]), "value": float(row[metric])})
-                except (KeyError, TypeError, ValueError):
-                    continue
-            history[metric] = points
+            history[metric] = [{"step": step, "value": value} for step, value in history_rows(text, metric)]
         return history
 
     def result_ref(self, run_id: str) -> str:
