@@ -1,5 +1,6 @@
 """`dvc exp run` of each training method and adapter on the embedded default, in ONE temp repo
-copy: the upstream stages run once, so every experiment reruns only train and evaluate."""
+copy: the upstream stages run once, so every experiment reruns only train and evaluate. The QLoRA
+experiment's adapter is scored on its 4-bit base, from the train stage's run record next to it."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def test_each_method_and_adapter_runs_end_to_end(repo: Path) -> None:
     pytest.importorskip("bitsandbytes")  # lora=qlora (the 'qlora' extra); 4-bit runs on CPU since bnb 0.48
     synthesized = json.loads((repo / "data/validated/train.jsonl").read_text().splitlines()[0])
     assert synthesized["rejected"]  # the DPO pair survives validate's split
+    committed = json.loads(sh(repo, "git", "show", "HEAD:eval/metrics.json").stdout)
     for override, expected in EXPERIMENTS:
         out = sh(repo, "dvc", "exp", "run", "-S", override, "-S", SMOKE).stdout
         ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
@@ -47,4 +49,14 @@ def test_each_method_and_adapter_runs_end_to_end(repo: Path) -> None:
             assert (repo / "models/adapter/adapter_model.safetensors").is_file()
         if override == "train=dpo":
             assert 0.0 <= record["details"]["reward_accuracy"] <= 1.0
+        if override == "lora=qlora":
+            assert metrics["tuned"]["base_quantization"] == "nf4"
+            assert metrics["base"]["base_quantization"] == metrics["teacher"]["base_quantization"] == "none"
+            assert metrics["base"]["loss"] == committed["base"]["loss"]  # the base is still scored unquantized
+            # by hand with the default lora over the QLoRA adapter: stopped, naming the record
+            proc = sh(repo, sys.executable, "src/evaluate.py", SMOKE, "hydra.run.dir=outputs/lora", check=False)
+            output = proc.stdout + proc.stderr
+            assert proc.returncode != 0 and "Traceback" not in output
+            refusal = "models/adapter/run.json: this adapter was trained as qlora, but lora.quantization is unset"
+            assert refusal in output
     sh(repo, sys.executable, "-m", "shaping.config", SMOKE)  # the workspace's params back to the default

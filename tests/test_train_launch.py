@@ -3,7 +3,6 @@ CPU processes joined over gloo (DDP), on the session's tiny model."""
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import os
@@ -11,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,34 +51,6 @@ def run_train(root: Path, params: Path, *overrides: str, timeout: float = 240) -
         text=True,
         timeout=timeout,
     )
-
-
-@pytest.mark.slow
-def test_two_cpu_processes_train_in_step(cfg: Config, tmp_path: Path) -> None:
-    cfg.train.epochs, cfg.train.max_steps, cfg.train.batch_size = 1, -1, 2
-    cfg.train.learning_rate, cfg.train.logging_steps, cfg.train.save_steps = 1e-2, 1, 0
-    cfg.train.launcher = "accelerate"
-    params = stage_params(cfg, tmp_path, rows=24)
-
-    proc = run_train(tmp_path, params)
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0, log[-4000:]
-    ranks = {int(m[0]): m for m in RANK_LINE.findall(log)}
-    assert set(ranks) == {0, 1}, log[-4000:]
-    # 24 rows, 2 per process per step, 2 processes: 6 steps (one process alone would take 12). Each rank
-    # saw other rows, so equal weights after training mean their gradients were all-reduced.
-    assert {r[2] for r in ranks.values()} == {"6"}
-    assert ranks[0][3] == ranks[1][3]
-
-    record = json.loads((tmp_path / "models" / "adapter" / "run.json").read_text())
-    assert record["exit_status"] == "success" and record["details"]["launcher"] == "accelerate"
-    assert record["details"]["steps"] == 6 and record["inputs"]
-    with open(tmp_path / "dvclive" / "train" / "plots" / "metrics" / "loss.tsv") as f:
-        losses = [float(row["loss"]) for row in csv.DictReader(f, delimiter="\t")]
-    assert len(losses) == 6 and losses[-1] < losses[0]
-    # rank 1 wrote nothing of its own: the adapter, DVCLive logs and checkpoint folder are rank 0's
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "dvclive", "models", "params.yaml"]
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["adapter", "checkpoints"]
 
 
 def test_bad_accelerate_config_is_one_clear_error(cfg: Config, tmp_path: Path) -> None:
@@ -178,12 +150,13 @@ def test_hand_run_relaunches_into_its_own_hydra_folder(tiny_model_dir: Path, tmp
 
 
 @pytest.mark.slow
-def test_deepspeed_zero3_resumes_after_a_kill_and_ends_where_ddp_does(cfg: Config, tmp_path: Path) -> None:
-    """accelerate=deepspeed_zero3 on two CPU processes (DeepSpeed's CPU accelerator, gloo): parameters,
-    gradients and AdamW's state partitioned across the ranks, the adapter gathered from the partitions
-    when saved. Killed after a checkpoint and run again, it must end with the weights and per-step
-    losses of an uninterrupted DDP run on the same data (fp32: the same sums, in another order)."""
-    pytest.importorskip("deepspeed", reason="accelerate=deepspeed_zero3 needs the deepspeed extra (in .[dev])")
+def test_ddp_trains_in_step_and_a_killed_zero3_run_resumes_to_where_ddp_ends(cfg: Config, tmp_path: Path) -> None:
+    """Two CPU processes joined over gloo (DDP) train in step. Then accelerate=deepspeed_zero3 on two CPU
+    processes (DeepSpeed's CPU accelerator, gloo): parameters, gradients and AdamW's state partitioned
+    across the ranks, the adapter gathered from the partitions when saved. SIGKILLed after a checkpoint,
+    its workers (torchrun's, in sessions of their own) must stop too, not train on as orphans; run again,
+    it must end with the weights and per-step losses of the uninterrupted DDP run on the same data (fp32:
+    the same sums, in another order)."""
     from .test_train_resume import complete_checkpoints, final_state, kill_after_checkpoint
 
     cfg.train.epochs, cfg.train.max_steps, cfg.train.batch_size = 1, -1, 2
@@ -192,13 +165,32 @@ def test_deepspeed_zero3_resumes_after_a_kill_and_ends_where_ddp_does(cfg: Confi
     cfg.train.precision = "fp32"  # auto is bf16 on a CPU with AMX, where the two sum orders differ by ~1e-4
     ddp, zero3 = tmp_path / "ddp", tmp_path / "zero3"
     proc = run_train(ddp, stage_params(cfg, ddp, rows=48))
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    ranks = {int(m[0]): m for m in RANK_LINE.findall(log)}
+    assert set(ranks) == {0, 1}, log[-4000:]
+    # 48 rows, 2 per process per step, 2 processes: 12 steps (one process alone would take 24). Each rank
+    # saw other rows, so equal weights after training mean their gradients were all-reduced.
+    assert {r[2] for r in ranks.values()} == {"12"}
+    assert ranks[0][3] == ranks[1][3]
+    record = json.loads((ddp / "models" / "adapter" / "run.json").read_text())
+    assert record["exit_status"] == "success" and record["details"]["launcher"] == "accelerate"
+    assert record["details"]["steps"] == 12 and record["inputs"]
     expected_weights, expected_losses = final_state(ddp)
     assert [step for step, _ in expected_losses] == list(range(1, 13))
+    assert expected_losses[-1][1] < expected_losses[0][1]
+    # rank 1 wrote nothing of its own: the adapter, DVCLive logs and checkpoint folder are rank 0's
+    assert sorted(p.name for p in ddp.iterdir()) == ["data", "dvclive", "models", "params.yaml"]
+    assert sorted(p.name for p in (ddp / "models").iterdir()) == ["adapter", "checkpoints"]
 
+    pytest.importorskip("deepspeed", reason="accelerate=deepspeed_zero3 needs the deepspeed extra (in .[dev])")
     cfg.accelerate = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "accelerate" / "deepspeed_zero3.yaml"))
     params = stage_params(cfg, zero3, rows=48)
-    kill_after_checkpoint(zero3, params)
+    kill_after_checkpoint(zero3, params, settle_s=0)
+    deadline = time.monotonic() + 30  # the launcher gets SIGTERM from the kernel and stops its workers
+    while left := subprocess.run(["pgrep", "-f", str(params)], capture_output=True, text=True).stdout.split():
+        assert time.monotonic() < deadline, f"workers {left} left training after the stage process was killed"
+        time.sleep(0.5)
     saved = max(complete_checkpoints(zero3))
     assert saved < 12 and not (zero3 / "models" / "adapter").exists()
 
