@@ -2,11 +2,15 @@
 
     to_sft(rows)          {"messages": [...]}                            SFTTrainer (conversational)
     to_preferences(rows)  {"prompt": [...], "chosen": [...], "rejected": [...]}  DPOTrainer (conversational)
+    to_trajectories(rows) {"messages": [...][, "tools": [...]]}         SFTTrainer, multi-turn with tool calls
 
 Both accept the two formats the validate stage writes: chat rows `{id, messages[, rejected]}` and
 preference rows `{id, prompt, chosen, rejected}` (strings or lists of messages). A chat row becomes
 a preference pair when it carries `rejected`: the reply to prefer less than its final assistant
 message (identity_distillation stores the base model's reply without the identity there).
+`to_trajectories` takes chat rows only and keeps each conversation whole, tool calls included: an
+assistant message's `tool_calls` (OpenAI's `{id?, type?, function: {name, arguments}}`) and the `tool`
+messages answering them (`tool_call_id`), plus the row's `tools` (the schemas offered) when it has them.
 """
 
 from __future__ import annotations
@@ -93,3 +97,72 @@ def to_preferences(rows: list[dict[str, Any]], source: str = "rows") -> list[dic
             "(dataset.format=preference)"
         )
     return pairs
+
+
+TRAJECTORY_ROLES = ("system", "user", "assistant", "tool")
+
+
+def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
+    """An assistant message's tool calls, checked: each `{function: {name, arguments}}`, `id` optional."""
+    if not isinstance(value, list) or not value:
+        raise ShapingError(f"{where}: expected a non-empty list of tool calls")
+    for k, call in enumerate(value):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise ShapingError(f"{where}[{k}]: expected {{function: {{name, arguments}}}}")
+        if not isinstance(function.get("arguments", ""), str | dict):
+            raise ShapingError(f"{where}[{k}].function.arguments: expected a JSON string or an object")
+    return [dict(call) for call in value]
+
+
+def _trajectory(messages: Any, where: str) -> Messages:
+    if not isinstance(messages, list) or not messages:
+        raise ShapingError(f"{where}: expected a non-empty list of messages")
+    out: Messages = []
+    call_ids: set[str] = set()
+    for i, message in enumerate(messages):
+        at = f"{where}[{i}]"
+        if not isinstance(message, dict):
+            raise ShapingError(f"{at}: expected an object with role and content")
+        role, content = message.get("role"), message.get("content")
+        if role not in TRAJECTORY_ROLES:
+            raise ShapingError(f"{at}.role: {role!r} is not one of {', '.join(TRAJECTORY_ROLES)}")
+        kept = dict(message)
+        if role == "assistant" and message.get("tool_calls") is not None:
+            kept["tool_calls"] = _tool_calls(message["tool_calls"], f"{at}.tool_calls")
+            call_ids.update(c["id"] for c in kept["tool_calls"] if isinstance(c.get("id"), str))
+            if content is not None and not isinstance(content, str):
+                raise ShapingError(f"{at}.content: expected a string or null beside tool_calls")
+        elif not isinstance(content, str) or not content.strip():
+            raise ShapingError(f"{at}.content: expected a non-empty string")
+        if role == "tool":
+            previous = out[-1] if out else {}
+            if previous.get("role") not in ("tool", "assistant") or (
+                previous.get("role") == "assistant" and not previous.get("tool_calls")
+            ):
+                raise ShapingError(f"{at}: a tool message must answer an assistant message's tool_calls")
+            call_id = message.get("tool_call_id")
+            if call_id is not None and call_ids and call_id not in call_ids:
+                raise ShapingError(f"{at}.tool_call_id: {call_id!r} answers no earlier tool call")
+        if role == "system" and i != 0:
+            raise ShapingError(f"{at}: a system message may only come first")
+        out.append(kept)
+    if out[-1]["role"] != "assistant" or out[-1].get("tool_calls"):
+        raise ShapingError(f"{where}: the last message must be the assistant's final reply")
+    return out
+
+
+def to_trajectories(rows: list[dict[str, Any]], source: str = "rows") -> list[dict[str, Any]]:
+    """Multi-turn conversations kept whole, tool calls and tool results included (and `tools` when set)."""
+    out = []
+    for n, row in enumerate(rows, start=1):
+        where = f"{source}:{n}"
+        if "messages" not in row:
+            raise ShapingError(f"{where}: no `messages`: a trajectory is a chat row {{id, messages[, tools]}}")
+        item: dict[str, Any] = {"messages": _trajectory(row["messages"], f"{where}: messages")}
+        if row.get("tools") is not None:
+            if not isinstance(row["tools"], list):
+                raise ShapingError(f"{where}: tools: expected a list of tool schemas")
+            item["tools"] = row["tools"]
+        out.append(item)
+    return out
