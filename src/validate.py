@@ -5,8 +5,9 @@
     python src/validate.py --skip-validation        # debug only: split even if the gate fails
     dvc repro validate
 
-Streams every source (data/synth/<pipeline>/samples.jsonl, or a .jsonl path in
-dataset.sources) and checks each row: JSON, UTF-8, BOM, CRLF, the dataset.schema rules,
+Streams every source (data/synth/<pipeline>/samples.jsonl, a .jsonl path or dataset://jsonl/<path>
+in dataset.sources, or an hf:// dataset converted to chat rows in a temporary file; see
+shaping.data.sources) and checks each row: JSON, UTF-8, BOM, CRLF, the dataset.schema rules,
 conversation structure and think tags (or preference pairs), optional token length; then the
 quality checks (volume, error-like replies, duplicates, near-duplicates, distinct-2, reply
 length, upstream __ERROR__ share) and the data-contract tests in validation.tests.path.
@@ -19,12 +20,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shaping.config import Config
 from shaping.data import Gate, choose_split, write_split
-from shaping.data.validation import iter_rows
+from shaping.data.sources import Loaded, materialize, parse_sources
+from shaping.data.validation import RowError, iter_rows
 from shaping.errors import ShapingError
 from shaping.io import atomic_write_bytes, write_json
 from shaping.stage import StageContext, run_stage
@@ -35,20 +39,60 @@ FIELDS = {"chat": ("id", "messages", "rejected"), "preference": ("id", "prompt",
 DATASET_ENV = "SHAPING_DATASET_FILES"  # what tests in validation.tests.path read
 
 
-def source_files(cfg: Config) -> list[tuple[Path, int]]:
-    """(samples file, its pipeline's __ERROR__ record count) for every dataset source."""
+@dataclass
+class SourceFile:
+    """A file the gate scans: a pipeline's samples, a .jsonl source, or an hf:// source materialised."""
+
+    path: Path
+    upstream: int = 0  # its pipeline's __ERROR__ record count
+    loaded: Loaded | None = None  # set for an hf:// source
+
+    @property
+    def name(self) -> str:
+        """How reports name it: the source's URI for an hf:// source (its file is temporary)."""
+        return self.loaded.source.uri if self.loaded else self.path.as_posix()
+
+
+def source_files(cfg: Config, scratch: Path) -> list[SourceFile]:
+    """The file to scan for every dataset source; hf:// sources are written to `scratch` as chat rows."""
     if not cfg.dataset.sources:
-        raise ShapingError("dataset.sources: empty; name at least one pipeline or .jsonl file")
+        raise ShapingError("dataset.sources: empty; name at least one pipeline, .jsonl file or hf:// dataset")
     files = []
-    for source in cfg.dataset.sources:
-        if source.endswith(".jsonl"):
-            files.append((Path(source), 0))
-            continue
-        folder = Path(cfg.paths.synth_dir) / source
-        errors = folder / "errors.jsonl"
-        upstream = sum(1 for line in errors.open("rb") if line.strip()) if errors.is_file() else 0
-        files.append((folder / "samples.jsonl", upstream))
+    for i, source in enumerate(parse_sources(cfg.dataset.sources)):
+        if source.kind == "jsonl":
+            files.append(SourceFile(Path(source.path)))
+        elif source.kind == "hf":
+            path = scratch / f"source-{i}.jsonl"
+            with atomic_write_bytes(path) as out:
+                loaded = materialize(source, f"dataset.sources[{i}]", cfg.dataset.columns, out)
+            log.info("%s: %d rows (%s, fingerprint %s)", source.uri, loaded.rows, loaded.format, loaded.fingerprint)
+            files.append(SourceFile(path, loaded=loaded))
+        else:
+            folder = Path(cfg.paths.synth_dir) / source.path
+            errors = folder / "errors.jsonl"
+            upstream = sum(1 for line in errors.open("rb") if line.strip()) if errors.is_file() else 0
+            files.append(SourceFile(folder / "samples.jsonl", upstream))
     return files
+
+
+def relabel(gate: Gate, sources: list[SourceFile]) -> None:
+    """Errors in a materialised hf:// source name its URI and row index; a row no converter could read
+    is one error, the converter's, in place of what the gate said about its placeholder line."""
+    by_path = {s.path.as_posix(): s.loaded for s in sources if s.loaded}
+    if not by_path:
+        return
+    errors: list[RowError] = []
+    for error in gate.errors:
+        loaded = by_path.get(error.file)
+        if loaded is None:
+            errors.append(error)
+        elif error.line not in loaded.unconvertible:
+            errors.append(RowError(loaded.source.uri, error.line, error.field, error.message, row=error.line - 1))
+    for loaded in by_path.values():
+        for line, problem in loaded.unconvertible.items():
+            field, _, message = problem.partition(": ")
+            errors.append(RowError(loaded.source.uri, line, field, message, row=line - 1))
+    gate.errors[:] = errors
 
 
 def run_data_tests(cfg: Config, files: list[Path]) -> dict[str, Any]:
@@ -98,18 +142,27 @@ def count_truncated(cfg: Config, gate: Gate, files: list[Path]) -> list[dict[str
 
 
 def main(ctx: StageContext) -> None:
+    with tempfile.TemporaryDirectory(prefix="shaping-sources-") as scratch:
+        gate_and_split(ctx, Path(scratch))
+
+
+def gate_and_split(ctx: StageContext, scratch: Path) -> None:
     cfg = ctx.cfg
     out_dir = ctx.out(cfg.paths.validated_dir)
-    sources = source_files(cfg)
-    files = [path for path, _ in sources]
-    ctx.record.add_inputs([f for f in files if f.is_file()])
+    sources = source_files(cfg, scratch)
+    files = [s.path for s in sources]
+    ctx.record.add_inputs([s.path for s in sources if s.loaded is None and s.path.is_file()])
+    ctx.record.add_inputs([s.loaded.source.path for s in sources if s.loaded and s.loaded.source.local])
+    hf_sources = [s.loaded.record() for s in sources if s.loaded]
     try:
         gate = Gate(cfg.dataset, cfg.validation.quality, cfg.validation.workers)
     except ValueError as err:
         raise ShapingError(str(err)) from None
-    for path, upstream in sources:
-        gate.scan(path, upstream)
-    truncated = count_truncated(cfg, gate, files)
+    for source in sources:
+        gate.scan(source.path, source.upstream)
+    relabel(gate, sources)
+    names = {s.path.as_posix(): s.name for s in sources}
+    truncated = [{**t, "file": names.get(t["file"], t["file"])} for t in count_truncated(cfg, gate, files)]
     checks = {
         "invalid_rows": {
             "value": len({(e.file, e.line) for e in gate.errors}),
@@ -148,13 +201,15 @@ def main(ctx: StageContext) -> None:
         },
         "checks": checks,
         "reply_length": gate.quality.length_stats(),
-        "sources": {name: vars(stats) for name, stats in gate.sources.items()},
+        "sources": {names.get(name, name): vars(stats) for name, stats in gate.sources.items()},
         "data_tests": pytest_result,
         "truncated": truncated,
         "errors": [vars(e) for e in gate.errors],
     }
     write_json(out_dir / "report.json", report)
     ctx.record.details = {"passed": passed, "skipped_validation": skipped, **report["rows"]}
+    if hf_sources:  # what each hub or local dataset was read at: revision, fingerprint
+        ctx.record.details["sources"] = hf_sources
     print_summary(report, gate, cfg.validation.show_errors)
     if skipped:
         log.warning(

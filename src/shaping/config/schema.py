@@ -263,12 +263,14 @@ class FieldRule:
 
 @dataclass
 class DatasetConfig:
-    sources: list[str]  # pipeline names, or paths to .jsonl files
+    sources: list[str]  # pipeline names, .jsonl paths, dataset://jsonl/<path>, hf://<id or folder>?split=..
     format: DatasetFormat
     schema: list[FieldRule]
     eval_fraction: float
     max_examples: int | None
     max_tokens: int | None  # rows longer than this (model tokenizer, chat template) are reported
+    # hf:// sources: a converter's column name -> the dataset's column ({instruction: prompt, output: answer})
+    columns: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

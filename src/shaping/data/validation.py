@@ -54,9 +54,11 @@ class RowError:
     line: int
     field: str
     message: str
+    row: int | None = None  # a dataset source's row index (its materialised file's line - 1); `file` is its URI
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+        where = f"{self.file}:{self.line}" if self.row is None else f"{self.file} row {self.row}"
+        return f"{where}: {self.field}: {self.message}"
 
 
 @dataclass

@@ -1,0 +1,314 @@
+"""Dataset sources: what each entry of `dataset.sources` names, and hub or local datasets as chat rows.
+
+    identity_distillation                         a pipeline: data/synth/<name>/samples.jsonl
+    data/manual/extra.jsonl                       a JSONL file (a path ending .jsonl)
+    dataset://jsonl/data/manual/extra.jsonl       the same, spelled as a URI
+    hf://data/manual/alpaca?split=train&format=alpaca
+    hf://owner/name?split=train&revision=<sha>&format=sharegpt
+
+An `hf://` source is loaded with `datasets` (a local folder of parquet/json/arrow files, a
+`save_to_disk` folder, or a hub dataset id) and each row converted to this project's chat row
+`{"id", "messages"[, "rejected"]}` by its `format`'s converter (alpaca, sharegpt, messages; guessed
+from the columns when not given), after `dataset.columns` renamed its columns. `materialize` writes
+the converted rows to a JSONL file, one line per dataset row (line N = row N-1), that the validation
+gate scans like any other; a row no converter can read becomes a placeholder line and its error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import parse_qs
+
+import orjson
+
+from shaping.errors import ShapingError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("alpaca", "sharegpt", "messages")
+QUERY_KEYS = ("split", "revision", "format")
+ACCEPTED = (
+    "a pipeline name, a path ending .jsonl, dataset://jsonl/<path>, or "
+    "hf://<dataset id or local folder>[?split=...&revision=...&format=alpaca|sharegpt|messages]"
+)
+# what a row no converter could read becomes in the materialised file: the gate refuses it (no messages),
+# and the stage reports the converter's message in place of the gate's
+PLACEHOLDER_KEY = "__unconvertible__"
+
+
+@dataclass
+class Source:
+    """One entry of `dataset.sources`: `kind` is pipeline, jsonl or hf."""
+
+    uri: str
+    kind: str
+    path: str  # pipeline name, file path, or dataset id / local folder
+    split: str = "train"
+    revision: str | None = None
+    format: str | None = None
+
+    @property
+    def local(self) -> bool:
+        return self.kind == "hf" and _looks_local(self.path)
+
+
+def parse_source(text: str, where: str) -> Source:
+    """`text` (an entry of dataset.sources, named `where` in errors) as a Source."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return Source(text, "jsonl" if text.endswith(".jsonl") else "pipeline", text)
+    if scheme == "dataset":
+        kind, _, path = rest.partition("/")
+        if kind != "jsonl" or not path:
+            raise ShapingError(f"{where}={text!r}: dataset:// takes jsonl/<path> (dataset://jsonl/data/x.jsonl)")
+        return Source(text, "jsonl", path)
+    if scheme != "hf":
+        raise ShapingError(f"{where}={text!r}: unknown scheme {scheme}://; use {ACCEPTED}")
+    path, _, query = rest.partition("?")
+    if not path:
+        raise ShapingError(f"{where}={text!r}: no dataset id or folder after hf://")
+    try:
+        params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ShapingError(f"{where}={text!r}: malformed query {query!r}; use key=value&...") from None
+    unknown = sorted(set(params) - set(QUERY_KEYS))
+    if unknown:
+        raise ShapingError(f"{where}={text!r}: unknown query key {unknown[0]!r}; hf:// takes {', '.join(QUERY_KEYS)}")
+    one = {key: values[-1] for key, values in params.items()}
+    fmt = one.get("format") or None
+    if fmt is not None and fmt not in FORMATS:
+        raise ShapingError(f"{where}={text!r}: format={fmt!r}; choose {', '.join(FORMATS)}")
+    source = Source(text, "hf", path, one.get("split") or "train", one.get("revision") or None, fmt)
+    if source.local and not Path(path).is_dir():
+        raise ShapingError(f"{where}={text!r}: folder {path} not found")
+    return source
+
+
+def parse_sources(texts: Iterable[str]) -> list[Source]:
+    return [parse_source(text, f"dataset.sources[{i}]") for i, text in enumerate(texts)]
+
+
+def _looks_local(path: str) -> bool:
+    """A hub id is `name` or `owner/name`; anything else (or an existing folder) is a local folder."""
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or Path(path).is_dir()
+
+
+# converters: one dataset row (columns already renamed) -> messages -------------------------------------
+Messages = list[dict[str, Any]]
+
+
+def _text(row: Mapping[str, Any], key: str, required: bool = True) -> str:
+    value = row.get(key)
+    if value is None or value == "":
+        if required:
+            raise ValueError(f"{key}: missing or empty")
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{key}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def from_alpaca(row: Mapping[str, Any]) -> Messages:
+    """instruction (+ input, on the next paragraph) -> user, output -> assistant; optional system."""
+    instruction, extra = _text(row, "instruction"), _text(row, "input", required=False)
+    messages: Messages = []
+    if system := _text(row, "system", required=False):
+        messages.append({"role": "system", "content": system})
+    messages.append({"role": "user", "content": f"{instruction}\n\n{extra}" if extra.strip() else instruction})
+    messages.append({"role": "assistant", "content": _text(row, "output")})
+    return messages
+
+
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "tool": "tool",
+    "observation": "tool",
+    "function_response": "tool",
+    "function_call": "assistant",
+}
+
+
+def from_sharegpt(row: Mapping[str, Any]) -> Messages:
+    """conversations [{from, value}]: human/gpt/system/tool roles mapped; a function_call turn becomes an
+    assistant message with tool_calls (its value is the JSON {name, arguments})."""
+    turns = row.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise ValueError("conversations: expected a non-empty list of {from, value}")
+    messages: Messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, Mapping):
+            raise ValueError(f"conversations[{i}]: expected an object with from and value")
+        speaker = turn.get("from")
+        role = SHAREGPT_ROLES.get(speaker) if isinstance(speaker, str) else None
+        if role is None:
+            raise ValueError(f"conversations[{i}].from: {speaker!r} is not one of {', '.join(SHAREGPT_ROLES)}")
+        value = turn.get("value")
+        if not isinstance(value, str):
+            raise ValueError(f"conversations[{i}].value: expected a string, got {type(value).__name__}")
+        if speaker == "function_call":
+            try:
+                call = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                raise ValueError(
+                    f"conversations[{i}].value: a function_call must be JSON {{name, arguments}}"
+                ) from None
+            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                raise ValueError(f"conversations[{i}].value: a function_call must be JSON {{name, arguments}}")
+            arguments = call.get("arguments", {})
+            function = {
+                "name": call["name"],
+                "arguments": arguments if isinstance(arguments, str) else _json(arguments),
+            }
+            messages.append(
+                {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": function}]}
+            )
+        else:
+            messages.append({"role": role, "content": value})
+    return messages
+
+
+MESSAGE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
+
+
+def from_messages(row: Mapping[str, Any]) -> Messages:
+    """OpenAI `messages` as they are: role, content, and tool_calls / tool_call_id / name where set."""
+    messages = row.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages: expected a non-empty list of {role, content}")
+    out: Messages = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping) or "role" not in message:
+            raise ValueError(f"messages[{i}]: expected an object with role and content")
+        # an Arrow struct column gives every message every key, None where a row lacked it
+        kept = {k: message[k] for k in MESSAGE_KEYS if message.get(k) is not None}
+        kept.setdefault("content", message.get("content"))
+        out.append(kept)
+    return out
+
+
+CONVERTERS: dict[str, Callable[[Mapping[str, Any]], Messages]] = {
+    "alpaca": from_alpaca,
+    "sharegpt": from_sharegpt,
+    "messages": from_messages,
+}
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def guess_format(columns: Iterable[str]) -> str | None:
+    names = set(columns)
+    if "messages" in names:
+        return "messages"
+    if "conversations" in names:
+        return "sharegpt"
+    if {"instruction", "output"} <= names:
+        return "alpaca"
+    return None
+
+
+def rename(row: Mapping[str, Any], columns: Mapping[str, str]) -> dict[str, Any]:
+    """`columns` maps a converter's name to the dataset's column ({instruction: prompt}): renamed back."""
+    taken = set(columns.values())
+    out = {k: v for k, v in row.items() if k not in taken}
+    for name, column in columns.items():
+        if column in row:
+            out[name] = row[column]
+    return out
+
+
+def convert(row: Mapping[str, Any], fmt: str, default_id: str) -> dict[str, Any]:
+    """One dataset row (columns renamed) as a chat row; ValueError names the field that could not be read."""
+    out: dict[str, Any] = {"id": str(row["id"]) if row.get("id") is not None else default_id}
+    out["messages"] = CONVERTERS[fmt](row)
+    if row.get("rejected") is not None:
+        out["rejected"] = row["rejected"]
+    return out
+
+
+# loading and materialising ---------------------------------------------------------------------------
+@dataclass
+class Loaded:
+    """What materialising one hf source found: for the run record and the gate's error messages."""
+
+    source: Source
+    rows: int = 0
+    format: str | None = None
+    fingerprint: str | None = None  # datasets' fingerprint of the loaded split
+    resolved_revision: str | None = None  # the hub commit the split was read at
+    unconvertible: dict[int, str] = field(default_factory=dict)  # line -> "field: message"
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "uri": self.source.uri,
+            "path": self.source.path,
+            "split": self.source.split,
+            "revision": self.source.revision,
+            "resolved_revision": self.resolved_revision,
+            "fingerprint": self.fingerprint,
+            "format": self.format,
+            "rows": self.rows,
+        }
+
+
+def load(source: Source, where: str) -> tuple[Any, str | None]:
+    """(the split as a datasets.Dataset, the hub commit it was read at or None for a local folder)."""
+    import datasets
+
+    path = source.path
+    try:
+        if source.local and any((Path(path) / name).is_file() for name in ("state.json", "dataset_dict.json")):
+            loaded = datasets.load_from_disk(path)
+            if isinstance(loaded, datasets.DatasetDict):
+                if source.split not in loaded:
+                    raise ShapingError(
+                        f"{where}={source.uri!r}: no split {source.split!r}; {path} has {', '.join(loaded)}"
+                    )
+                loaded = loaded[source.split]
+            return loaded, None
+        builder = datasets.load_dataset_builder(path, revision=None if source.local else source.revision)
+        builder.download_and_prepare()
+        if source.split not in (builder.info.splits or {}):
+            found = ", ".join(builder.info.splits or {}) or "none"
+            raise ShapingError(f"{where}={source.uri!r}: no split {source.split!r}; it has {found}")
+        resolved = None if source.local else builder.hash
+        return builder.as_dataset(split=source.split), resolved
+    except ShapingError:
+        raise
+    except Exception as err:  # datasets raises many kinds (FileNotFoundError, DatasetNotFoundError, ConnectionError)
+        raise ShapingError(f"{where}={source.uri!r}: cannot load {path}: {type(err).__name__}: {err}") from None
+
+
+def materialize(source: Source, where: str, columns: Mapping[str, str], out: BinaryIO) -> Loaded:
+    """Write the source's rows to `out` as chat rows, one line per dataset row, in order."""
+    dataset, resolved = load(source, where)
+    if source.revision is None and not source.local:
+        log.warning("%s=%s: no revision: the hub dataset is not pinned (recorded at %s)", where, source.uri, resolved)
+    names = set(rename(dict.fromkeys(dataset.column_names), columns))
+    fmt = source.format or guess_format(names)
+    if fmt is None:
+        raise ShapingError(
+            f"{where}={source.uri!r}: columns {', '.join(sorted(names))} fit no format; add &format="
+            f"{'|'.join(FORMATS)} and map columns with dataset.columns (e.g. {{instruction: prompt}})"
+        )
+    loaded = Loaded(source, format=fmt, fingerprint=getattr(dataset, "_fingerprint", None), resolved_revision=resolved)
+    stem = Path(source.path).name or source.path
+    for index, row in enumerate(dataset):
+        try:
+            line = orjson.dumps(convert(rename(row, columns), fmt, f"{stem}-{source.split}-{index}"))
+        except (ValueError, TypeError) as err:  # orjson.JSONEncodeError is a TypeError
+            loaded.unconvertible[index + 1] = f"{fmt}: {err}"
+            line = orjson.dumps({PLACEHOLDER_KEY: index})
+        out.write(line + b"\n")
+        loaded.rows += 1
+    return loaded
