@@ -229,8 +229,8 @@ def test_hf_and_jsonl_uri_sources_pass_the_gate_and_are_split(
 
 
 # to_trajectories ---------------------------------------------------------------------------------------------
-CALL = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
-TRAJECTORY = [
+CALL: dict[str, Any] = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}
+TRAJECTORY: list[dict[str, Any]] = [
     {"role": "system", "content": "Use tools."},
     {"role": "user", "content": "1+2?"},
     {"role": "assistant", "content": None, "tool_calls": [CALL]},
