@@ -264,3 +264,9 @@ def test_malformed_trajectory_names_the_row(messages: list[dict[str, Any]], need
     good = {"id": "ok", "messages": TRAJECTORY}
     with pytest.raises(ShapingError, match=needle):
         to_trajectories([good, {"id": "bad", "messages": messages}])
+
+
+def test_unreachable_hub_dataset_is_one_clear_error() -> None:
+    # the tests run with HF_HUB_OFFLINE=1 (conftest): the hub path is taken and refused, no traceback
+    with pytest.raises(ShapingError, match=r"dataset\.sources\[0\]='hf://nobody/nothing\?revision=abc': cannot load"):
+        rows_of("hf://nobody/nothing?revision=abc")
