@@ -93,6 +93,7 @@ class FieldType(StrEnum):
 class TrainMethod(StrEnum):
     sft = "sft"
     dpo = "dpo"
+    kto = "kto"  # unpaired: each pair's chosen reply is desirable, its rejected reply undesirable
 
 
 class Launcher(StrEnum):
@@ -339,10 +340,14 @@ class TrainConfig:
     keep_unfinished_runs: int  # killed runs of other configs/data whose checkpoints stay (resumable); older go
     liger: bool  # Liger kernels (fused RMSNorm/RoPE/SwiGLU/cross-entropy); needs liger-kernel + a GPU
     merge: bool  # also save the adapter merged into the base's weights (<adapter_dir>/merged, safetensors)
-    # dpo only (set in conf/train/sft.yaml too, which conf/train/dpo.yaml extends)
+    # dpo and kto only (set in conf/train/sft.yaml too, which conf/train/dpo.yaml and kto.yaml extend)
     beta: float  # how far the policy may move from the reference: higher = closer to it
-    loss_type: str  # TRL DPOConfig.loss_type: sigmoid (DPO) | ipo | hinge | robust | apo_zero | ...
+    # TRL's loss_type: dpo sigmoid (DPO) | ipo | hinge | robust | apo_zero | ...; kto kto | apo_zero_unpaired
+    loss_type: str
     precompute_ref_log_probs: bool  # reference log-probs in one pass before training
+    # kto only: the losses of desirable (chosen) and undesirable (rejected) replies are weighed by these
+    desirable_weight: float
+    undesirable_weight: float
 
 
 @dataclass

@@ -2,12 +2,15 @@
 
     to_sft(rows)          {"messages": [...]}                            SFTTrainer (conversational)
     to_preferences(rows)  {"prompt": [...], "chosen": [...], "rejected": [...]}  DPOTrainer (conversational)
+    to_unpaired(rows)     {"prompt": [...], "completion": [...], "label": bool}      KTOTrainer (conversational)
     to_trajectories(rows) {"messages": [...][, "tools": [...]]}         SFTTrainer, multi-turn with tool calls
 
-Both accept the two formats the validate stage writes: chat rows `{id, messages[, rejected]}` and
+The first three accept the two formats the validate stage writes: chat rows `{id, messages[, rejected]}` and
 preference rows `{id, prompt, chosen, rejected}` (strings or lists of messages). A chat row becomes
 a preference pair when it carries `rejected`: the reply to prefer less than its final assistant
 message (identity_distillation stores the base model's reply without the identity there).
+`to_unpaired` splits each pair into a desirable row (the chosen reply, label True) and an undesirable
+one (the rejected reply, label False), shuffled with a seed.
 `to_trajectories` takes chat rows only and keeps each conversation whole, tool calls included: an
 assistant message's `tool_calls` (OpenAI's `{id?, type?, function: {name, arguments}}`) and the `tool`
 messages answering them (`tool_call_id`), plus the row's `tools` (the schemas offered) when it has them.
@@ -16,6 +19,7 @@ messages answering them (`tool_call_id`), plus the row's `tools` (the schemas of
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 from shaping.errors import ShapingError
@@ -53,10 +57,10 @@ def to_sft(rows: list[dict[str, Any]], source: str = "rows") -> list[dict[str, M
     return out
 
 
-def to_preferences(rows: list[dict[str, Any]], source: str = "rows") -> list[dict[str, Messages]]:
+def to_preferences(rows: list[dict[str, Any]], source: str = "rows", method: str = "dpo") -> list[dict[str, Messages]]:
     """Preference pairs in TRL's conversational format. Chat rows without a rejected reply and pairs
     whose two replies are the same text teach nothing and are dropped (logged); no pair at all is an
-    error saying where pairs come from."""
+    error saying where pairs come from (and that train.method=`method` needs them)."""
     pairs = []
     identical = unpaired = 0
     for n, row in enumerate(rows, start=1):
@@ -92,11 +96,26 @@ def to_preferences(rows: list[dict[str, Any]], source: str = "rows") -> list[dic
     if not pairs:
         raise ShapingError(
             f"{source}: no preference pair to train on ({unpaired} rows without a `rejected` reply, {identical} "
-            "with two identical replies). train.method=dpo needs chat rows with `rejected` (identity_distillation "
-            "records the base model's reply there) or preference rows {prompt, chosen, rejected} "
-            "(dataset.format=preference)"
+            f"with two identical replies). train.method={method} needs chat rows with `rejected` "
+            "(identity_distillation records the base model's reply there) or preference rows "
+            "{prompt, chosen, rejected} (dataset.format=preference)"
         )
     return pairs
+
+
+def to_unpaired(rows: list[dict[str, Any]], source: str = "rows", seed: int = 0) -> list[dict[str, Any]]:
+    """KTO's unpaired rows in TRL's conversational format: each preference pair (to_preferences, same
+    checks and errors) gives {prompt, completion: chosen, label: True} and {prompt, completion: rejected,
+    label: False}. The rows are shuffled with `seed`: KTOTrainer reads them in order and estimates its KL
+    term from each row's prompt with the previous row's completion in the same batch, so a pair's two
+    rows side by side would give it the matched reply instead of an unrelated one, and unshuffled halves
+    would give all-desirable and all-undesirable batches."""
+    unpaired: list[dict[str, Any]] = []
+    for pair in to_preferences(rows, source, method="kto"):
+        unpaired.append({"prompt": pair["prompt"], "completion": pair["chosen"], "label": True})
+        unpaired.append({"prompt": pair["prompt"], "completion": pair["rejected"], "label": False})
+    random.Random(seed).shuffle(unpaired)
+    return unpaired
 
 
 TRAJECTORY_ROLES = ("system", "user", "assistant", "tool")

@@ -53,7 +53,7 @@ def out_of_memory_message(cfg: Config, device: str, err: BaseException) -> str:
             if cfg.lora.enabled
             else "lora=default (an adapter instead of a full fine-tune)"
         )
-    if t.method == "dpo" and not t.precompute_ref_log_probs and not cfg.lora.enabled:
+    if t.method in ("dpo", "kto") and not t.precompute_ref_log_probs and not cfg.lora.enabled:
         knobs.append("train.precompute_ref_log_probs=true (no reference model copy during training)")
     first = str(err).splitlines()[0] if str(err) else type(err).__name__
     return f"out of memory on {device} ({first}). Turn one of these down: " + "; ".join(knobs)

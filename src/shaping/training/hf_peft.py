@@ -1,10 +1,12 @@
-"""The hf_peft training backend: TRL's SFTTrainer or DPOTrainer with a PEFT adapter (LoRA, DoRA,
+"""The hf_peft training backend: TRL's SFTTrainer, DPOTrainer or KTOTrainer with a PEFT adapter (LoRA, DoRA,
 QLoRA) or a full fine-tune (lora=none).
 
     train.method=sft   loss on the assistant replies and their end-of-turn token (train.train_on_prompt=true:
                        every token); train.loss_weights weigh regex spans; train.packing / train.padding_free
     train.method=dpo   preference pairs (shaping.data.transforms.to_preferences); with an adapter the
                        reference model is the base with the adapter disabled, so no second copy in memory
+    train.method=kto   unpaired rows (shaping.data.transforms.to_unpaired): each pair's chosen reply is
+                       desirable, its rejected reply undesirable; the reference as for dpo
     lora=qlora         the frozen base in 4 bits (bitsandbytes NF4), prepared for k-bit training
     train.merge=true   also the adapter merged into the base's weights, in <output_dir>/merged
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -24,10 +27,10 @@ from datasets import Dataset
 from peft import LoraConfig as PeftLoraConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.integrations import DVCLiveCallback
-from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
 from shaping.config.schema import Config
-from shaping.data.transforms import to_preferences, to_sft
+from shaping.data.transforms import to_preferences, to_sft, to_unpaired
 from shaping.device import (
     resolve_device,
     resolve_gradient_checkpointing,
@@ -50,7 +53,9 @@ from shaping.training.sft import (
 )
 
 log = logging.getLogger(__name__)
-METHODS = ("sft", "dpo")
+METHODS = ("sft", "dpo", "kto")
+PREFERENCE_METHODS = ("dpo", "kto")  # trained on pairs, against a reference model
+KTO_LOSSES = ("kto", "apo_zero_unpaired")  # TRL KTOConfig.loss_type
 LORA_BIAS = ("none", "all", "lora_only")
 
 
@@ -73,6 +78,10 @@ class GuardedDPOTrainer(StopOnNonFiniteLoss, DPOTrainer):
     pass
 
 
+class GuardedKTOTrainer(StopOnNonFiniteLoss, KTOTrainer):
+    pass
+
+
 def adapter_kind(cfg: Config) -> str:
     if not cfg.lora.enabled:
         return "full"
@@ -92,8 +101,20 @@ def check_options(cfg: Config) -> None:
         raise ShapingError(
             "train.loss_weights needs padded batches: set train.packing=false and train.padding_free=false"
         )
-    if t.method == "dpo" and (t.packing or t.padding_free):
-        raise ShapingError("train.packing / train.padding_free: TRL's DPOTrainer pads its batches; set both false")
+    if t.method in PREFERENCE_METHODS and (t.packing or t.padding_free):
+        trainer = "DPOTrainer" if t.method == "dpo" else "KTOTrainer"
+        raise ShapingError(f"train.packing / train.padding_free: TRL's {trainer} pads its batches; set both false")
+    if t.method == "kto" and t.loss_type not in KTO_LOSSES:
+        raise ShapingError(
+            f"train.loss_type={t.loss_type!r}: train.method=kto takes {' or '.join(KTO_LOSSES)} (TRL KTOConfig); "
+            "use train=kto, whose conf/train/kto.yaml sets loss_type: kto"
+        )
+    if t.method == "kto" and t.loss_type != "apo_zero_unpaired" and t.batch_size < 2:
+        raise ShapingError(
+            f"train.batch_size={t.batch_size}: train=kto estimates its KL term from the other replies in each "
+            "batch, so it needs train.batch_size >= 2 (lower train.gradient_accumulation_steps to keep the "
+            "effective batch)"
+        )
     if cfg.lora.quantization is not None and not cfg.lora.enabled:
         raise ShapingError("lora.quantization needs an adapter (QLoRA): a 4-bit base cannot be fully fine-tuned")
     if t.merge and not cfg.lora.enabled:
@@ -242,14 +263,60 @@ def dpo_trainer(
     )
 
 
-def last_logged(trainer: SFTTrainer | DPOTrainer, key: str) -> float | None:
+def kto_trainer(
+    cfg: Config,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict[str, Any]],
+    args: dict[str, Any],
+    callbacks: list[TrainerCallback],
+) -> KTOTrainer:
+    t = cfg.train
+    dataset = Dataset.from_list(to_unpaired(rows, "train.jsonl", seed=cfg.seed))
+    try:
+        config = KTOConfig(
+            **args,
+            max_length=t.max_length,
+            beta=t.beta,
+            loss_type=t.loss_type,
+            desirable_weight=t.desirable_weight,
+            undesirable_weight=t.undesirable_weight,
+            precompute_ref_log_probs=t.precompute_ref_log_probs,
+        )
+    except ValueError as err:
+        raise ShapingError(f"train (method=kto): {err}") from None
+    # as for dpo: with an adapter the reference is the base with the adapter disabled
+    return GuardedKTOTrainer(
+        model=model,
+        ref_model=None,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(cfg),
+        callbacks=callbacks,
+    )
+
+
+# what the run record keeps of TRL's last logged rewards (KTO's pairs are split, so it has no accuracy)
+REWARD_METRICS = {
+    "dpo": (("rewards/accuracies", "reward_accuracy"), ("rewards/margins", "reward_margin")),
+    "kto": (
+        ("rewards/margins", "reward_margin"),
+        ("rewards/chosen", "reward_chosen"),
+        ("rewards/rejected", "reward_rejected"),
+        ("kl", "kl"),
+    ),
+}
+
+
+def last_logged(trainer: SFTTrainer | DPOTrainer | KTOTrainer, key: str) -> float | None:
     return next((float(e[key]) for e in reversed(trainer.state.log_history) if key in e), None)
 
 
 def train(
     cfg: Config, rows: list[dict[str, Any]], output_dir: Path, live_dir: Path, checkpoint_dir: Path | None = None
 ) -> TrainingReport:
-    """Fine-tune the base on `rows` (chat rows; preference pairs for dpo); save the adapter (or the
+    """Fine-tune the base on `rows` (chat rows; preference pairs for dpo and kto); save the adapter (or the
     full model) and tokenizer to `output_dir`; checkpoints go to `checkpoint_dir` and resume from it."""
     from dvclive import Live
 
@@ -279,7 +346,12 @@ def train(
     dvclive = DVCLiveCallback(live=live)
     start = RunStart()
     callbacks: list[TrainerCallback] = [dvclive, DVCLiveResume(dvclive), RankReport(), start]
-    build = dpo_trainer if cfg.train.method == "dpo" else sft_trainer
+    builders: dict[str, Callable[..., SFTTrainer | DPOTrainer | KTOTrainer]] = {
+        "sft": sft_trainer,
+        "dpo": dpo_trainer,
+        "kto": kto_trainer,
+    }
+    build = builders[cfg.train.method]
     trainer = build(cfg, model, tokenizer, rows, args, callbacks)
 
     params = list(trainer.model.parameters()) if trainer.model is not None else list(model.parameters())
@@ -309,11 +381,10 @@ def train(
         "gradient_checkpointing": checkpointing,
         "device": device,
     }
-    if cfg.train.method == "dpo":
-        for key, name in (("rewards/accuracies", "reward_accuracy"), ("rewards/margins", "reward_margin")):
-            value = last_logged(trainer, key)
-            if value is not None:
-                metrics[name] = round(value, 6)
+    for key, name in REWARD_METRICS.get(cfg.train.method, ()):
+        value = last_logged(trainer, key)
+        if value is not None:
+            metrics[name] = round(value, 6)
     live.summary.update({k: v for k, v in metrics.items() if isinstance(v, int | float)})
     live.make_summary()
     trainer.save_model(str(output_dir))
