@@ -1,5 +1,5 @@
-"""SFT data (stop token, templates, train_on_prompt, loss weights), padding-free/packing and DPO on
-the tiny test model with the real TRL trainers."""
+"""SFT data (stop token, templates, train_on_prompt, loss weights), padding-free/packing, DPO and KTO
+on the tiny test model with the real TRL trainers."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from transformers import PreTrainedTokenizerBase
 
 from shaping.config import Config
 from shaping.config.schema import LossWeight
-from shaping.data.transforms import to_preferences, to_sft
+from shaping.data.transforms import to_preferences, to_sft, to_unpaired
 from shaping.errors import ShapingError
 from shaping.hub import load_base_model, load_tokenizer
 from shaping.training import hf_peft
 from shaping.training.sft import IGNORE, check_stop_token_learned, tokenize_conversation, training_template
 
-from .conftest import DIALOGUES
+from .conftest import DIALOGUES, composed
 
 # ChatML without {% generation %} markers: a template TRL has no training version of
 PLAIN_CHATML = (
@@ -271,6 +271,59 @@ def test_dpo_backend_run_reports_rewards_and_saves_the_adapter(cfg: Config, tmp_
     assert report.metrics["method"] == "dpo" and report.metrics["steps"] == 3
     assert 0.0 <= report.metrics["reward_accuracy"] <= 1.0 and "reward_margin" in report.metrics
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_to_unpaired_gives_each_pair_a_desirable_and_an_undesirable_row() -> None:
+    rows = [{"id": str(n), "messages": d, "rejected": f"No idea {n}."} for n, d in enumerate(DIALOGUES)]
+    rows.append({"id": "plain", "messages": DIALOGUES[0]})  # no rejected reply: left out, as for dpo
+    unpaired = to_unpaired(rows, "train.jsonl", seed=3)
+    assert len(unpaired) == 6 and sorted(r["label"] for r in unpaired) == [False] * 3 + [True] * 3
+    for n, dialogue in enumerate(DIALOGUES):
+        mine = [r for r in unpaired if r["prompt"] == dialogue[:-1]]
+        assert {r["label"]: r["completion"] for r in mine} == {
+            True: dialogue[-1:],
+            False: [{"role": "assistant", "content": f"No idea {n}."}],
+        }
+    assert to_unpaired(rows, "train.jsonl", seed=3) == unpaired  # seeded
+    assert [r["label"] for r in unpaired] != [True, False] * 3  # shuffled: a pair's rows are not side by side
+    with pytest.raises(ShapingError, match=r"train\.jsonl: no preference pair.*train\.method=kto needs chat rows"):
+        to_unpaired([{"id": "plain", "messages": DIALOGUES[0]}], "train.jsonl")
+    with pytest.raises(ShapingError, match=r"train\.jsonl:2: rejected: expected a non-empty string"):
+        to_unpaired([rows[0], {**rows[1], "rejected": " "}], "train.jsonl")
+
+
+def test_kto_backend_run_logs_rewards_to_dvclive_and_saves_the_adapter(cfg: Config, tmp_path: Path) -> None:
+    cfg.train = composed("train=kto", "+experiment=smoke").train  # conf/train/kto.yaml as the stage gets it
+    assert (cfg.train.method, cfg.train.loss_type) == ("kto", "kto")
+    cfg.train.max_steps, cfg.train.batch_size, cfg.train.logging_steps, cfg.train.learning_rate = 3, 4, 1, 5e-3
+    rows = [{"id": str(n), "messages": d, "rejected": "I do not know."} for n, d in enumerate(DIALOGUES)] * 2
+    report = hf_peft.train(cfg, rows, tmp_path / "adapter", tmp_path / "live")
+    assert report.metrics["method"] == "kto" and report.metrics["steps"] == 3
+    assert {"reward_margin", "reward_chosen", "reward_rejected", "kl"} <= set(report.metrics)
+    assert "reward_accuracy" not in report.metrics  # unpaired: TRL logs no accuracy
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    plots = tmp_path / "live" / "plots" / "metrics"
+    logged = {}
+    for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "kl", "loss"):
+        lines = (plots / f"{name}.tsv").read_text().splitlines()
+        assert lines[0].split("\t") == ["step", name.rsplit("/", 1)[-1]]
+        logged[name] = [float(line.split("\t")[1]) for line in lines[1:]]
+        assert len(logged[name]) == 3, name  # one row per step (logging_steps=1)
+    # step 1: LoRA B starts at zero, so the policy is the reference (the adapter disabled) and rewards are 0
+    assert logged["rewards/chosen"][0] == 0.0 and logged["rewards/rejected"][0] == 0.0
+    assert logged["rewards/margins"][-1] > 0  # the policy moved towards the desirable replies
+    assert report.metrics["reward_margin"] == pytest.approx(logged["rewards/margins"][-1], abs=1e-6)
+    summary = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert summary["reward_margin"] == report.metrics["reward_margin"]
+
+
+def test_kto_on_rows_without_a_rejected_reply_is_one_error_naming_the_file(cfg: Config, tmp_path: Path) -> None:
+    cfg.train = composed("train=kto", "+experiment=smoke").train
+    rows = [{"id": str(n), "messages": d} for n, d in enumerate(DIALOGUES)]
+    with pytest.raises(ShapingError, match=r"train\.jsonl: no preference pair to train on \(3 rows without") as err:
+        hf_peft.train(cfg, rows, tmp_path / "adapter", tmp_path / "live")
+    assert "train.method=kto needs chat rows with `rejected`" in str(err.value)
+    assert not (tmp_path / "adapter").exists()
 
 
 def test_identity_pipeline_records_the_base_reply_as_rejected(cfg: Config, tmp_path: Path) -> None:

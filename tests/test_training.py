@@ -82,10 +82,13 @@ def test_gated_model_says_export_hf_token() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"method": "ppo"}, r"train\.method='ppo': choose one of sft, dpo"),
+        ({"method": "ppo"}, r"train\.method='ppo': choose one of sft, dpo, kto"),
         ({"method": "dpo", "loss_weights": [LossWeight("x", 2.0)]}, r"SFT loss only"),
         ({"packing": True, "loss_weights": [LossWeight("x", 2.0)]}, r"needs padded batches"),
         ({"method": "dpo", "padding_free": True}, r"DPOTrainer pads"),
+        ({"method": "kto", "loss_type": "kto", "packing": True}, r"KTOTrainer pads"),
+        ({"method": "kto", "loss_type": "sigmoid"}, r"train\.loss_type='sigmoid': train\.method=kto takes kto or"),
+        ({"method": "kto", "loss_type": "kto", "batch_size": 1}, r"train\.batch_size=1: .*batch_size >= 2"),
     ],
 )
 def test_impossible_combinations_fail_naming_the_keys(cfg: Config, changes: dict[str, object], message: str) -> None:
