@@ -3,8 +3,8 @@
 
 One JSONL file per pipeline and run fingerprint (the pipeline's code, the models and the
 input files: see `Pipeline.fingerprint`), beside the response cache, because DVC deletes a
-stage's outputs before it runs the stage again. Lines are written in batches, one `write` per
-turn of the engine's event loop, and flushed at once (they survive a SIGKILL; `sync()`, every
+stage's outputs before it runs the stage again. Lines are written in batches, one `write` system
+call per turn of the engine's event loop (they survive a SIGKILL; `sync()`, every
 second or so, makes them survive a power cut too). A finished run deletes its journal.
 """
 
@@ -52,9 +52,12 @@ class Journal:
             return
         if self._handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = self.path.open("ab")
-        self._handle.write(b"".join(self._lines))
-        self._handle.flush()
+            # unbuffered: a buffered file splits a write larger than its buffer into several system calls,
+            # and a SIGKILL between two of them left a line cut short (a kill mid-call cannot)
+            self._handle = self.path.open("ab", buffering=0)
+        data = memoryview(b"".join(self._lines))
+        while data:
+            data = data[self._handle.write(data) :]
         self._lines.clear()
 
     def sync(self) -> None:
