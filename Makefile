@@ -51,7 +51,7 @@ demo: setup
 check: setup lint typecheck layers
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal -m "not slow"
 
-# the type check runs beside the suite: much of the suite's time is spent waiting on subprocesses
+# the type check runs beside the suite (about 50 s of one core with a cold cache)
 test: setup lint layers
 	$(MAKE) --no-print-directory -j2 typecheck pytest
 
@@ -66,8 +66,9 @@ typecheck: setup
 layers: setup
 	$(BIN)/lint-imports
 
+# --durations=15: the slowest tests, where the time budget goes
 pytest: setup
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal --durations=15
 
 # Recompose params.yaml from conf/ (what `dvc exp run -S` does), e.g. make params ARGS="lora.r=16"
 params: setup
