@@ -230,29 +230,32 @@ def sft_trainer(
     )
 
 
-def dpo_trainer(
+def preference_trainer(
     cfg: Config,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    rows: list[dict[str, Any]],
+    dataset: Dataset,
     args: dict[str, Any],
     callbacks: list[TrainerCallback],
-) -> DPOTrainer:
+    config_class: Callable[..., DPOConfig | KTOConfig],
+    trainer_class: Callable[..., DPOTrainer | KTOTrainer],
+    **method_args: Any,
+) -> DPOTrainer | KTOTrainer:
+    """A trainer against a reference model (dpo, kto). ref_model=None: with an adapter TRL scores the
+    reference with the adapter disabled (same weights, no copy); a full fine-tune gets a frozen copy,
+    unless the log-probs are precomputed."""
     t = cfg.train
-    dataset = Dataset.from_list(to_preferences(rows, "train.jsonl"))
     try:
-        config = DPOConfig(
+        config = config_class(
             **args,
             max_length=t.max_length,
             beta=t.beta,
-            loss_type=[t.loss_type],
             precompute_ref_log_probs=t.precompute_ref_log_probs,
+            **method_args,
         )
     except ValueError as err:
-        raise ShapingError(f"train (method=dpo): {err}") from None
-    # ref_model=None: with an adapter TRL scores the reference with the adapter disabled (same weights,
-    # no copy); a full fine-tune gets a frozen copy, unless the log-probs are precomputed
-    return GuardedDPOTrainer(
+        raise ShapingError(f"train (method={t.method}): {err}") from None
+    return trainer_class(
         model=model,
         ref_model=None,
         args=config,
@@ -261,6 +264,21 @@ def dpo_trainer(
         peft_config=peft_config(cfg),
         callbacks=callbacks,
     )
+
+
+def dpo_trainer(
+    cfg: Config,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict[str, Any]],
+    args: dict[str, Any],
+    callbacks: list[TrainerCallback],
+) -> DPOTrainer:
+    dataset = Dataset.from_list(to_preferences(rows, "train.jsonl"))
+    trainer = preference_trainer(
+        cfg, model, tokenizer, dataset, args, callbacks, DPOConfig, GuardedDPOTrainer, loss_type=[cfg.train.loss_type]
+    )
+    return cast(DPOTrainer, trainer)
 
 
 def kto_trainer(
@@ -273,28 +291,20 @@ def kto_trainer(
 ) -> KTOTrainer:
     t = cfg.train
     dataset = Dataset.from_list(to_unpaired(rows, "train.jsonl", seed=cfg.seed))
-    try:
-        config = KTOConfig(
-            **args,
-            max_length=t.max_length,
-            beta=t.beta,
-            loss_type=t.loss_type,
-            desirable_weight=t.desirable_weight,
-            undesirable_weight=t.undesirable_weight,
-            precompute_ref_log_probs=t.precompute_ref_log_probs,
-        )
-    except ValueError as err:
-        raise ShapingError(f"train (method=kto): {err}") from None
-    # as for dpo: with an adapter the reference is the base with the adapter disabled
-    return GuardedKTOTrainer(
-        model=model,
-        ref_model=None,
-        args=config,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        peft_config=peft_config(cfg),
-        callbacks=callbacks,
+    trainer = preference_trainer(
+        cfg,
+        model,
+        tokenizer,
+        dataset,
+        args,
+        callbacks,
+        KTOConfig,
+        GuardedKTOTrainer,
+        loss_type=t.loss_type,
+        desirable_weight=t.desirable_weight,
+        undesirable_weight=t.undesirable_weight,
     )
+    return cast(KTOTrainer, trainer)
 
 
 # what the run record keeps of TRL's last logged rewards (KTO's pairs are split, so it has no accuracy)
