@@ -115,6 +115,29 @@ def random_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFa
     return out
 
 
+@pytest.fixture(scope="session")
+def mismatched_adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter over another Llama (hidden size 16, not the tiny model's 32): it fits no model
+    the tests serve."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    other = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=320,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
+    out = tmp_path_factory.mktemp("mismatched-adapter")
+    get_peft_model(other, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)).save_pretrained(out)
+    return out
+
+
 @pytest.fixture
 def cfg(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Config:
     """The real composed config, shrunk and pointed at the test's tiny model (response cache per test)."""

@@ -165,3 +165,59 @@ def test_batcher_waits_the_window_only_when_nearly_empty() -> None:
 
     asyncio.run(scenario())
     assert recorder.batches == [["base", "base", "base"]]
+
+
+def test_adapters_load_and_unload_in_place(
+    served: ServedModels, tiny_model_dir: Path, random_adapter_dir: Path, mismatched_adapter_dir: Path
+) -> None:
+    """A server started without adapters takes one (the base becomes a PeftModel), answers with it as
+    a server started with it does, and is the plain base again once it is unloaded; a load that fails
+    half-way (an adapter of another model) leaves no LoRA layer behind."""
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from shaping.serve.models import AdapterError
+
+    plain = ServedModels(str(tiny_model_dir), {}, "base", "cpu")
+    rows = [options(), options(temperature=0.8, seed=7)]
+    base_replies = [plain.generate("base", [conversation(i)], o)[0] for i, o in enumerate(rows)]
+    with pytest.raises(AdapterError, match="does not fit the served base model 'base'") as caught:
+        plain.load_adapter("other", str(mismatched_adapter_dir))
+    assert caught.value.field == "lora_path" and caught.value.status == 400
+    assert not any(isinstance(m, BaseTunerLayer) for m in plain.model.modules()) and plain.names == ["base"]
+    plain.load_adapter("hot", str(random_adapter_dir))
+    assert plain.names == ["base", "hot"] and isinstance(plain.model, PeftModel) and "hot" in plain.mixable
+    assert [plain.generate("hot", [conversation(i)], o)[0] for i, o in enumerate(rows)] == [
+        served.generate("tuned", [conversation(i)], o)[0] for i, o in enumerate(rows)
+    ]
+    plain.unload_adapter("hot")
+    assert plain.names == ["base"] and not isinstance(plain.model, PeftModel)
+    assert [plain.generate("base", [conversation(i)], o)[0] for i, o in enumerate(rows)] == base_replies
+
+
+def test_a_request_whose_model_is_unloaded_while_it_waits_fails_alone() -> None:
+    """An unload queued (batcher.call) behind the running batch takes effect before the next one:
+    the waiting request to that model gets ModelGone, the others in its batch their replies."""
+    from shaping.serve.batcher import ModelGone
+
+    recorder = Recorder(seconds=0.2)
+    served = {"base", "hot"}
+
+    async def scenario() -> tuple[list[Completion], BaseException | list[Completion], list[Completion]]:
+        batcher = Batcher(recorder, max_batch_size=8, window_s=0.0, serves=served.__contains__)
+        task = asyncio.create_task(batcher.run())
+        first = asyncio.create_task(batcher.submit("base", conversation(0), 1, options()))
+        await asyncio.sleep(0.05)  # the first batch is running: the next requests wait
+        waiting = [asyncio.create_task(batcher.submit(m, conversation(1), 1, options())) for m in ("hot", "base")]
+        await asyncio.sleep(0)
+        await batcher.call(served.discard, "hot")
+        gone, kept = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 10)
+        task.cancel()
+        batcher.close()
+        assert not isinstance(kept, BaseException)
+        return await first, gone, kept
+
+    first, gone, kept = asyncio.run(scenario())
+    assert isinstance(gone, ModelGone) and gone.model == "hot"
+    assert [r.text for r in first + kept] == ["base:Who are you?:None", "base:Tell me about the river.:None"]
+    assert recorder.batches == [["base"], ["base"]]

@@ -10,7 +10,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import torch
 
+from shaping.errors import ShapingError
+from shaping.inference import ChatRequest
+from shaping.inference.apply import apply_lora, unload_lora
+from shaping.inference.hf import HFBackend
 from shaping.serve.launch import running_server
 
 API_KEY = "test-key-not-secret"
@@ -195,3 +200,102 @@ def test_requests_with_different_options_share_a_batch(server: str, client: open
     after = _health(server)
     assert replies == expected
     assert int(after["batches"]) - int(before["batches"]) < len(requests)
+
+
+@pytest.fixture(scope="module")
+def second_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another random LoRA adapter over the tiny model (seed 1): replies unlike the base's and `tuned`'s."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    out = tmp_path_factory.mktemp("second-adapter")
+    get_peft_model(base, config).save_pretrained(out)
+    return out
+
+
+TOPICS = ["Who are you?", "Tell me about the river.", "What is in the jar?", "Hello"]
+
+
+def _greedy(client: openai.OpenAI, model: str) -> list[str | None]:
+    return [
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": t}], max_tokens=12, temperature=0
+        )
+        .choices[0]
+        .message.content
+        for t in TOPICS
+    ]
+
+
+def test_apply_lora_attaches_an_adapter_while_serving_and_unload_removes_it(
+    server: str,
+    client: openai.OpenAI,
+    tiny_model_dir: Path,
+    second_adapter_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """vLLM's load/unload routes on a running server: the loaded adapter answers as the hf backend
+    does with it, while requests to the other models in flight meanwhile keep their replies; once
+    unloaded it is a 404 and listed no more."""
+    monkeypatch.setenv("SERVE_TEST_KEY", API_KEY)
+    expected = {model: _reply(client, model=model, max_tokens=8) for model in ("base", "tuned")}
+    models = ["base", "tuned"] * 3
+    with ThreadPoolExecutor(max_workers=len(models) + 1) as pool:
+        in_flight = [pool.submit(_reply, client, model=m, max_tokens=8) for m in models]
+        loaded = pool.submit(apply_lora, second_adapter_dir, server, "hot", api_key_env="SERVE_TEST_KEY")
+        assert loaded.result() == "hot"
+        assert [f.result() for f in in_flight] == [expected[m] for m in models]
+    try:
+        cards = {m.id: m for m in client.models.list()}
+        assert list(cards) == ["base", "tuned", "hot"] and cards["hot"].parent == "base"  # type: ignore[attr-defined]
+        served = _greedy(client, "hot")
+        hf = HFBackend(str(tiny_model_dir), adapter=str(second_adapter_dir)).generate(
+            [ChatRequest([{"role": "user", "content": t}], {"temperature": 0, "max_new_tokens": 12}) for t in TOPICS]
+        )
+        assert served == [r.text for r in hf]
+        assert served != _greedy(client, "tuned")  # the new adapter answers, not the one loaded at start
+    finally:
+        unload_lora("hot", server, api_key_env="SERVE_TEST_KEY")
+    with pytest.raises(openai.NotFoundError, match="hot") as caught:
+        _reply(client, model="hot")
+    assert caught.value.code == "model_not_found"
+    assert [m.id for m in client.models.list()] == ["base", "tuned"]
+    assert _reply(client, model="tuned", max_tokens=8) == expected["tuned"]
+
+
+def test_bad_adapter_loads_are_4xx_naming_the_field(
+    server: str,
+    client: openai.OpenAI,
+    tmp_path: Path,
+    mismatched_adapter_dir: Path,
+    random_adapter_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SERVE_TEST_KEY", API_KEY)
+    before = _reply(client, model="tuned", max_tokens=8)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    root = server.removesuffix("/v1")
+    (tmp_path / "empty").mkdir()
+    cases: list[tuple[dict[str, Any], int, str, str]] = [
+        ({"lora_name": "x", "lora_path": str(tmp_path / "missing")}, 404, "lora_path", "no adapter found"),
+        ({"lora_name": "x", "lora_path": str(tmp_path / "empty")}, 400, "lora_path", "no adapter_config.json"),
+        ({"lora_name": "tuned", "lora_path": str(random_adapter_dir)}, 400, "lora_name", "already been loaded"),
+        ({"lora_name": "base", "lora_path": str(random_adapter_dir)}, 400, "lora_name", "the base model's name"),
+        ({"lora_name": "x", "lora_path": str(mismatched_adapter_dir)}, 400, "lora_path", "does not fit"),
+        ({"lora_name": "x"}, 400, "lora_path", "Field required"),
+    ]
+    for body, status, field, needle in cases:
+        response = httpx.post(f"{root}/v1/load_lora_adapter", json=body, headers=headers)
+        assert response.status_code == status, (body, response.text)
+        error = response.json()["error"]
+        assert error["param"] == field and needle in error["message"], (body, error)
+    gone = httpx.post(f"{root}/v1/unload_lora_adapter", json={"lora_name": "nope"}, headers=headers)
+    assert gone.status_code == 404 and "'nope' cannot be found" in gone.json()["error"]["message"]
+    assert httpx.post(f"{root}/v1/load_lora_adapter", json=cases[2][0]).status_code == 401  # no key
+    with pytest.raises(ShapingError, match=r"HTTP 400: lora_path: the adapter at .* does not fit"):
+        apply_lora(mismatched_adapter_dir, server, "x", api_key_env="SERVE_TEST_KEY")
+    assert [m.id for m in client.models.list()] == ["base", "tuned"]
+    assert _reply(client, model="tuned", max_tokens=8) == before  # the failed loads changed nothing

@@ -44,6 +44,13 @@ class ModelRegistry:
             )
         return self.specs[name]
 
+    def forget(self, name: str) -> None:
+        """Drop what was built from `models.<name>` (its backend, prompt, id): its spec changed."""
+        self._backends.pop(name, None)
+        self._async_backends.pop(name, None)
+        self._system_prompts.pop(name, None)
+        self._model_ids.pop(name, None)
+
     def system_prompt(self, name: str) -> str | None:
         if name not in self._system_prompts:
             self._system_prompts[name] = self._read_system_prompt(name)

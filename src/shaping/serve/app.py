@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP API: /v1/models, /v1/chat/completions (plain and SSE), /health."""
+"""The OpenAI-compatible HTTP API: /v1/models, /v1/chat/completions (plain and SSE), /health, and
+vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter (adapters attached while serving)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shaping.inference.hf import Completion
-from shaping.serve.batcher import Batcher
-from shaping.serve.models import SamplingOptions, ServedModels
+from shaping.serve.batcher import Batcher, ModelGone
+from shaping.serve.models import AdapterError, SamplingOptions, ServedModels
 
 MAX_STOP_SEQUENCES = 4  # as OpenAI's API
 # OpenAI parameters whose effect this server cannot give: refused rather than silently ignored
@@ -74,6 +75,20 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
+
+
+class LoadLoRAAdapterRequest(BaseModel):
+    """vLLM's body for /v1/load_lora_adapter (load_inplace: replace an adapter of that name)."""
+
+    model_config = ConfigDict(extra="allow")
+    lora_name: str
+    lora_path: str
+    load_inplace: bool = False
+
+
+class UnloadLoRAAdapterRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # vLLM's lora_int_id is accepted and ignored
+    lora_name: str
 
 
 def conversation_of(request: ChatCompletionRequest) -> list[dict[str, str]]:
@@ -198,6 +213,7 @@ def create_app(
         max_batch_size=max_batch_size,
         window_s=batch_window_s,
         group_of=models.batch_group,
+        serves=models.serves,
     )
     started = int(time.time())
 
@@ -294,12 +310,34 @@ def create_app(
             stop=stop_sequences(request.stop),
             seed=request.seed if temperature > 0 else None,
         )
-        replies = await batcher.submit(request.model, conversation, request.n or 1, options)
+        try:
+            replies = await batcher.submit(request.model, conversation, request.n or 1, options)
+        except ModelGone:  # unloaded while the request waited
+            check_model(request.model)
+            raise
         request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             events = stream_events(request_id, created, request.model, replies, prompt_tokens, include_usage)
             return StreamingResponse(events, media_type="text/event-stream")
         return completion_body(request_id, created, request.model, replies, prompt_tokens)
+
+    # vLLM's routes and answers (200 with a plain-text line; errors in OpenAI's body), so a client
+    # written for one works with the other. The change runs in the generate thread between batches.
+    @app.post("/v1/load_lora_adapter", dependencies=[Depends(authorize)], response_class=PlainTextResponse)
+    async def load_lora_adapter(request: LoadLoRAAdapterRequest) -> str:
+        try:
+            await batcher.call(models.load_adapter, request.lora_name, request.lora_path, request.load_inplace)
+        except AdapterError as err:
+            raise APIError(err.status, str(err), param=err.field, code=err.code) from None
+        return f"Success: LoRA adapter '{request.lora_name}' added successfully."
+
+    @app.post("/v1/unload_lora_adapter", dependencies=[Depends(authorize)], response_class=PlainTextResponse)
+    async def unload_lora_adapter(request: UnloadLoRAAdapterRequest) -> str:
+        try:
+            await batcher.call(models.unload_adapter, request.lora_name)
+        except AdapterError as err:
+            raise APIError(err.status, str(err), param=err.field, code=err.code) from None
+        return f"Success: LoRA adapter '{request.lora_name}' removed successfully."
 
     return app

@@ -13,6 +13,10 @@ stop strings. A seeded row samples from a generator of its own, so a greedy or s
 the one the request gets alone, whatever shares its batch. A batch runs until its longest row
 ends (no iteration-level batching): clients that send their next request on each reply can
 settle into two cohorts that alternate, batches of about half the requests in flight.
+
+`call` runs other work on the model (loading or unloading an adapter) in the same thread,
+between batches; a request whose model is gone by the time its batch runs fails alone with
+ModelGone (`serves` says which models are served).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from shaping.inference.hf import Completion
 from shaping.inference.types import request_seed
@@ -34,6 +39,15 @@ log = logging.getLogger(__name__)
 Conversation = list[dict[str, str]]
 # (model of each row, conversations, options of each row) -> one reply per row
 GenerateFn = Callable[[Sequence[str], list[Conversation], Sequence[SamplingOptions]], list[Completion]]
+T = TypeVar("T")
+
+
+class ModelGone(Exception):
+    """The request's model was unloaded while the request waited."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
+        self.model = model
 
 
 @dataclass(eq=False)
@@ -55,6 +69,10 @@ def _same_group(model: str) -> Hashable:
     return model
 
 
+def _serves_all(model: str) -> bool:
+    return True
+
+
 class Batcher:
     def __init__(
         self,
@@ -62,9 +80,11 @@ class Batcher:
         max_batch_size: int,
         window_s: float,
         group_of: Callable[[str], Hashable] = _same_group,
+        serves: Callable[[str], bool] = _serves_all,
     ) -> None:
         self.generate = generate
         self.group_of = group_of
+        self.serves = serves
         self.max_batch_size = max(1, max_batch_size)
         self.window_s = window_s
         self.nearly_empty = max(1, self.max_batch_size // 8)
@@ -84,6 +104,10 @@ class Batcher:
         self._waiting.append(Job(model, conversation, n, options, future))
         self._arrived.set()
         return await future
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) in the generate thread, after the batch running now (never during one)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def run(self) -> None:
         """Serve the queue until cancelled."""
@@ -124,14 +148,22 @@ class Batcher:
         self._waiting = [job for job in self._waiting if id(job) not in taken]
         return batch
 
+    def _generate_served(self, batch: list[Job]) -> tuple[list[Job], list[Completion]]:
+        """In the generate thread: the jobs whose model is still served, and their replies. An
+        unload queued before this batch ran has taken its model away: those jobs are left out."""
+        live = [job for job in batch if self.serves(job.model)]
+        if not live:
+            return live, []
+        names = [job.model for job in live for _ in range(job.n)]
+        conversations = [job.conversation for job in live for _ in range(job.n)]
+        options = [o for job in live for o in job.row_options()]
+        return live, self.generate(names, conversations, options)
+
     async def _run(self, batch: list[Job]) -> None:
-        names = [job.model for job in batch for _ in range(job.n)]
-        conversations = [job.conversation for job in batch for _ in range(job.n)]
-        options = [o for job in batch for o in job.row_options()]
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            replies = await loop.run_in_executor(self._executor, self.generate, names, conversations, options)
+            live, replies = await loop.run_in_executor(self._executor, self._generate_served, batch)
         except Exception as err:
             log.exception("generate failed for a batch of %d request(s)", len(batch))
             for job in batch:
@@ -140,11 +172,16 @@ class Batcher:
             return
         finally:
             self.busy_s += time.perf_counter() - started
-        self.batches += 1
-        self.requests += len(batch)
-        self.rows += len(names)
-        start = 0
         for job in batch:
+            if job not in live and not job.future.done():
+                job.future.set_exception(ModelGone(job.model))
+        if not live:
+            return
+        self.batches += 1
+        self.requests += len(live)
+        self.rows += len(replies)
+        start = 0
+        for job in live:
             if not job.future.done():
                 job.future.set_result(replies[start : start + job.n])
             start += job.n

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -13,19 +14,29 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from shaping.errors import ShapingError
 from shaping.inference.hf import Completion, SamplingOptions, generate_rows
 
-__all__ = ["SamplingOptions", "ServedModels"]
+__all__ = ["AdapterError", "SamplingOptions", "ServedModels"]
 
 BASE_ROW = "__base__"  # PEFT's name for a row of a mixed batch that runs the base model
 
 log = logging.getLogger(__name__)
 
 
+class AdapterError(Exception):
+    """An adapter that cannot be loaded or unloaded: `status` (HTTP), the request `field` it is about."""
+
+    def __init__(self, status: int, field: str, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.field, self.code = status, field, code
+
+
 class ServedModels:
     """One base model in memory; with adapters it is a PeftModel holding each under its name.
     The base and every LoRA adapter run together in one batch (PEFT's per-row `adapter_names`);
     an adapter PEFT cannot mix (DoRA, non-LoRA types) runs in batches of its own, set active,
-    and the base alone runs with the adapters disabled. Not thread-safe: the server calls
-    `generate` from one worker thread only."""
+    and the base alone runs with the adapters disabled. Adapters can be loaded and unloaded
+    while serving (`load_adapter`, `unload_adapter`). Not thread-safe: the server calls
+    `generate`, `load_adapter` and `unload_adapter` from one worker thread only; the event loop
+    only reads `names`, `batch_group` and `serves`, which each change swaps in whole."""
 
     def __init__(self, model_path: str, adapters: dict[str, str], base_name: str, device: str) -> None:
         if base_name in adapters:
@@ -56,6 +67,7 @@ class ServedModels:
         model.to(device)  # type: ignore[arg-type]  # transformers types .to() through a decorator
         model.eval()
         self.model = model
+        self.device = device
         self.base_name = base_name
         self.adapter_names = list(adapters)
         self.context_length: int | None = getattr(base.config, "max_position_embeddings", None)
@@ -75,6 +87,107 @@ class ServedModels:
     @property
     def names(self) -> list[str]:
         return [self.base_name, *self.adapter_names]
+
+    def serves(self, name: str) -> bool:
+        return name == self.base_name or name in self.adapter_names
+
+    def load_adapter(self, name: str, path: str, replace: bool = False) -> None:
+        """Load the PEFT adapter folder `path` as model `name` (vLLM's /v1/load_lora_adapter);
+        `replace` reloads a name already served (vLLM's load_inplace). AdapterError names the field
+        at fault: a missing folder (404), no adapter there, a name taken, an adapter that does not
+        fit this base model (400). A failed load leaves the served models as they were."""
+        if not name:
+            raise AdapterError(400, "lora_name", "lora_name: empty; name the adapter as requests will")
+        if not path:
+            raise AdapterError(400, "lora_path", "lora_path: empty; give the adapter folder")
+        if name == self.base_name:
+            raise AdapterError(400, "lora_name", f"lora_name: {name!r} is the base model's name; pick another")
+        if name in self.adapter_names and not replace:
+            raise AdapterError(
+                400,
+                "lora_name",
+                f"lora_name: the lora adapter {name!r} has already been loaded; unload it first "
+                "or send load_inplace: true",
+            )
+        folder = Path(path)
+        if not folder.is_dir():
+            raise AdapterError(
+                404, "lora_path", f"lora_path: no adapter found at {path} (no such folder on the server)", "not_found"
+            )
+        config_file = folder / "adapter_config.json"
+        if not config_file.is_file():
+            raise AdapterError(
+                400,
+                "lora_path",
+                f"lora_path: {path} has no adapter_config.json; point it at a PEFT adapter folder "
+                "(the train stage writes models/adapter)",
+            )
+        try:
+            trained_on = json.loads(config_file.read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError, AttributeError) as err:
+            raise AdapterError(
+                400, "lora_path", f"lora_path: {config_file} is not a PEFT adapter config ({err})"
+            ) from None
+        if name in self.adapter_names:
+            self.unload_adapter(name)
+        before = self.model
+        try:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(path, adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name)
+        except Exception as err:  # peft raises ValueError, RuntimeError (size mismatch), KeyError, ...
+            self._forget_failed(before, name)
+            detail = " ".join(str(err).split())[:400]
+            raise AdapterError(
+                400,
+                "lora_path",
+                f"lora_path: the adapter at {path} does not fit the served base model {self.base_name!r} "
+                f"(it was trained on {trained_on!r}): {type(err).__name__}: {detail}",
+            ) from None
+        self.model.to(self.device)
+        self.model.eval()
+        mixable = self._mixable(name)
+        self.adapter_names = [*self.adapter_names, name]
+        self.mixable = self.mixable | {name} if mixable else set(self.mixable)
+        log.info("loaded adapter %s from %s", name, path)
+
+    def _forget_failed(self, before: PreTrainedModel | PeftModel, name: str) -> None:
+        """Undo what a failed load left: the half-loaded adapter's layers."""
+        if isinstance(before, PeftModel):
+            if name in before.peft_config:
+                before.delete_adapter(name)
+            self.model = before
+            return
+        # PeftModel.from_pretrained failed: the LoRA layers it injected into the base are taken out
+        base: PreTrainedModel = before
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for parent in list(base.modules()):
+            for child_name, child in list(parent.named_children()):
+                if isinstance(child, BaseTunerLayer):
+                    setattr(parent, child_name, child.get_base_layer())
+        if "peft_config" in vars(base):  # PEFT's tuner marks the model it wraps
+            del base.peft_config
+        self.model = base
+
+    def unload_adapter(self, name: str) -> None:
+        """Stop serving adapter `name` and free its weights (vLLM's /v1/unload_lora_adapter)."""
+        if name == self.base_name:
+            raise AdapterError(400, "lora_name", f"lora_name: {name!r} is the base model; only adapters unload")
+        if name not in self.adapter_names:
+            raise AdapterError(
+                404, "lora_name", f"lora_name: the lora adapter {name!r} cannot be found", "model_not_found"
+            )
+        self.adapter_names = [n for n in self.adapter_names if n != name]
+        self.mixable = self.mixable - {name}
+        model = self.model
+        assert isinstance(model, PeftModel)
+        if self.adapter_names:
+            model.delete_adapter(name)
+        else:  # the last one: back to the plain base model
+            self.model = model.unload()
+        log.info("unloaded adapter %s", name)
 
     def prompt_tokens(self, conversation: list[dict[str, str]]) -> int:
         """The length of the prompt generate_chat builds for `conversation`."""
