@@ -14,7 +14,7 @@ import torch
 
 from shaping.errors import ShapingError
 from shaping.inference import ChatRequest
-from shaping.inference.apply import apply_lora, unload_lora
+from shaping.inference.apply import apply_lora, apply_model, unload_lora
 from shaping.inference.hf import HFBackend
 from shaping.serve.launch import running_server
 
@@ -257,6 +257,9 @@ def test_apply_lora_attaches_an_adapter_while_serving_and_unload_removes_it(
         )
         assert served == [r.text for r in hf]
         assert served != _greedy(client, "tuned")  # the new adapter answers, not the one loaded at start
+        _, lm = apply_model(f"endpoint://{server}?model=hot&api_key_env=SERVE_TEST_KEY", dspy=True)
+        said = lm(messages=[{"role": "user", "content": TOPICS[0]}], temperature=0, max_tokens=12, cache=False)
+        assert said == [served[0]]  # DSPy reaches the adapter through the same endpoint
     finally:
         unload_lora("hot", server, api_key_env="SERVE_TEST_KEY")
     with pytest.raises(openai.NotFoundError, match="hot") as caught:

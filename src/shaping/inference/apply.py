@@ -91,10 +91,14 @@ def parse_model_uri(uri: str, environ: Mapping[str, str] | None = None) -> Appli
     env = os.environ if environ is None else environ
     text, _, query = uri.strip().partition("?")
     scheme, sep, rest = text.partition("://")
-    if scheme == "openai" and "@" in rest:  # the model name shown, the base URL's credentials masked
-        shown = f"openai://{rest.split('@', 1)[0]}@{mask_url(uri.split('@', 1)[1])}"
+    # shown in errors: the base URL's credentials masked, the model name kept
+    whole = uri.strip()
+    if scheme == "openai" and "@" in rest:
+        shown = f"openai://{rest.split('@', 1)[0]}@{mask_url(whole.split('@', 1)[1])}"
+    elif scheme == "endpoint":
+        shown = "endpoint://" + mask_url(whole.removeprefix("endpoint://"))
     else:
-        shown = mask_url(uri)
+        shown = mask_url(whole)
 
     def bad(problem: str) -> ShapingError:
         return ShapingError(f"model URI {shown!r}: {problem}; expected {FORMS}")
