@@ -6,8 +6,8 @@
     dvc repro validate
 
 Streams every source (data/synth/<pipeline>/samples.jsonl, a .jsonl path or dataset://jsonl/<path>
-in dataset.sources, or an hf:// dataset converted to chat rows in a temporary file; see
-shaping.data.sources) and checks each row: JSON, UTF-8, BOM, CRLF, the dataset.schema rules,
+in dataset.sources, or an hf:// dataset or trace://langfuse/ traces converted to chat rows in a
+temporary file; see shaping.data.sources) and checks each row: JSON, UTF-8, BOM, CRLF, the dataset.schema rules,
 conversation structure and think tags (or preference pairs), optional token length; then the
 quality checks (volume, error-like replies, duplicates, near-duplicates, distinct-2, reply
 length, upstream __ERROR__ share) and the data-contract tests in validation.tests.path.
@@ -45,7 +45,7 @@ class SourceFile:
 
     path: Path
     upstream: int = 0  # its pipeline's __ERROR__ record count
-    loaded: Loaded | None = None  # set for an hf:// source
+    loaded: Loaded | None = None  # set for an hf:// or trace:// source
 
     @property
     def name(self) -> str:
@@ -61,7 +61,7 @@ def source_files(cfg: Config, scratch: Path) -> list[SourceFile]:
     for i, source in enumerate(parse_sources(cfg.dataset.sources)):
         if source.kind == "jsonl":
             files.append(SourceFile(Path(source.path)))
-        elif source.kind == "hf":
+        elif source.kind in ("hf", "trace"):
             path = scratch / f"source-{i}.jsonl"
             with atomic_write_bytes(path) as out:
                 loaded = materialize(source, f"dataset.sources[{i}]", cfg.dataset.columns, out)

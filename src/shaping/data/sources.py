@@ -5,6 +5,7 @@
     dataset://jsonl/data/manual/extra.jsonl       the same, spelled as a URI
     hf://data/manual/alpaca?split=train&format=alpaca
     hf://owner/name?split=train&revision=<sha>&format=sharegpt
+    trace://langfuse/<project>/<trace name>[?limit=N]   production traces (shaping.data.traces)
 
 An `hf://` source is loaded with `datasets` (a local folder of parquet/json/arrow files, a
 `save_to_disk` folder, or a hub dataset id) and each row converted to this project's chat row
@@ -31,9 +32,11 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("alpaca", "sharegpt", "messages")
 QUERY_KEYS = ("split", "revision", "format")
+TRACE_KEYS = ("limit",)
 ACCEPTED = (
-    "a pipeline name, a path ending .jsonl, dataset://jsonl/<path>, or "
-    "hf://<dataset id or local folder>[?split=...&revision=...&format=alpaca|sharegpt|messages]"
+    "a pipeline name, a path ending .jsonl, dataset://jsonl/<path>, "
+    "hf://<dataset id or local folder>[?split=...&revision=...&format=alpaca|sharegpt|messages], or "
+    "trace://langfuse/<project>/<trace name>[?limit=N]"
 )
 # what a row no converter could read becomes in the materialised file: the gate refuses it (no messages),
 # and the stage reports the converter's message in place of the gate's
@@ -42,14 +45,15 @@ PLACEHOLDER_KEY = "__unconvertible__"
 
 @dataclass
 class Source:
-    """One entry of `dataset.sources`: `kind` is pipeline, jsonl or hf."""
+    """One entry of `dataset.sources`: `kind` is pipeline, jsonl, hf or trace."""
 
     uri: str
     kind: str
-    path: str  # pipeline name, file path, or dataset id / local folder
+    path: str  # pipeline name, file path, dataset id / local folder, or <project>/<trace name>
     split: str = "train"
     revision: str | None = None
     format: str | None = None
+    limit: int | None = None  # trace: at most this many traces
 
     @property
     def local(self) -> bool:
@@ -66,6 +70,8 @@ def parse_source(text: str, where: str) -> Source:
         if kind != "jsonl" or not path:
             raise ShapingError(f"{where}={text!r}: dataset:// takes jsonl/<path> (dataset://jsonl/data/x.jsonl)")
         return Source(text, "jsonl", path)
+    if scheme == "trace":
+        return parse_trace(text, rest, where)
     if scheme != "hf":
         raise ShapingError(f"{where}={text!r}: unknown scheme {scheme}://; use {ACCEPTED}")
     path, _, query = rest.partition("?")
@@ -86,6 +92,30 @@ def parse_source(text: str, where: str) -> Source:
     if source.local and not Path(path).is_dir():
         raise ShapingError(f"{where}={text!r}: folder {path} not found")
     return source
+
+
+def parse_trace(text: str, rest: str, where: str) -> Source:
+    """trace://langfuse/<project>/<trace name>[?limit=N]: the traces of that name in that project."""
+    path, _, query = rest.partition("?")
+    vendor, _, named = path.partition("/")
+    project, _, name = named.partition("/")
+    if vendor != "langfuse" or not project or not name:
+        raise ShapingError(
+            f"{where}={text!r}: trace:// takes langfuse/<project>/<trace name> (trace://langfuse/app/chat)"
+        )
+    try:
+        params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ShapingError(f"{where}={text!r}: malformed query {query!r}; use limit=N") from None
+    unknown = sorted(set(params) - set(TRACE_KEYS))
+    if unknown:
+        raise ShapingError(
+            f"{where}={text!r}: unknown query key {unknown[0]!r}; trace:// takes {', '.join(TRACE_KEYS)}"
+        )
+    limit = params.get("limit", [None])[-1]
+    if limit is not None and not (limit.isdigit() and int(limit) > 0):
+        raise ShapingError(f"{where}={text!r}: limit={limit!r}; give a positive number of traces")
+    return Source(text, "trace", f"{project}/{name}", limit=int(limit) if limit else None)
 
 
 def parse_sources(texts: Iterable[str]) -> list[Source]:
@@ -244,11 +274,20 @@ class Loaded:
     source: Source
     rows: int = 0
     format: str | None = None
-    fingerprint: str | None = None  # datasets' fingerprint of the loaded split
+    fingerprint: str | None = None  # datasets' fingerprint of the loaded split (trace: of the ids read)
     resolved_revision: str | None = None  # the hub commit the split was read at
     unconvertible: dict[int, str] = field(default_factory=dict)  # line -> "field: message"
 
     def record(self) -> dict[str, Any]:
+        if self.source.kind == "trace":  # fingerprint: a hash of the trace and generation ids read
+            return {
+                "uri": self.source.uri,
+                "path": self.source.path,
+                "limit": self.source.limit,
+                "fingerprint": self.fingerprint,
+                "format": self.format,
+                "rows": self.rows,
+            }
         return {
             "uri": self.source.uri,
             "path": self.source.path,
@@ -290,7 +329,11 @@ def load(source: Source, where: str) -> tuple[Any, str | None]:
 
 
 def materialize(source: Source, where: str, columns: Mapping[str, str], out: BinaryIO) -> Loaded:
-    """Write the source's rows to `out` as chat rows, one line per dataset row, in order."""
+    """Write the source's rows to `out` as chat rows, one line per dataset row (or trace), in order."""
+    if source.kind == "trace":
+        from shaping.data.traces import materialize_traces
+
+        return materialize_traces(source, where, out)
     dataset, resolved = load(source, where)
     if source.revision is None and not source.local:
         log.warning("%s=%s: no revision: the hub dataset is not pinned (recorded at %s)", where, source.uri, resolved)
