@@ -190,6 +190,11 @@ def test_adapters_load_and_unload_in_place(
     assert [plain.generate("hot", [conversation(i)], o)[0] for i, o in enumerate(rows)] == [
         served.generate("tuned", [conversation(i)], o)[0] for i, o in enumerate(rows)
     ]
+    with pytest.raises(AdapterError, match="does not fit"):  # a reload that does not fit keeps the old one
+        plain.load_adapter("hot", str(mismatched_adapter_dir), replace=True)
+    plain.load_adapter("hot", str(random_adapter_dir), replace=True)
+    assert plain.names == ["base", "hot"] and list(plain.model.peft_config) == ["hot"]
+    assert plain.generate("hot", [conversation(0)], rows[0]) == served.generate("tuned", [conversation(0)], rows[0])
     plain.unload_adapter("hot")
     assert plain.names == ["base"] and not isinstance(plain.model, PeftModel)
     assert [plain.generate("base", [conversation(i)], o)[0] for i, o in enumerate(rows)] == base_replies

@@ -288,6 +288,13 @@ def test_bad_adapter_loads_are_4xx_naming_the_field(
         ({"lora_name": "tuned", "lora_path": str(random_adapter_dir)}, 400, "lora_name", "already been loaded"),
         ({"lora_name": "base", "lora_path": str(random_adapter_dir)}, 400, "lora_name", "the base model's name"),
         ({"lora_name": "x", "lora_path": str(mismatched_adapter_dir)}, 400, "lora_path", "does not fit"),
+        (
+            {"lora_name": "tuned", "lora_path": str(mismatched_adapter_dir), "load_inplace": True},
+            400,
+            "lora_path",
+            "does not fit",
+        ),
+        ({"lora_name": "v1.2", "lora_path": str(random_adapter_dir)}, 400, "lora_name", "contains '.'"),
         ({"lora_name": "x"}, 400, "lora_path", "Field required"),
     ]
     for body, status, field, needle in cases:
@@ -298,6 +305,7 @@ def test_bad_adapter_loads_are_4xx_naming_the_field(
     gone = httpx.post(f"{root}/v1/unload_lora_adapter", json={"lora_name": "nope"}, headers=headers)
     assert gone.status_code == 404 and "'nope' cannot be found" in gone.json()["error"]["message"]
     assert httpx.post(f"{root}/v1/load_lora_adapter", json=cases[2][0]).status_code == 401  # no key
+    assert [m.id for m in client.models.list()] == ["base", "tuned"]
     with pytest.raises(ShapingError, match=r"HTTP 400: lora_path: the adapter at .* does not fit"):
         apply_lora(mismatched_adapter_dir, server, "x", api_key_env="SERVE_TEST_KEY")
     assert [m.id for m in client.models.list()] == ["base", "tuned"]

@@ -95,13 +95,15 @@ class ServedModels:
         """Load the PEFT adapter folder `path` as model `name` (vLLM's /v1/load_lora_adapter);
         `replace` reloads a name already served (vLLM's load_inplace). AdapterError names the field
         at fault: a missing folder (404), no adapter there, a name taken, an adapter that does not
-        fit this base model (400). A failed load leaves the served models as they were."""
+        fit this base model (400). A failed load or reload leaves the served models as they were."""
         if not name:
             raise AdapterError(400, "lora_name", "lora_name: empty; name the adapter as requests will")
         if not path:
             raise AdapterError(400, "lora_path", "lora_path: empty; give the adapter folder")
         if name == self.base_name:
             raise AdapterError(400, "lora_name", f"lora_name: {name!r} is the base model's name; pick another")
+        if "." in name:  # PEFT keeps each adapter in modules under its name, and a module name has no dot
+            raise AdapterError(400, "lora_name", f"lora_name: {name!r} contains '.'; pick a name without one")
         if name in self.adapter_names and not replace:
             raise AdapterError(
                 400,
@@ -128,7 +130,10 @@ class ServedModels:
             raise AdapterError(
                 400, "lora_path", f"lora_path: {config_file} is not a PEFT adapter config ({err})"
             ) from None
-        if name in self.adapter_names:
+        if name in self.adapter_names:  # a reload: the new weights must fit before the old ones go
+            scratch = f"{name}__reloading"
+            self.load_adapter(scratch, path)
+            self.unload_adapter(scratch)
             self.unload_adapter(name)
         before = self.model
         try:
