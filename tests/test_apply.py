@@ -104,9 +104,12 @@ def test_dspy_lm_reads_its_key_from_the_environment_only(monkeypatch: pytest.Mon
         applied.dspy_lm()
     assert "http://127.0.0.1:9/v1" in str(caught.value)
     monkeypatch.setenv("MISSING_KEY", KEY)
-    lm = applied.dspy_lm(cache=False)
-    assert lm.model == "openai/m" and lm.kwargs["api_base"] == "http://127.0.0.1:9/v1"
-    assert lm.kwargs["api_key"] == KEY  # handed to DSPy, never kept on the applied model
+    with Endpoint() as url:
+        _, lm = apply_model(f"endpoint://{url}?model=echo-model&api_key_env=MISSING_KEY", dspy=True)
+        said = lm(messages=[{"role": "user", "content": "hi"}], cache=False)
+        authorizations = Endpoint.last.authorizations if Endpoint.last else []
+    assert lm.model == "openai/echo-model" and said == ["echo: hi"]  # DSPy (LiteLLM) over real HTTP
+    assert authorizations == [f"Bearer {KEY}"]  # the key from the environment, handed to DSPy only
     monkeypatch.setitem(sys.modules, "dspy", None)  # not installed
     with pytest.raises(ShapingError, match=r"needs the dspy extra: pip install -e '\.\[dspy\]'"):
         applied.dspy_lm()
