@@ -94,6 +94,8 @@ class TrainMethod(StrEnum):
     sft = "sft"
     dpo = "dpo"
     kto = "kto"  # unpaired: each pair's chosen reply is desirable, its rejected reply undesirable
+    grpo = "grpo"  # on-policy RL: sampled replies scored by train.rewards (TRL GRPOTrainer)
+    orpo = "orpo"  # odds-ratio preference optimisation, no reference model (trl.experimental.orpo)
 
 
 class Launcher(StrEnum):
@@ -314,6 +316,15 @@ class LossWeight:
 
 
 @dataclass
+class RewardConfig:
+    """An entry of `train.rewards` (train=grpo): a reward function, its weight in the total and its arguments."""
+
+    name: str = MISSING  # a name in shaping.training.rewards (length_band, eos, think_tags) or pkg.module:function
+    weight: float = 1.0
+    args: dict[str, Any] = field(default_factory=dict)  # the function's keyword arguments, e.g. {min: 8, max: 64}
+
+
+@dataclass
 class TrainConfig:
     method: TrainMethod
     epochs: float
@@ -348,6 +359,12 @@ class TrainConfig:
     # kto only: the losses of desirable (chosen) and undesirable (rejected) replies are weighed by these
     desirable_weight: float
     undesirable_weight: float
+    # grpo only (set in conf/train/sft.yaml too, which conf/train/grpo.yaml extends)
+    num_generations: int  # sampled replies per prompt (the group); train.batch_size must be a multiple of it
+    max_completion_length: int  # tokens sampled per reply
+    temperature: float  # sampling temperature of the replies
+    vllm: bool  # sample with vLLM on the GPU (TRL's colocate mode) instead of transformers' generate
+    rewards: list[RewardConfig]  # summed with their weights into each reply's reward
 
 
 @dataclass

@@ -4,6 +4,7 @@
     to_preferences(rows)  {"prompt": [...], "chosen": [...], "rejected": [...]}  DPOTrainer (conversational)
     to_unpaired(rows)     {"prompt": [...], "completion": [...], "label": bool}      KTOTrainer (conversational)
     to_trajectories(rows) {"messages": [...][, "tools": [...]]}         SFTTrainer, multi-turn with tool calls
+    to_prompts(rows)      {"prompt": [...]}                              GRPOTrainer (conversational; replies dropped)
 
 The first three accept the two formats the validate stage writes: chat rows `{id, messages[, rejected]}` and
 preference rows `{id, prompt, chosen, rejected}` (strings or lists of messages). A chat row becomes
@@ -184,4 +185,19 @@ def to_trajectories(rows: list[dict[str, Any]], source: str = "rows") -> list[di
                 raise ShapingError(f"{where}: tools: expected a list of tool schemas")
             item["tools"] = row["tools"]
         out.append(item)
+    return out
+
+
+def to_prompts(rows: list[dict[str, Any]], source: str = "rows") -> list[dict[str, Messages]]:
+    """Prompts to sample replies to (train=grpo), in TRL's conversational format: a chat row's messages
+    before its final assistant reply (a row without one is all prompt), a preference row's prompt."""
+    out = []
+    for row in to_sft(rows, source):
+        messages = row["messages"]
+        if messages[-1].get("role") == "assistant":
+            messages = messages[:-1]
+        if messages:
+            out.append({"prompt": messages})
+    if not out:
+        raise ShapingError(f"{source}: no prompt to sample replies to (every row is a lone assistant reply)")
     return out
