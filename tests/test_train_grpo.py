@@ -77,10 +77,12 @@ def test_grpo_eos_reward_rises_and_each_step_reaches_dvclive(
     assert summary["reward_eos"] == report.metrics["reward_eos"]
 
 
-def broken_reward(completions: list[Any], trainer_state: Any, **_: Any) -> list[float]:
-    if trainer_state.global_step >= 1:  # fine at step 1, raises at step 2
+def broken_reward(completions: list[Any], trainer_state: Any, reference: list[str], **_: Any) -> list[float]:
+    """1.0 for each reply whose row's own reply (the `reference` column) arrived; raises at step 2."""
+    if trainer_state.global_step >= 1:
         raise KeyError("no such field")
-    return [0.0] * len(completions)
+    replies = {d[-1]["content"] for d in DIALOGUES}
+    return [float(r in replies) for r in reference]
 
 
 def test_grpo_with_lora_logs_each_reward_and_a_raising_reward_names_itself_and_the_step(
@@ -100,7 +102,7 @@ def test_grpo_with_lora_logs_each_reward_and_a_raising_reward_names_itself_and_t
     assert not (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     # step 1 was logged, each reward under its name
     assert len(metric_rows(tmp_path / "live", "rewards/length_band/mean")) == 1
-    assert metric_rows(tmp_path / "live", "rewards/broken_reward/mean") == [0.0]
+    assert metric_rows(tmp_path / "live", "rewards/broken_reward/mean") == [1.0]  # each row's reply arrived
 
 
 @pytest.mark.parametrize(
