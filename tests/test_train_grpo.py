@@ -147,6 +147,9 @@ def test_grpo_options_errors_name_the_key(cfg: Config) -> None:
     cfg.train.batch_size, cfg.train.rewards = 8, []
     with pytest.raises(ShapingError, match=r"train\.rewards: empty"):
         hf_peft.check_options(cfg)
+    cfg.train.rewards = [RewardConfig("think_tags"), RewardConfig("eos", 1.0, {"within": 0})]
+    with pytest.raises(ShapingError, match=r"train\.rewards\[1\]\.args \(eos\): within=0"):
+        hf_peft.check_options(cfg)  # the rewards are checked before any model loads
     with pytest.raises(ShapingError, match=r"train\.vllm=true: vLLM generation needs a CUDA GPU"):
         hf_peft.check_vllm("cpu")
 

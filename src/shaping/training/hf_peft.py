@@ -46,6 +46,7 @@ from shaping.training.checkpointing import DVCLiveResume, RunStart, checkpoint_a
 from shaping.training.export import merge_adapter
 from shaping.training.failures import StopOnNonFiniteLoss, out_of_memory_message
 from shaping.training.launch import RankReport
+from shaping.training.rewards import build_rewards
 from shaping.training.sft import (
     WeightedCollator,
     WeightedSFTTrainer,
@@ -329,11 +330,8 @@ def check_grpo_options(cfg: Config) -> None:
         raise ShapingError(f"train.max_completion_length={t.max_completion_length}: must be at least 1 token")
     if t.temperature <= 0:
         raise ShapingError(f"train.temperature={t.temperature}: GRPO samples its replies; use a temperature > 0")
-    if not t.rewards:
-        raise ShapingError(
-            "train.rewards: empty; train=grpo needs at least one reward, e.g. "
-            "[{name: eos, weight: 1.0, args: {within: 48}}] (conf/train/grpo.yaml)"
-        )
+    # every reward's name, arguments and module, before any model loads (built again with the tokenizer's ids)
+    build_rewards(t.rewards, eos_token_ids=[-1])
 
 
 def check_vllm(device: str) -> None:
@@ -364,7 +362,6 @@ def grpo_trainer(
     from trl import GRPOConfig, GRPOTrainer
 
     from shaping.data.transforms import to_prompts
-    from shaping.training.rewards import build_rewards
 
     class GuardedGRPOTrainer(StopOnNonFiniteLoss, GRPOTrainer):
         pass
