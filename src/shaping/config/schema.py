@@ -351,7 +351,8 @@ class TrainConfig:
     keep_unfinished_runs: int  # killed runs of other configs/data whose checkpoints stay (resumable); older go
     liger: bool  # Liger kernels (fused RMSNorm/RoPE/SwiGLU/cross-entropy); needs liger-kernel + a GPU
     merge: bool  # also save the adapter merged into the base's weights (<adapter_dir>/merged, safetensors)
-    # dpo and kto only (set in conf/train/sft.yaml too, which conf/train/dpo.yaml and kto.yaml extend)
+    # dpo and kto only (set in conf/train/sft.yaml too, which conf/train/dpo.yaml and kto.yaml extend);
+    # grpo and orpo read beta too, grpo loss_type
     beta: float  # how far the policy may move from the reference: higher = closer to it
     # TRL's loss_type: dpo sigmoid (DPO) | ipo | hinge | robust | apo_zero | ...; kto kto | apo_zero_unpaired
     loss_type: str
