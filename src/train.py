@@ -59,8 +59,8 @@ def main(ctx: StageContext) -> None:
     cfg = ctx.cfg
     if cfg.backend.name not in BACKENDS:
         raise ShapingError(f"backend={cfg.backend.name}: unknown training backend; available: {', '.join(BACKENDS)}")
-    if cfg.train.method not in ("sft", "dpo", "kto"):
-        raise ShapingError(f"train.method={cfg.train.method}: unknown; available: sft, dpo, kto")
+    if cfg.train.method not in ("sft", "dpo", "kto", "grpo", "orpo"):
+        raise ShapingError(f"train.method={cfg.train.method}: unknown; available: sft, dpo, kto, grpo, orpo")
     device = resolve_device(cfg.train.device)
     if cfg.train.liger:
         check_liger(device)

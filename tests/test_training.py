@@ -87,6 +87,8 @@ def test_gated_model_says_export_hf_token() -> None:
         ({"packing": True, "loss_weights": [LossWeight("x", 2.0)]}, r"needs padded batches"),
         ({"method": "dpo", "padding_free": True}, r"DPOTrainer pads"),
         ({"method": "kto", "loss_type": "kto", "packing": True}, r"KTOTrainer pads"),
+        ({"method": "grpo", "padding_free": True}, r"GRPOTrainer pads"),
+        ({"method": "orpo", "packing": True}, r"ORPOTrainer pads"),
         ({"method": "kto", "loss_type": "sigmoid"}, r"train\.loss_type='sigmoid': train\.method=kto takes kto or"),
         ({"method": "kto", "loss_type": "kto", "batch_size": 1}, r"train\.batch_size=1: .*batch_size >= 2"),
     ],

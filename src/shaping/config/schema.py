@@ -94,6 +94,8 @@ class TrainMethod(StrEnum):
     sft = "sft"
     dpo = "dpo"
     kto = "kto"  # unpaired: each pair's chosen reply is desirable, its rejected reply undesirable
+    grpo = "grpo"  # on-policy RL: sampled replies scored by train.rewards (TRL GRPOTrainer)
+    orpo = "orpo"  # odds-ratio preference optimisation, no reference model (trl.experimental.orpo)
 
 
 class Launcher(StrEnum):
@@ -314,6 +316,15 @@ class LossWeight:
 
 
 @dataclass
+class RewardConfig:
+    """An entry of `train.rewards` (train=grpo): a reward function, its weight in the total and its arguments."""
+
+    name: str = MISSING  # a name in shaping.training.rewards (length_band, eos, think_tags) or pkg.module:function
+    weight: float = 1.0
+    args: dict[str, Any] = field(default_factory=dict)  # the function's keyword arguments, e.g. {min: 8, max: 64}
+
+
+@dataclass
 class TrainConfig:
     method: TrainMethod
     epochs: float
@@ -340,7 +351,8 @@ class TrainConfig:
     keep_unfinished_runs: int  # killed runs of other configs/data whose checkpoints stay (resumable); older go
     liger: bool  # Liger kernels (fused RMSNorm/RoPE/SwiGLU/cross-entropy); needs liger-kernel + a GPU
     merge: bool  # also save the adapter merged into the base's weights (<adapter_dir>/merged, safetensors)
-    # dpo and kto only (set in conf/train/sft.yaml too, which conf/train/dpo.yaml and kto.yaml extend)
+    # dpo and kto only (set in conf/train/sft.yaml too, which conf/train/dpo.yaml and kto.yaml extend);
+    # grpo and orpo read beta too, grpo loss_type
     beta: float  # how far the policy may move from the reference: higher = closer to it
     # TRL's loss_type: dpo sigmoid (DPO) | ipo | hinge | robust | apo_zero | ...; kto kto | apo_zero_unpaired
     loss_type: str
@@ -348,6 +360,12 @@ class TrainConfig:
     # kto only: the losses of desirable (chosen) and undesirable (rejected) replies are weighed by these
     desirable_weight: float
     undesirable_weight: float
+    # grpo only (set in conf/train/sft.yaml too, which conf/train/grpo.yaml extends)
+    num_generations: int  # sampled replies per prompt (the group); train.batch_size must be a multiple of it
+    max_completion_length: int  # tokens sampled per reply
+    temperature: float  # sampling temperature of the replies
+    vllm: bool  # sample with vLLM on the GPU (TRL's colocate mode) instead of transformers' generate
+    rewards: list[RewardConfig]  # summed with their weights into each reply's reward
 
 
 @dataclass

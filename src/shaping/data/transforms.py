@@ -4,6 +4,7 @@
     to_preferences(rows)  {"prompt": [...], "chosen": [...], "rejected": [...]}  DPOTrainer (conversational)
     to_unpaired(rows)     {"prompt": [...], "completion": [...], "label": bool}      KTOTrainer (conversational)
     to_trajectories(rows) {"messages": [...][, "tools": [...]]}         SFTTrainer, multi-turn with tool calls
+    to_prompts(rows)      {"prompt": [...], "reference": str}            GRPOTrainer (conversational; the reply as text)
 
 The first three accept the two formats the validate stage writes: chat rows `{id, messages[, rejected]}` and
 preference rows `{id, prompt, chosen, rejected}` (strings or lists of messages). A chat row becomes
@@ -184,4 +185,20 @@ def to_trajectories(rows: list[dict[str, Any]], source: str = "rows") -> list[di
                 raise ShapingError(f"{where}: tools: expected a list of tool schemas")
             item["tools"] = row["tools"]
         out.append(item)
+    return out
+
+
+def to_prompts(rows: list[dict[str, Any]], source: str = "rows") -> list[dict[str, Any]]:
+    """Prompts to sample replies to (train=grpo), in TRL's conversational format: a chat row's messages
+    before its final assistant reply (a row without one is all prompt), a preference row's prompt; with
+    `reference`, the row's own reply's text (the chosen one; "" without one), which TRL hands the rewards."""
+    out = []
+    for row in to_sft(rows, source):
+        messages, reference = row["messages"], ""
+        if messages[-1].get("role") == "assistant":
+            messages, reference = messages[:-1], str(messages[-1].get("content") or "")
+        if messages:
+            out.append({"prompt": messages, "reference": reference})
+    if not out:
+        raise ShapingError(f"{source}: no prompt to sample replies to (every row is a lone assistant reply)")
     return out

@@ -53,6 +53,8 @@ def out_of_memory_message(cfg: Config, device: str, err: BaseException) -> str:
             if cfg.lora.enabled
             else "lora=default (an adapter instead of a full fine-tune)"
         )
+    if t.method == "grpo":
+        knobs.append(f"train.max_completion_length={t.max_completion_length} (the sampled replies' length)")
     if t.method in ("dpo", "kto") and not t.precompute_ref_log_probs and not cfg.lora.enabled:
         knobs.append("train.precompute_ref_log_probs=true (no reference model copy during training)")
     first = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -1,5 +1,5 @@
-"""The hf_peft training backend: TRL's SFTTrainer, DPOTrainer or KTOTrainer with a PEFT adapter (LoRA, DoRA,
-QLoRA) or a full fine-tune (lora=none).
+"""The hf_peft training backend: TRL's SFTTrainer, DPOTrainer, KTOTrainer, GRPOTrainer or ORPOTrainer with a
+PEFT adapter (LoRA, DoRA, QLoRA) or a full fine-tune (lora=none).
 
     train.method=sft   loss on the assistant replies and their end-of-turn token (train.train_on_prompt=true:
                        every token); train.loss_weights weigh regex spans; train.packing / train.padding_free
@@ -7,6 +7,9 @@ QLoRA) or a full fine-tune (lora=none).
                        reference model is the base with the adapter disabled, so no second copy in memory
     train.method=kto   unpaired rows (shaping.data.transforms.to_unpaired): each pair's chosen reply is
                        desirable, its rejected reply undesirable; the reference as for dpo
+    train.method=grpo  TRL's GRPOTrainer on the rows' prompts (shaping.data.transforms.to_prompts): replies
+                       sampled by the model, scored by train.rewards (shaping.training.rewards)
+    train.method=orpo  trl.experimental.orpo's ORPOTrainer on the preference pairs, no reference model
     lora=qlora         the frozen base in 4 bits (bitsandbytes NF4), prepared for k-bit training
     train.merge=true   also the adapter merged into the base's weights, in <output_dir>/merged
 
@@ -43,6 +46,7 @@ from shaping.training.checkpointing import DVCLiveResume, RunStart, checkpoint_a
 from shaping.training.export import merge_adapter
 from shaping.training.failures import StopOnNonFiniteLoss, out_of_memory_message
 from shaping.training.launch import RankReport
+from shaping.training.rewards import build_rewards
 from shaping.training.sft import (
     WeightedCollator,
     WeightedSFTTrainer,
@@ -53,7 +57,7 @@ from shaping.training.sft import (
 )
 
 log = logging.getLogger(__name__)
-METHODS = ("sft", "dpo", "kto")
+METHODS = ("sft", "dpo", "kto", "grpo", "orpo")
 PREFERENCE_METHODS = ("dpo", "kto")  # trained on pairs, against a reference model
 KTO_LOSSES = ("kto", "apo_zero_unpaired")  # TRL KTOConfig.loss_type
 LORA_BIAS = ("none", "all", "lora_only")
@@ -101,8 +105,8 @@ def check_options(cfg: Config) -> None:
         raise ShapingError(
             "train.loss_weights needs padded batches: set train.packing=false and train.padding_free=false"
         )
-    if t.method in PREFERENCE_METHODS and (t.packing or t.padding_free):
-        trainer = "DPOTrainer" if t.method == "dpo" else "KTOTrainer"
+    if t.method != "sft" and (t.packing or t.padding_free):
+        trainer = {"dpo": "DPOTrainer", "kto": "KTOTrainer", "grpo": "GRPOTrainer", "orpo": "ORPOTrainer"}[t.method]
         raise ShapingError(f"train.packing / train.padding_free: TRL's {trainer} pads its batches; set both false")
     if t.method == "kto" and t.loss_type not in KTO_LOSSES:
         raise ShapingError(
@@ -115,6 +119,8 @@ def check_options(cfg: Config) -> None:
             "batch, so it needs train.batch_size >= 2 (lower train.gradient_accumulation_steps to keep the "
             "effective batch)"
         )
+    if t.method == "grpo":
+        check_grpo_options(cfg)
     if cfg.lora.quantization is not None and not cfg.lora.enabled:
         raise ShapingError("lora.quantization needs an adapter (QLoRA): a 4-bit base cannot be fully fine-tuned")
     if t.merge and not cfg.lora.enabled:
@@ -307,6 +313,128 @@ def kto_trainer(
     return cast(KTOTrainer, trainer)
 
 
+def check_grpo_options(cfg: Config) -> None:
+    t = cfg.train
+    if t.num_generations < 2:
+        raise ShapingError(
+            f"train.num_generations={t.num_generations}: GRPO compares each reply with the others sampled for "
+            "the same prompt; use at least 2"
+        )
+    if (t.batch_size * t.gradient_accumulation_steps) % t.num_generations:
+        raise ShapingError(
+            f"train.batch_size={t.batch_size} x train.gradient_accumulation_steps={t.gradient_accumulation_steps}: "
+            f"must be a multiple of train.num_generations={t.num_generations} (each prompt's replies are sampled "
+            "together)"
+        )
+    if t.max_completion_length < 1:
+        raise ShapingError(f"train.max_completion_length={t.max_completion_length}: must be at least 1 token")
+    if t.temperature <= 0:
+        raise ShapingError(f"train.temperature={t.temperature}: GRPO samples its replies; use a temperature > 0")
+    # every reward's name, arguments and module, before any model loads (built again with the tokenizer's ids)
+    build_rewards(t.rewards, eos_token_ids=[-1])
+
+
+def check_vllm(device: str) -> None:
+    """train.vllm=true: TRL samples with vLLM in this process (colocate mode), which needs a CUDA GPU and vllm."""
+    import importlib.util
+
+    if device != "cuda":
+        raise ShapingError(
+            f"train.vllm=true: vLLM generation needs a CUDA GPU (training on {device}); set train.vllm=false"
+        )
+    if importlib.util.find_spec("vllm") is None:
+        raise ShapingError(
+            "train.vllm=true: vllm is not installed; pip install 'shaping[vllm]', or set train.vllm=false"
+        )
+
+
+def grpo_trainer(
+    cfg: Config,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict[str, Any]],
+    args: dict[str, Any],
+    callbacks: list[TrainerCallback],
+) -> Any:
+    """TRL's GRPOTrainer: `num_generations` replies sampled per prompt (transformers' generate, or vLLM with
+    train.vllm), scored by train.rewards; beta > 0 adds a KL term to the reference (with an adapter: the
+    base with the adapter disabled)."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from shaping.data.transforms import to_prompts
+
+    class GuardedGRPOTrainer(StopOnNonFiniteLoss, GRPOTrainer):
+        pass
+
+    t = cfg.train
+    gen_eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+    eos_ids = [tokenizer.eos_token_id, *(gen_eos if isinstance(gen_eos, list) else [gen_eos])]
+    rewards, weights = build_rewards(t.rewards, [int(i) for i in eos_ids if i is not None])
+    dataset = Dataset.from_list(to_prompts(rows, "train.jsonl"))
+    per_step = t.batch_size * t.gradient_accumulation_steps // t.num_generations
+    if len(dataset) < per_step:
+        raise ShapingError(
+            f"train.jsonl: {len(dataset)} prompts, fewer than one step samples for (train.batch_size="
+            f"{t.batch_size} x train.gradient_accumulation_steps={t.gradient_accumulation_steps} / "
+            f"train.num_generations={t.num_generations} = {per_step}): lower train.batch_size or add rows"
+        )
+    try:
+        config = GRPOConfig(
+            **args,
+            num_generations=t.num_generations,
+            max_completion_length=t.max_completion_length,
+            temperature=t.temperature,
+            beta=t.beta,
+            loss_type=t.loss_type,
+            reward_weights=weights,
+            use_vllm=t.vllm,
+            vllm_mode="colocate",
+        )
+    except ValueError as err:
+        raise ShapingError(f"train (method=grpo): {err}") from None
+    return GuardedGRPOTrainer(
+        model=model,
+        reward_funcs=cast(list[Any], rewards),
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(cfg),
+        callbacks=callbacks,
+    )
+
+
+def orpo_trainer(
+    cfg: Config,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict[str, Any]],
+    args: dict[str, Any],
+    callbacks: list[TrainerCallback],
+) -> Any:
+    """trl.experimental.orpo's ORPOTrainer (experimental upstream: its API may change between TRL releases;
+    the lock pins it): the SFT loss on the chosen reply plus beta times the log odds ratio of chosen over
+    rejected. No reference model."""
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    class GuardedORPOTrainer(StopOnNonFiniteLoss, ORPOTrainer):
+        pass
+
+    t = cfg.train
+    dataset = Dataset.from_list(to_preferences(rows, "train.jsonl", method="orpo"))
+    try:
+        config = ORPOConfig(**args, max_length=t.max_length, beta=t.beta)
+    except ValueError as err:
+        raise ShapingError(f"train (method=orpo): {err}") from None
+    return GuardedORPOTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(cfg),
+        callbacks=callbacks,
+    )
+
+
 # what the run record keeps of TRL's last logged rewards (KTO's pairs are split, so it has no accuracy)
 REWARD_METRICS = {
     "dpo": (("rewards/accuracies", "reward_accuracy"), ("rewards/margins", "reward_margin")),
@@ -316,10 +444,18 @@ REWARD_METRICS = {
         ("rewards/rejected", "reward_rejected"),
         ("kl", "kl"),
     ),
+    "grpo": (("reward", "reward"), ("reward_std", "reward_std")),  # and each reward's mean: grpo_reward_metrics
+    "orpo": (
+        ("rewards/accuracies", "reward_accuracy"),
+        ("rewards/margins", "reward_margin"),
+        ("log_odds_ratio", "log_odds_ratio"),
+        ("log_odds_chosen", "log_odds_chosen"),
+        ("nll_loss", "nll_loss"),
+    ),
 }
 
 
-def last_logged(trainer: SFTTrainer | DPOTrainer | KTOTrainer, key: str) -> float | None:
+def last_logged(trainer: Any, key: str) -> float | None:
     return next((float(e[key]) for e in reversed(trainer.state.log_history) if key in e), None)
 
 
@@ -345,6 +481,8 @@ def train(
         why_ckpt,
     )
 
+    if cfg.train.method == "grpo" and cfg.train.vllm:
+        check_vllm(device)
     tokenizer = load_tokenizer(cfg.model)
     model = load_model(cfg, device, precision, checkpointing)
     if checkpoint_dir is not None:
@@ -360,6 +498,8 @@ def train(
         "sft": sft_trainer,
         "dpo": dpo_trainer,
         "kto": kto_trainer,
+        "grpo": grpo_trainer,
+        "orpo": orpo_trainer,
     }
     build = builders[cfg.train.method]
     trainer = build(cfg, model, tokenizer, rows, args, callbacks)
@@ -391,7 +531,10 @@ def train(
         "gradient_checkpointing": checkpointing,
         "device": device,
     }
-    for key, name in REWARD_METRICS.get(cfg.train.method, ()):
+    keys = list(REWARD_METRICS.get(cfg.train.method, ()))
+    if cfg.train.method == "grpo":  # each reward's last logged mean: reward_<name>
+        keys += [(f"rewards/{name}/mean", f"reward_{name}") for name in getattr(trainer, "reward_func_names", ())]
+    for key, name in keys:
         value = last_logged(trainer, key)
         if value is not None:
             metrics[name] = round(value, 6)
