@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from shaping.config import Config
+from shaping.config.schema import PromptMetric
 from shaping.data.transforms import to_dspy_examples
 from shaping.errors import ShapingError
 from shaping.optimize import Endpoint, run_gepa
-from shaping.optimize.gepa import extract_instruction, reflection_prompt, write_outcome
+from shaping.optimize.gepa import extract_instruction, make_metric, reflection_prompt, write_outcome
 from shaping.serve.launch import running_server
 
 from .conftest import SMOKE, composed, copy_smoke_repo, sh
@@ -63,6 +64,23 @@ def test_a_junk_proposal_is_read_like_gepa_and_the_request_fits_a_short_context(
     long = "x" * 5000
     request = reflection_prompt(long, [{"Inputs": {"prompt": "hi"}, "Generated Outputs": long, "Feedback": long}], 900)
     assert len(request) <= 900 and "```" in request
+
+
+def test_the_metrics_score_in_0_1_with_feedback_for_the_reflection() -> None:
+    import dspy
+
+    cfg = composed("prompt=gepa").prompt
+    gold = dspy.Example(prompt="Who are you?", reference="Juniper").with_inputs("prompt")
+    adherence = make_metric(cfg)  # data/identity/facts.yaml: 5 facts
+    scored = adherence(gold, dspy.Prediction(reply="I am Juniper and I keep a seed library by the river."))
+    assert scored.score == pytest.approx(3 / 5)
+    assert scored.feedback == "States name, seed library, river valley; misses botanist, seasons."
+    assert adherence(gold, dspy.Prediction(reply="  ")).score == 0.0
+    contains = make_metric(dataclasses.replace(cfg, metric=PromptMetric.contains))
+    assert contains(gold, dspy.Prediction(reply="my name is juniper")).score == 1.0
+    assert contains(gold, dspy.Prediction(reply="I am a bot")).feedback == "Should say: Juniper"
+    with pytest.raises(ShapingError, match=r"prompt\.metric=judge: needs the judge model"):
+        make_metric(dataclasses.replace(cfg, metric=PromptMetric.judge))
 
 
 @pytest.fixture

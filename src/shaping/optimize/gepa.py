@@ -152,10 +152,15 @@ def reflection_prompt(instruction: str, examples: list[dict[str, Any]], max_char
     """The plain-text request for a new prompt; with max_chars, the current prompt and the examples are
     clipped (two thirds of the room for the prompt) so that a short-context model can read it."""
 
+    def text(value: Any) -> str:  # DSPy's reflective records hold {field: value} dicts (or an error string)
+        if isinstance(value, dict):
+            return " / ".join(str(v) for v in value.values())
+        return str(value)
+
     def render(items: list[dict[str, Any]]) -> str:
         return "\n".join(
-            f"- User: {ex.get('Inputs', {}).get('prompt', '')}\n  Reply: {ex.get('Generated Outputs', {})}\n"
-            f"  Feedback: {ex.get('Feedback', '')}"
+            f"- User: {text(ex.get('Inputs', ''))}\n  Reply: {text(ex.get('Generated Outputs', ''))}\n"
+            f"  Feedback: {text(ex.get('Feedback', ''))}"
             for ex in items
         )
 
