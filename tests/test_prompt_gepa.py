@@ -186,7 +186,7 @@ def test_dvc_exp_run_prompt_gepa_reruns_synthesis_on_the_optimised_prompt(repo: 
         candidates = [json.loads(x) for x in (repo / "data/prompt/gepa/candidates.jsonl").read_text().splitlines()]
         assert candidates[0]["prompt"] == seed.read_text().strip() and best in [c["prompt"] for c in candidates]
         manifest = json.loads((repo / "data/synth/identity_distillation/manifest.json").read_text())
-        teacher = manifest["models"]["teacher"]["system_prompt_sha256"]
+        teacher = manifest["model_deps"]["teacher"]["fingerprint"]["system_prompt_sha256"]
         identity = (repo / "data/identity/identity.md").read_text(encoding="utf-8").strip()
         assert teacher == hashlib.sha256(best.encode()).hexdigest() != hashlib.sha256(identity.encode()).hexdigest()
         metrics = json.loads((repo / "data/prompt/gepa/metrics.json").read_text())
