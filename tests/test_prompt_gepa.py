@@ -92,7 +92,7 @@ def gepa_cfg(tmp_path: Path) -> Config:
         cfg.prompt,
         prompts=str(prompts),
         max_prompts=None,
-        max_metric_calls=8,
+        max_metric_calls=6,
         reflection_minibatch_size=1,
         min_instruction_chars=10,
         cache_dir=str(tmp_path / "cache"),
@@ -120,7 +120,7 @@ def test_gepa_records_every_candidate_keeps_the_best_and_a_cached_rerun_asks_not
     opt = gepa_cfg.prompt
     log = tmp_path / "serve.log"
     with running_server(tiny_model_dir, log_path=log) as url:
-        served = Endpoint(tiny_model_dir.name, url, temperature=0.8, max_tokens=32)
+        served = Endpoint(tiny_model_dir.name, url, temperature=0.8, max_tokens=16)
         first = run_gepa(opt, seed=0, student=served, reflection=served)
         sent = _posts(log)
         again = run_gepa(opt, seed=0, student=served, reflection=served)
