@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import fields
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -147,18 +147,33 @@ def _interpolate(value: Any, params: dict[str, Any], item: Any = None) -> Any:
     return value
 
 
+# Overrides that turn on the stages the default DAG leaves out (a foreach over an empty list there):
+# their stages are checked as composed with them.
+OPTIONAL_STAGES = (("prompt=gepa",),)
+
+
+def _optional_params(overrides: tuple[str, ...]) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from shaping.config import compose_raw
+
+    return cast(dict[str, Any], OmegaConf.to_container(compose_raw(list(overrides)), resolve=True))
+
+
 def _stages() -> dict[str, dict[str, Any]]:
-    """dvc.yaml's stages, foreach ones expanded to `name@item`, interpolated from params.yaml."""
+    """dvc.yaml's stages, foreach ones expanded to `name@item`, interpolated from params.yaml (and the
+    optional stages from the params OPTIONAL_STAGES compose)."""
     dvc_yaml = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
-    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    default = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     out: dict[str, dict[str, Any]] = {}
-    for name, stage in dvc_yaml["stages"].items():
-        if "foreach" in stage:
-            items = _lookup(params, stage["foreach"].strip("${}"))
-            for item in items:
-                out[f"{name}@{item}"] = _interpolate(stage["do"], params, item)
-        else:
-            out[name] = _interpolate(stage, params)
+    for params in [default, *(_optional_params(o) for o in OPTIONAL_STAGES)]:
+        for name, stage in dvc_yaml["stages"].items():
+            if "foreach" in stage:
+                items = _lookup(params, stage["foreach"].strip("${}"))
+                for item in items:
+                    out.setdefault(f"{name}@{item}", _interpolate(stage["do"], params, item))
+            else:
+                out.setdefault(name, _interpolate(stage, params))
     return out
 
 
@@ -182,10 +197,38 @@ def _roots(stage: dict[str, Any]) -> list[Path]:
     return roots
 
 
+def _rebound_config_reads(tree: ast.AST) -> set[int]:
+    """The `cfg.<x>` nodes inside functions that rebind `cfg` (or `config`) to a section's part, e.g.
+    `cfg = ctx.cfg.eval.claims`: there `cfg.prompt` is eval.claims.prompt, not the `prompt` section."""
+    skipped: set[int] = set()
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        rebound = {
+            target.id
+            for node in ast.walk(fn)
+            if isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Attribute)
+            and re.search(r"\bcfg\.\w+", ast.unparse(node.value))
+            for target in node.targets
+            if isinstance(target, ast.Name) and target.id in ("cfg", "config")
+        }
+        skipped.update(
+            id(node)
+            for node in ast.walk(fn)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in rebound
+        )
+    return skipped
+
+
 def _sections_read(file: Path) -> set[str]:
     """Config sections `file` reads as `cfg.<section>` (also `ctx.cfg.<section>`, `config.<section>`)."""
     found = set()
-    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+    tree = ast.parse(file.read_text(encoding="utf-8"))
+    skipped = _rebound_config_reads(tree)
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Attribute) and node.attr in SECTIONS:
             owner = node.value
             if (isinstance(owner, ast.Name) and owner.id in ("cfg", "config")) or (

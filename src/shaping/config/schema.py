@@ -489,6 +489,51 @@ class NotifyConfig:
     webhooks: list[WebhookConfig]
 
 
+class PromptMethod(StrEnum):
+    none = "none"  # the teacher's system prompt as written
+    gepa = "gepa"  # DSPy's GEPA optimises it (stage optimize_prompt@gepa)
+
+
+class PromptMetric(StrEnum):
+    adherence = "adherence"  # share of the identity's facts (prompt.facts_file) a reply states
+    agreement = "agreement"  # sentence-embedding similarity to the reference reply (eval.embedding_model)
+    judge = "judge"  # eval.judge.rubric scored by the registry model eval.judge.model
+    contains = "contains"  # 1 when the reference is in the reply (case-insensitive): a task metric
+
+
+class PromptAdapter(StrEnum):
+    system = "system"  # the candidate prompt is the system message, the whole reply the output field
+    chat = "chat"  # DSPy's ChatAdapter (field markers)
+    json = "json"  # DSPy's JSONAdapter
+
+
+@dataclass
+class PromptConfig:
+    """conf/prompt/: the teacher's system prompt, as written (none) or optimised by DSPy's GEPA (gepa)."""
+
+    method: PromptMethod
+    optimize: list[str]  # dvc.yaml's optimize_prompt@<item> stages (foreach): [] or [gepa]
+    file: str  # the teacher's system prompt file (models.teacher.sysprompt_file; synthesize's dep)
+    seed_file: str  # GEPA's starting candidate
+    prompts: str  # a folder of *.txt (one prompt a line), a .txt, or a .jsonl of {prompt[, reference]}
+    facts_file: str  # metric=adherence
+    references: str | None  # metric=agreement|contains: a .jsonl of {prompt, reference}
+    max_prompts: int | None  # a seeded sample of the prompts; None = all
+    val_fraction: float  # share of the sample in the validation split
+    student: str  # registry model answering with each candidate as its system prompt
+    reflection: str  # registry model proposing new candidates
+    metric: PromptMetric
+    adapter: PromptAdapter
+    auto: str | None  # light | medium | heavy (DSPy's presets), or None: max_metric_calls
+    max_metric_calls: int | None
+    reflection_minibatch_size: int
+    min_instruction_chars: int  # a shorter proposal keeps the current candidate
+    reflection_max_chars: int | None  # longest text of a reflection request (a tiny model's context); None = whole
+    num_threads: int
+    cache: bool  # DSPy's LM cache on disk (cache_dir): a re-run makes no new LM call
+    cache_dir: str
+
+
 @dataclass
 class PathsConfig:
     corpus_dir: str
@@ -500,6 +545,7 @@ class PathsConfig:
     checkpoint_dir: str
     eval_dir: str
     metrics_dir: str
+    prompt_dir: str  # optimize_prompt@<method>'s outputs (prompt=gepa)
 
 
 @dataclass
@@ -514,6 +560,7 @@ class Config:
     validation: ValidationConfig
     train: TrainConfig
     eval: EvalConfig
+    prompt: PromptConfig  # the teacher's system prompt: as written, or optimised (prompt=gepa)
     paths: PathsConfig
     # an accelerate config file's keys (conf/accelerate/): what `train.launcher=accelerate` launches with
     accelerate: dict[str, Any]

@@ -5,6 +5,7 @@
     to_unpaired(rows)     {"prompt": [...], "completion": [...], "label": bool}      KTOTrainer (conversational)
     to_trajectories(rows) {"messages": [...][, "tools": [...]]}         SFTTrainer, multi-turn with tool calls
     to_prompts(rows)      {"prompt": [...], "reference": str}            GRPOTrainer (conversational; the reply as text)
+    to_dspy_examples(rows, signature, input_fields, output_field)  dspy.Example list  DSPy optimisers (GEPA)
 
 The first three accept the two formats the validate stage writes: chat rows `{id, messages[, rejected]}` and
 preference rows `{id, prompt, chosen, rejected}` (strings or lists of messages). A chat row becomes
@@ -15,11 +16,15 @@ one (the rejected reply, label False), shuffled with a seed.
 `to_trajectories` takes chat rows only and keeps each conversation whole, tool calls included: an
 assistant message's `tool_calls` (OpenAI's `{id?, type?, function: {name, arguments}}`) and the `tool`
 messages answering them (`tool_call_id`), plus the row's `tools` (the schemas offered) when it has them.
+`to_dspy_examples` reads flat rows (each field under its own key), chat rows (the last user message
+before the final assistant reply is the one input field, that reply the output) and preference rows
+(prompt, chosen); it needs the optional `dspy` extra, imported when called.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from typing import Any
 
@@ -201,4 +206,77 @@ def to_prompts(rows: list[dict[str, Any]], source: str = "rows") -> list[dict[st
             out.append({"prompt": messages, "reference": reference})
     if not out:
         raise ShapingError(f"{source}: no prompt to sample replies to (every row is a lone assistant reply)")
+    return out
+
+
+DSPY_EXTRA = "pip install -e '.[dspy]'"
+
+
+def import_dspy() -> Any:
+    """The `dspy` module, offline: LiteLLM (which DSPy calls models through) reads its bundled model cost
+    map instead of fetching one from GitHub when first imported, and DSPy turns LiteLLM's telemetry off.
+    Missing: one error naming the extra."""
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    try:
+        import dspy
+    except ImportError:
+        raise ShapingError(f"DSPy is not installed; it is the optional `dspy` extra: {DSPY_EXTRA}") from None
+    return dspy
+
+
+def _field_value(row: dict[str, Any], field: str, role: str, where: str) -> Any:
+    """A field of a flat row by its name; else a chat row's last user message before the final reply
+    (role user) or that reply (role assistant); else a preference row's prompt or chosen reply."""
+    if field in row:
+        return row[field]
+    if "messages" in row:
+        messages = _as_messages(row["messages"], "user", f"{where}: messages")
+        if role == "assistant":
+            if messages[-1].get("role") != "assistant":
+                raise ShapingError(f"{where}: messages: the last message must be the assistant's reply ({field})")
+            return str(messages[-1].get("content", ""))
+        users = [m for m in messages[:-1] if m.get("role") == "user"] or [
+            m for m in messages if m.get("role") == "user"
+        ]
+        if not users:
+            raise ShapingError(f"{where}: messages: no user message for the input field `{field}`")
+        return str(users[-1].get("content", ""))
+    if "chosen" in row:
+        return _text(_as_messages(row["prompt" if role == "user" else "chosen"], role, f"{where}: {field}"))
+    raise ShapingError(f"{where}: no `{field}` key, and not a chat row (messages) or a preference row (chosen)")
+
+
+def to_dspy_examples(
+    rows: list[dict[str, Any]],
+    signature: Any,
+    input_fields: list[str],
+    output_field: str,
+    source: str = "rows",
+) -> list[Any]:
+    """`dspy.Example`s for `signature` (a dspy.Signature or its string form, "prompt -> reply"), inputs marked
+    (`with_inputs`). Chat and preference rows fill one input field; flat rows any number."""
+    dspy = import_dspy()
+    sig = dspy.Signature(signature) if isinstance(signature, str) else signature
+    unknown = [f for f in input_fields if f not in sig.input_fields]
+    if not input_fields or unknown:
+        raise ShapingError(
+            f"input_fields={list(input_fields)}: each must be an input field of the signature "
+            f"({', '.join(sig.input_fields)})"
+        )
+    if output_field not in sig.output_fields:
+        raise ShapingError(
+            f"output_field={output_field!r}: not an output field of the signature ({', '.join(sig.output_fields)})"
+        )
+    out = []
+    for n, row in enumerate(rows, start=1):
+        where = f"{source}:{n}"
+        if not isinstance(row, dict):
+            raise ShapingError(f"{where}: expected an object, got {type(row).__name__}")
+        flat = all(f in row for f in [*input_fields, output_field])
+        if not flat and len(input_fields) > 1:
+            missing = [f for f in [*input_fields, output_field] if f not in row]
+            raise ShapingError(f"{where}: missing {', '.join(missing)} (several input fields need a flat row)")
+        values = {f: _field_value(row, f, "user", where) for f in input_fields}
+        values[output_field] = _field_value(row, output_field, "assistant", where)
+        out.append(dspy.Example(**values).with_inputs(*input_fields))
     return out
