@@ -483,6 +483,7 @@ class PathsConfig:
     validated_dir: str
     adapter_dir: str
     checkpoint_dir: str
+    pretrain_checkpoint_dir: str
     eval_dir: str
     metrics_dir: str
 
