@@ -4,6 +4,7 @@ trainers on the tiny model, a few steps each."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,10 @@ def shrink(cfg: Config, **train: Any) -> None:
 def test_early_stopping_stops_after_patience_evaluations_on_a_plateau(cfg: Config, tmp_path: Path) -> None:
     # learning_rate 0: the weights never move, so every eval loss equals the first (exactly, on CPU): the
     # first evaluation sets the best, and the next `patience` evaluations fail to beat it
-    shrink(cfg, max_steps=40, learning_rate=0.0, eval_steps=2, early_stopping_patience=2)
-    report = hf_peft.train(cfg, ROWS, tmp_path / "adapter", tmp_path / "live", eval_rows=EVAL_ROWS)
+    shrink(cfg, max_steps=40, learning_rate=0.0, eval_steps=2, early_stopping_patience=2, save_steps=2)
+    cfg.train.save_total_limit = 3  # checkpoints 2, 4 and 6 all stay
+    checkpoints = tmp_path / "checkpoints"
+    report = hf_peft.train(cfg, ROWS, tmp_path / "adapter", tmp_path / "live", checkpoints, eval_rows=EVAL_ROWS)
     points = curve(tmp_path / "live")
     assert [step for step, _ in points] == [2, 4, 6]  # one point per eval_steps, on the optimizer step
     assert len({loss for _, loss in points}) == 1
@@ -72,6 +75,13 @@ def test_early_stopping_stops_after_patience_evaluations_on_a_plateau(cfg: Confi
     assert [step for step, _ in curve(tmp_path / "live", "loss")] == [2, 4, 6]  # logged at the same steps
     summary = json.loads((tmp_path / "live" / "metrics.json").read_text())
     assert summary["eval_loss"] == report.metrics["eval_loss"]
+
+    # killed after the checkpoint at step 4 (one evaluation without improvement so far): the re-run
+    # continues that count and stops at step 6 too, not two evaluations after the resume
+    shutil.rmtree(checkpoints / "checkpoint-6")
+    again = hf_peft.train(cfg, ROWS, tmp_path / "adapter2", tmp_path / "live2", checkpoints, eval_rows=EVAL_ROWS)
+    assert again.metrics["resumed_from_step"] == 4 and again.metrics["steps"] == 6
+    assert curve(tmp_path / "live2") == points  # the checkpoint's evaluations replayed, then step 6's
 
 
 def test_keep_best_saves_the_checkpoint_with_the_lowest_eval_loss(cfg: Config, tmp_path: Path) -> None:

@@ -166,6 +166,8 @@ def best_metric_args(cfg: Config) -> dict[str, Any]:
         "metric_for_best_model": "eval_loss" if tracking else None,
         "greater_is_better": False if tracking else None,
         "load_best_model_at_end": t.keep_best,
+        # a resumed run continues early stopping's count of evaluations without improvement (trainer_state.json)
+        "restore_callback_states_from_checkpoint": t.early_stopping_patience > 0,
     }
 
 
