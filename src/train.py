@@ -126,13 +126,16 @@ def eval_file(train_file: str) -> str:
 
 def read_eval_rows(cfg: Config, train_file: str) -> list[dict[str, Any]] | None:
     """The validated eval split, when train.eval_steps > 0 evaluates on it (None otherwise)."""
-    if cfg.train.eval_steps <= 0:
-        return None
+    t = cfg.train
     if cfg.backend.name != "hf_peft":
-        raise ShapingError(
-            f"train.eval_steps={cfg.train.eval_steps}: evaluation while training is a backend=hf_peft feature; "
-            f"set train.eval_steps=0 with backend={cfg.backend.name}"
-        )
+        for key, off in (("eval_steps", 0), ("early_stopping_patience", 0), ("keep_best", False)):
+            if getattr(t, key) != off:
+                raise ShapingError(
+                    f"train.{key}={getattr(t, key)}: evaluation while training is a backend=hf_peft feature; "
+                    f"set train.{key}={str(off).lower()} with backend={cfg.backend.name}"
+                )
+    if t.eval_steps <= 0:
+        return None
     path = eval_file(train_file)
     if not Path(path).is_file():
         raise ShapingError(f"train.eval_steps={cfg.train.eval_steps}: {path} is missing; run the validate stage")

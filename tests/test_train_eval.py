@@ -3,6 +3,7 @@ trainers on the tiny model, a few steps each."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -16,7 +17,7 @@ from shaping.config import Config
 from shaping.errors import ShapingError
 from shaping.training import hf_peft
 
-from .conftest import DIALOGUES, composed
+from .conftest import DIALOGUES, REPO, composed
 
 ROWS = [{"id": str(n), "messages": d, "rejected": "I do not know."} for n, d in enumerate(DIALOGUES)] * 2
 EVAL_ROWS = [
@@ -159,3 +160,23 @@ def test_the_train_stage_evaluates_on_the_validated_eval_split(cfg: Config, tmp_
     assert str(tmp_path / "data" / "validated" / "eval.jsonl") in record["inputs"]
     assert [step for step, _ in curve(tmp_path / "dvclive" / "train")] == [2, 4]
     assert [p.name for p in (tmp_path / "models" / "checkpoints").iterdir()] == ["README.txt"]
+
+
+def test_the_stage_reads_the_eval_split_only_when_evaluating(cfg: Config, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("train_stage", REPO / "src" / "train.py")
+    assert spec and spec.loader
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    train_file = str(tmp_path / "train.jsonl")
+    assert stage.read_eval_rows(cfg, train_file) is None  # eval_steps=0: eval.jsonl is not even looked for
+    cfg.train.eval_steps = 5
+    with pytest.raises(ShapingError, match=r"train\.eval_steps=5: .*eval\.jsonl is missing; run the validate stage"):
+        stage.read_eval_rows(cfg, train_file)
+    (tmp_path / "eval.jsonl").write_text(json.dumps(EVAL_ROWS[0]) + "\n")
+    assert stage.read_eval_rows(cfg, train_file) == EVAL_ROWS[:1]
+    cfg.backend.name = "tinker"
+    cfg.train.eval_steps, cfg.train.keep_best = 0, True
+    with pytest.raises(
+        ShapingError, match=r"train\.keep_best=True: .*backend=hf_peft feature; set train\.keep_best=false"
+    ):
+        stage.read_eval_rows(cfg, train_file)
