@@ -7,7 +7,8 @@
     dvc exp run -S train.launcher=accelerate -S accelerate=fsdp -S accelerate.num_processes=8
     accelerate launch --config_file conf/accelerate/multi_gpu.yaml src/train.py   # the same, by hand
 
-Writes the adapter and tokenizer to <paths.adapter_dir>, DVCLive metrics to dvclive/train, and
+Writes the adapter and tokenizer to <paths.adapter_dir>, DVCLive metrics to dvclive/train (the loss
+on <paths.validated_dir>/eval.jsonl too, every train.eval_steps steps), and
 checkpoints every train.save_steps steps to <paths.checkpoint_dir>/<key>/: run it again after a
 kill and it resumes from the newest one. With SHAPING_CHECKPOINT_DIR set, checkpoints go there
 instead (the runs service sets it for DVC's queue, whose runs each get a fresh workspace, so that a
@@ -36,11 +37,13 @@ from shaping.stage import CHECKPOINT_DIR_ENV, StageContext, run_stage
 from shaping.training import checkpointing, launch
 
 if TYPE_CHECKING:
+    from shaping.config import Config
     from shaping.training.hf_peft import TrainingReport
 
 log = logging.getLogger("shaping.train")
 
 BACKENDS = ("hf_peft", "tinker")
+EVAL_LOSS_TSV = "eval/loss.tsv"  # DVCLive's file for the Trainer's eval_loss (dvc.yaml's eval-loss plot)
 
 
 def load_backend(name: str) -> Callable[..., TrainingReport]:
@@ -73,10 +76,13 @@ def main(ctx: StageContext) -> None:
     rows = read_jsonl(train_file)
     if not rows:
         raise ShapingError(f"{train_file}: no rows to train on")
+    eval_rows = read_eval_rows(cfg, train_file)
     ctx.record.backend = cfg.backend.name
-    ctx.record.add_inputs([train_file])
+    data_files = [train_file, *([eval_file(train_file)] if eval_rows is not None else [])]
+    ctx.record.add_inputs(data_files)
     gate = validation_status(Path(cfg.paths.validated_dir) / "report.json")
-    key = checkpointing.checkpoint_key(cfg, ctx.record.inputs[Path(train_file).as_posix()])
+    # what the weights depend on: the training rows, and the eval rows where they choose (early stopping, keep_best)
+    key = checkpointing.checkpoint_key(cfg, "+".join(ctx.record.inputs[Path(f).as_posix()] for f in data_files))
     declared = ctx.out(cfg.paths.checkpoint_dir)
     root = Path(os.environ.get(CHECKPOINT_DIR_ENV) or declared)
     if root != declared:  # the declared out still exists, as DVC expects of it
@@ -90,9 +96,13 @@ def main(ctx: StageContext) -> None:
     adapter_dir = ctx.out(cfg.paths.adapter_dir)
     remove_stale_temp_dirs(adapter_dir)
     with atomic_dir(adapter_dir) as tmp:
-        report = train(cfg, rows, tmp, live_dir, checkpoints)
+        report = train(cfg, rows, tmp, live_dir, checkpoints, **({"eval_rows": eval_rows} if eval_rows else {}))
     launch.wait_for_everyone()  # the other ranks may still write their part of the last checkpoint
     checkpointing.finish_run_dir(checkpoints, keep=cfg.train.keep_checkpoints)
+    eval_curve = live_dir / "plots" / "metrics" / EVAL_LOSS_TSV
+    if not eval_curve.is_file():  # train.eval_steps=0: an empty curve, which `dvc plots show` draws without an error
+        eval_curve.parent.mkdir(parents=True, exist_ok=True)
+        eval_curve.write_text("step\tloss\n", encoding="utf-8")
     ctx.record.details = {**report.metrics, "validation": gate}
 
 
@@ -103,9 +113,36 @@ def train_alongside() -> None:
     plan = launch.share_plan(None, group_device(os.environ))
     train = load_backend(plan.cfg.backend.name)
     rows = read_jsonl(plan.train_file)
+    eval_rows = read_eval_rows(plan.cfg, plan.train_file)
+    extra = {"eval_rows": eval_rows} if eval_rows else {}
     with tempfile.TemporaryDirectory(prefix="shaping-rank-") as scratch:
-        train(plan.cfg, rows, Path(scratch) / "adapter", Path(scratch) / "live", plan.checkpoint_dir)
+        train(plan.cfg, rows, Path(scratch) / "adapter", Path(scratch) / "live", plan.checkpoint_dir, **extra)
     launch.wait_for_everyone()
+
+
+def eval_file(train_file: str) -> str:
+    return str(Path(train_file).with_name("eval.jsonl"))  # validate writes the two splits side by side
+
+
+def read_eval_rows(cfg: Config, train_file: str) -> list[dict[str, Any]] | None:
+    """The validated eval split, when train.eval_steps > 0 evaluates on it (None otherwise)."""
+    t = cfg.train
+    if cfg.backend.name != "hf_peft":
+        for key, off in (("eval_steps", 0), ("early_stopping_patience", 0), ("keep_best", False)):
+            if getattr(t, key) != off:
+                raise ShapingError(
+                    f"train.{key}={getattr(t, key)}: evaluation while training is a backend=hf_peft feature; "
+                    f"set train.{key}={str(off).lower()} with backend={cfg.backend.name}"
+                )
+    if t.eval_steps <= 0:
+        return None
+    path = eval_file(train_file)
+    if not Path(path).is_file():
+        raise ShapingError(f"train.eval_steps={cfg.train.eval_steps}: {path} is missing; run the validate stage")
+    rows = read_jsonl(path)
+    if not rows:
+        raise ShapingError(f"train.eval_steps={cfg.train.eval_steps}: {path} has no rows to evaluate on")
+    return rows
 
 
 def group_device(env: Mapping[str, str]) -> str:

@@ -160,3 +160,10 @@ def test_traces_no_row_can_be_made_of_are_named_by_row_in_the_gate(
     (recorded,) = json.loads((out / "run.json").read_text())["details"]["sources"]
     assert (recorded["uri"], recorded["rows"], recorded["format"]) == (URI, 21, "langfuse")
     assert SECRET not in proc.stdout + proc.stderr + (out / "run.json").read_text()
+
+
+def test_traces_become_dspy_examples(store: fake_langfuse.Store) -> None:
+    from shaping.data.transforms import to_dspy_examples
+
+    (example,) = to_dspy_examples(rows_of(f"{URI}?limit=1"), "prompt -> reply", ["prompt"], "reply")
+    assert (example.prompt, example.reply) == ("Question 0?", "Answer 0.") and set(example.inputs()) == {"prompt"}

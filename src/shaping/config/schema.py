@@ -351,6 +351,9 @@ class TrainConfig:
     keep_unfinished_runs: int  # killed runs of other configs/data whose checkpoints stay (resumable); older go
     liger: bool  # Liger kernels (fused RMSNorm/RoPE/SwiGLU/cross-entropy); needs liger-kernel + a GPU
     merge: bool  # also save the adapter merged into the base's weights (<adapter_dir>/merged, safetensors)
+    eval_steps: int  # loss on the validated eval split every N optimizer steps, to DVCLive (0 = never)
+    early_stopping_patience: int  # stop after N evaluations without a lower eval loss (0 = never)
+    keep_best: bool  # the adapter saved is the checkpoint with the lowest eval loss, not the last
     # dpo and kto only (set in conf/train/sft.yaml too, which conf/train/dpo.yaml and kto.yaml extend);
     # grpo and orpo read beta too, grpo loss_type
     beta: float  # how far the policy may move from the reference: higher = closer to it
@@ -543,6 +546,7 @@ class PathsConfig:
     validated_dir: str
     adapter_dir: str
     checkpoint_dir: str
+    pretrain_checkpoint_dir: str
     eval_dir: str
     metrics_dir: str
     prompt_dir: str  # optimize_prompt@<method>'s outputs (prompt=gepa)

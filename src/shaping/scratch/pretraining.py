@@ -6,21 +6,34 @@ will be tuned in. Device and precision resolve from the config (fp16 with a grad
 bf16 without); the DataLoader's workers and pin_memory follow the device; the validation
 loss on fixed held-out windows is measured every `eval_interval` steps and the model ends
 as its best evaluation.
+
+Resumable: with a `checkpoint_dir`, every `checkpoint_interval` steps a `step-<N>/` folder gets the
+model's files and then, renamed into place last, `state.pt` (weights, optimizer, grad scaler, RNG
+states, the evaluations and best model so far, the recent losses). A folder without `state.pt` was
+cut short by a kill. Run again with the same folder, the loop resumes from the newest complete one
+and, since the window order is drawn once from the seed and the rest is restored, ends with the
+same weights and evaluation curve as an uninterrupted run (bitwise on CPU).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import math
 import os
+import re
+import shutil
 import time
+from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
@@ -34,6 +47,11 @@ log = logging.getLogger(__name__)
 
 Codec = PreTrainedTokenizerBase | CharTokenizer  # what the LM code needs of a tokenizer
 Dialogue = list[dict[str, str]]
+STATE_FILE = "state.pt"  # a step folder's last file, renamed into place: without it the folder was cut short
+_STEP = re.compile(r"^step-(\d+)$")
+# model.pretrain keys that change where and how often states are saved, or what happens after training,
+# not the weights: a killed run resumes after they change
+UNWEIGHTED_PRETRAIN_KEYS = ("checkpoint_interval", "keep_checkpoints", "sample_prompts", "sample_max_new_tokens")
 
 
 def token_id(tokenizer: Codec, token: str) -> int:
@@ -131,6 +149,58 @@ class PretrainReport:
     evals: list[dict[str, float]] = field(default_factory=list)  # {step, train_loss, eval_loss, eval_perplexity}
     best_step: int | None = None
     best_eval_loss: float | None = None
+    resumed_from_step: int = 0  # the checkpoint this run resumed from (0: it started afresh)
+
+
+def run_key(arch: ArchitectureConfig, cfg: PretrainConfig, seed: int, vocab_size: int, *streams: list[int]) -> str:
+    """A short hash of what the pretrained weights depend on: the seed, the architecture, the
+    model.pretrain keys that change the weights, the vocabulary size and the token streams (which
+    carry the corpus, its split and the tokenizer). A run resumes only from its own key's states."""
+    pretrain = {k: v for k, v in asdict(cfg).items() if k not in UNWEIGHTED_PRETRAIN_KEYS}
+    settings = {"seed": seed, "architecture": asdict(arch), "pretrain": pretrain, "vocab_size": vocab_size}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for ids in streams:
+        digest.update(array("q", ids).tobytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def complete_states(checkpoint_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of the complete saved states, oldest first; folders cut short are deleted."""
+    found = []
+    for path in checkpoint_dir.iterdir() if checkpoint_dir.is_dir() else []:
+        match = _STEP.match(path.name)
+        if not match or not path.is_dir():
+            continue
+        if (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+        else:
+            log.warning("deleting %s: cut short while it was written", path)
+            shutil.rmtree(path)
+    return sorted(found)
+
+
+def save_state(
+    checkpoint_dir: Path,
+    step: int,
+    state: dict[str, Any],
+    model: torch.nn.Module,
+    save_files: Callable[[torch.nn.Module, Path], None] | None,
+    keep: int,
+) -> None:
+    """`checkpoint_dir/step-<N>/`: the model's files (save_files), then state.pt by a rename; then only
+    the newest `keep` complete states stay."""
+    folder = checkpoint_dir / f"step-{step:06d}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    if save_files is not None:
+        save_files(model, folder)
+    partial = folder / f"{STATE_FILE}.partial"
+    torch.save(state, partial)
+    os.replace(partial, folder / STATE_FILE)
+    log.info("checkpoint saved: %s (step %d)", folder, step)
+    for _, old in complete_states(checkpoint_dir)[:-keep]:
+        shutil.rmtree(old)
 
 
 def pretrain(
@@ -142,9 +212,12 @@ def pretrain(
     seed: int,
     *,
     eval_ids: list[int] | None = None,
-    checkpoint: Callable[[torch.nn.Module, int], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    save_files: Callable[[torch.nn.Module, Path], None] | None = None,
 ) -> PretrainReport:
-    """Train `model` in place for `cfg.steps` steps; with `eval_ids`, it ends as its best evaluation."""
+    """Train `model` in place for `cfg.steps` steps; with `eval_ids`, it ends as its best evaluation.
+    With `checkpoint_dir`, saves a resumable state there every `cfg.checkpoint_interval` steps (with the
+    files `save_files` writes) and resumes from the newest one found."""
     block = cfg.block_size + 1  # inputs and shifted targets
     device = resolve_device(cfg.device)
     precision, precision_reason = resolve_pretrain_precision(cfg.precision, device)
@@ -172,15 +245,10 @@ def pretrain(
         block,
     )
     generator = torch.Generator().manual_seed(seed)
-    sampler = WeightedRandomSampler(weights, num_samples=cfg.steps * batch_size, replacement=True, generator=generator)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=device == "cuda",
-        drop_last=True,
-    )
+    # the whole run's window order, drawn once (what WeightedRandomSampler draws): a resumed run skips its head
+    order: list[int] = torch.multinomial(
+        torch.as_tensor(weights, dtype=torch.double), cfg.steps * batch_size, replacement=True, generator=generator
+    ).tolist()
     held_out = eval_windows(eval_ids, block, cfg.eval_batches * batch_size) if eval_ids is not None else None
 
     torch.manual_seed(seed)
@@ -219,9 +287,33 @@ def pretrain(
     recent: list[float] = []
     evals: list[dict[str, float]] = []
     best: tuple[float, int, dict[str, Any]] | None = None
+    start = 0
+    saved = complete_states(checkpoint_dir) if checkpoint_dir is not None else []
+    resumed: dict[str, Any] | None = None
+    if saved:
+        resumed = torch.load(saved[-1][1] / STATE_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scaler.load_state_dict(resumed["scaler"])
+        start, recent, evals = int(resumed["step"]), list(resumed["recent"]), list(resumed["evals"])
+        best = (resumed["best"][0], resumed["best"][1], resumed["best"][2]) if resumed["best"] is not None else None
+        log.info("resuming from %s (step %d)", saved[-1][1], start)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=order[start * batch_size :],
+        num_workers=workers,
+        pin_memory=device == "cuda",
+        drop_last=True,
+    )
+    batches = iter(loader)  # draws its base seed from the global RNG: before the saved RNG state is restored
+    if resumed is not None:
+        torch.set_rng_state(resumed["rng"])
+        if device == "cuda" and resumed["cuda_rng"] is not None:
+            torch.cuda.set_rng_state_all(resumed["cuda_rng"])
     t0 = time.perf_counter()
-    bar = tqdm(loader, total=cfg.steps, desc="pretrain", unit="step", mininterval=2.0)
-    for step, batch in enumerate(bar, start=1):
+    bar = tqdm(batches, total=cfg.steps, initial=start, desc="pretrain", unit="step", mininterval=2.0)
+    for step, batch in enumerate(bar, start=start + 1):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step - 1)
         loss = loss_of(batch.to(device, non_blocking=True))
@@ -247,9 +339,21 @@ def pretrain(
             log.info("step %d: eval loss %.4f (perplexity %.2f)", step, eval_loss, math.exp(eval_loss))
             if best is None or eval_loss < best[0]:
                 best = (eval_loss, step, copy.deepcopy(model.state_dict()))
-        if checkpoint is not None and step % cfg.checkpoint_interval == 0 and step < cfg.steps:
-            checkpoint(model, step)
+        if checkpoint_dir is not None and step % cfg.checkpoint_interval == 0 and step < cfg.steps:
+            state = {
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "recent": recent,
+                "evals": evals,
+                "best": best,
+                "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device == "cuda" else None,
+            }
+            save_state(checkpoint_dir, step, state, model, save_files, keep=max(1, cfg.keep_checkpoints))
     seconds = time.perf_counter() - t0
+    run_steps = cfg.steps - start  # this run's own work: a resumed run's speed is over its own steps
     if best is not None:
         model.load_state_dict(best[2])
     model.eval()
@@ -257,8 +361,8 @@ def pretrain(
     report = PretrainReport(
         steps=cfg.steps,
         final_loss=round(sum(recent) / max(1, len(recent)), 4),
-        tokens_per_second=round(cfg.steps * batch_size * cfg.block_size / seconds, 1),
-        samples_per_second=round(cfg.steps * batch_size / seconds, 2),
+        tokens_per_second=round(run_steps * batch_size * cfg.block_size / seconds, 1),
+        samples_per_second=round(run_steps * batch_size / seconds, 2),
         parameters=sum(p.numel() for p in model.parameters()),
         seconds=round(seconds, 2),
         device=device,
@@ -270,6 +374,7 @@ def pretrain(
         evals=evals,
         best_step=best[1] if best else None,
         best_eval_loss=round(best[0], 4) if best else None,
+        resumed_from_step=start,
     )
     log.info(
         "pretrained %d params on %s (%s): loss %.3f, %.1f samples/s",

@@ -232,6 +232,11 @@ class DVCLiveResume(TrainerCallback):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self.live.step = state.global_step
 
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        # DVCLiveCallback.on_log ends with next_step(): an evaluation logged at the same step as the
+        # training loss (train.eval_steps a multiple of train.logging_steps) must not land one step later
+        self.live.step = state.global_step
+
 
 class RunStart(TrainerCallback):
     """Where this run started: step and tokens seen, restored from the checkpoint it resumed (0 and

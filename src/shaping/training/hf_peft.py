@@ -12,8 +12,12 @@ PEFT adapter (LoRA, DoRA, QLoRA) or a full fine-tune (lora=none).
     train.method=orpo  trl.experimental.orpo's ORPOTrainer on the preference pairs, no reference model
     lora=qlora         the frozen base in 4 bits (bitsandbytes NF4), prepared for k-bit training
     train.merge=true   also the adapter merged into the base's weights, in <output_dir>/merged
+    train.eval_steps   the loss on the eval rows (the validated eval split, built like the training
+                       rows) every N steps, to DVCLive; train.early_stopping_patience stops after N
+                       evaluations without a lower eval loss; train.keep_best saves the checkpoint with
+                       the lowest eval loss as the adapter
 
-`train(cfg, rows, output_dir, live_dir, checkpoint_dir)` is the backend protocol the train stage calls.
+`train(cfg, rows, output_dir, live_dir, checkpoint_dir, eval_rows)` is the backend protocol the train stage calls.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any, Literal, cast
 import torch
 from datasets import Dataset
 from peft import LoraConfig as PeftLoraConfig
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.integrations import DVCLiveCallback
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 
@@ -125,6 +129,52 @@ def check_options(cfg: Config) -> None:
         raise ShapingError("lora.quantization needs an adapter (QLoRA): a 4-bit base cannot be fully fine-tuned")
     if t.merge and not cfg.lora.enabled:
         raise ShapingError("train.merge=true: lora=none saves the full model already; there is no adapter to merge")
+    check_eval_options(cfg)
+
+
+def check_eval_options(cfg: Config) -> None:
+    """Evaluation while training: the keys that need train.eval_steps > 0, and keep_best's saving."""
+    t = cfg.train
+    for key in ("eval_steps", "early_stopping_patience"):
+        if getattr(t, key) < 0:
+            raise ShapingError(f"train.{key}={getattr(t, key)}: must be 0 (off) or more")
+    if t.eval_steps == 0:
+        if t.early_stopping_patience > 0:
+            raise ShapingError(
+                f"train.early_stopping_patience={t.early_stopping_patience} counts evaluations, and "
+                "train.eval_steps=0 evaluates never: set train.eval_steps > 0 (e.g. train.eval_steps=10)"
+            )
+        if t.keep_best:
+            raise ShapingError(
+                "train.keep_best=true picks the checkpoint with the lowest eval loss, and train.eval_steps=0 "
+                "evaluates never: set train.eval_steps > 0 and train.save_steps to the same value"
+            )
+    if t.keep_best and t.save_steps != t.eval_steps:
+        # transformers records a best step whether or not it was saved: only a checkpoint at every
+        # evaluation makes the kept one the lowest eval loss of them all
+        raise ShapingError(
+            f"train.keep_best=true keeps a saved checkpoint, so it needs one at every evaluation: set "
+            f"train.save_steps={t.eval_steps} (train.eval_steps), not {t.save_steps}"
+        )
+
+
+def best_metric_args(cfg: Config) -> dict[str, Any]:
+    """TrainingArguments for evaluating every train.eval_steps and tracking the lowest eval loss."""
+    t = cfg.train
+    if t.eval_steps == 0:
+        return {"eval_strategy": "no"}
+    tracking = t.keep_best or t.early_stopping_patience > 0
+    return {
+        "eval_strategy": "steps",
+        "eval_steps": t.eval_steps,
+        "per_device_eval_batch_size": t.batch_size,  # kto estimates its KL term within a batch, as in training
+        "prediction_loss_only": True,  # the loss only: no logits gathered over the whole eval split
+        "metric_for_best_model": "eval_loss" if tracking else None,
+        "greater_is_better": False if tracking else None,
+        "load_best_model_at_end": t.keep_best,
+        # a resumed run continues early stopping's count of evaluations without improvement (trainer_state.json)
+        "restore_callback_states_from_checkpoint": t.early_stopping_patience > 0,
+    }
 
 
 def peft_config(cfg: Config) -> PeftLoraConfig | None:
@@ -183,7 +233,7 @@ def common_args(
         # the Trainer's token count is saved in checkpoints and continues on resume (TRL's num_tokens restarts at 0)
         "include_num_input_tokens_seen": "non_padding",
         "use_liger_kernel": t.liger,
-        "eval_strategy": "no",
+        **best_metric_args(cfg),
         "report_to": "none",  # DVCLive is attached as a callback with our own Live
         "seed": cfg.seed,
         "data_seed": cfg.seed,
@@ -199,6 +249,7 @@ def sft_trainer(
     rows: list[dict[str, Any]],
     args: dict[str, Any],
     callbacks: list[TrainerCallback],
+    eval_rows: list[dict[str, Any]] | None = None,
 ) -> SFTTrainer:
     t = cfg.train
     conversations = [row["messages"] for row in to_sft(rows, "train.jsonl")]
@@ -208,15 +259,21 @@ def sft_trainer(
     # TRL tokenizes conversations itself, except where it cannot: per-token weights, and padding-free
     # batches without packing (TRL then wants rows cut to max_length already)
     pretokenized = bool(weights) or (t.padding_free and not t.packing)
-    if pretokenized:
-        dataset = Dataset.from_list(
-            [
-                tokenize_conversation(tokenizer, m, template, t.train_on_prompt, t.max_length, weights)
-                for m in conversations
-            ]
-        )
-    else:
-        dataset = Dataset.from_list([{"messages": m} for m in conversations])
+
+    def dataset_of(conversations: list[Any]) -> Dataset:
+        if pretokenized:
+            return Dataset.from_list(
+                [
+                    tokenize_conversation(tokenizer, m, template, t.train_on_prompt, t.max_length, weights)
+                    for m in conversations
+                ]
+            )
+        return Dataset.from_list([{"messages": m} for m in conversations])
+
+    dataset = dataset_of(conversations)
+    eval_dataset = None
+    if eval_rows is not None:
+        eval_dataset = dataset_of([row["messages"] for row in to_sft(eval_rows, "eval.jsonl")])
     config = SFTConfig(
         **args,
         max_length=None if pretokenized else t.max_length,
@@ -229,6 +286,7 @@ def sft_trainer(
         model=model,
         args=config,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config(cfg),
         data_collator=WeightedCollator(pad_token_id=int(tokenizer.pad_token_id)) if weights else None,
@@ -245,6 +303,7 @@ def preference_trainer(
     callbacks: list[TrainerCallback],
     config_class: Callable[..., DPOConfig | KTOConfig],
     trainer_class: Callable[..., DPOTrainer | KTOTrainer],
+    eval_dataset: Dataset | None = None,
     **method_args: Any,
 ) -> DPOTrainer | KTOTrainer:
     """A trainer against a reference model (dpo, kto). ref_model=None: with an adapter TRL scores the
@@ -266,6 +325,7 @@ def preference_trainer(
         ref_model=None,
         args=config,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config(cfg),
         callbacks=callbacks,
@@ -279,10 +339,21 @@ def dpo_trainer(
     rows: list[dict[str, Any]],
     args: dict[str, Any],
     callbacks: list[TrainerCallback],
+    eval_rows: list[dict[str, Any]] | None = None,
 ) -> DPOTrainer:
     dataset = Dataset.from_list(to_preferences(rows, "train.jsonl"))
+    eval_dataset = None if eval_rows is None else Dataset.from_list(to_preferences(eval_rows, "eval.jsonl"))
     trainer = preference_trainer(
-        cfg, model, tokenizer, dataset, args, callbacks, DPOConfig, GuardedDPOTrainer, loss_type=[cfg.train.loss_type]
+        cfg,
+        model,
+        tokenizer,
+        dataset,
+        args,
+        callbacks,
+        DPOConfig,
+        GuardedDPOTrainer,
+        eval_dataset,
+        loss_type=[cfg.train.loss_type],
     )
     return cast(DPOTrainer, trainer)
 
@@ -294,9 +365,11 @@ def kto_trainer(
     rows: list[dict[str, Any]],
     args: dict[str, Any],
     callbacks: list[TrainerCallback],
+    eval_rows: list[dict[str, Any]] | None = None,
 ) -> KTOTrainer:
     t = cfg.train
     dataset = Dataset.from_list(to_unpaired(rows, "train.jsonl", seed=cfg.seed))
+    eval_dataset = None if eval_rows is None else Dataset.from_list(to_unpaired(eval_rows, "eval.jsonl", seed=cfg.seed))
     trainer = preference_trainer(
         cfg,
         model,
@@ -306,6 +379,7 @@ def kto_trainer(
         callbacks,
         KTOConfig,
         GuardedKTOTrainer,
+        eval_dataset,
         loss_type=t.loss_type,
         desirable_weight=t.desirable_weight,
         undesirable_weight=t.undesirable_weight,
@@ -355,6 +429,7 @@ def grpo_trainer(
     rows: list[dict[str, Any]],
     args: dict[str, Any],
     callbacks: list[TrainerCallback],
+    eval_rows: list[dict[str, Any]] | None = None,
 ) -> Any:
     """TRL's GRPOTrainer: `num_generations` replies sampled per prompt (transformers' generate, or vLLM with
     train.vllm), scored by train.rewards; beta > 0 adds a KL term to the reference (with an adapter: the
@@ -367,6 +442,11 @@ def grpo_trainer(
         pass
 
     t = cfg.train
+    if eval_rows is not None:
+        raise ShapingError(
+            "train.eval_steps: GRPO has no held-out loss to evaluate (its loss depends on the sampled replies); "
+            "set train.eval_steps=0 with train=grpo and compare runs with the evaluate stage"
+        )
     gen_eos = model.generation_config.eos_token_id if model.generation_config is not None else None
     eos_ids = [tokenizer.eos_token_id, *(gen_eos if isinstance(gen_eos, list) else [gen_eos])]
     rewards, weights = build_rewards(t.rewards, [int(i) for i in eos_ids if i is not None])
@@ -410,6 +490,7 @@ def orpo_trainer(
     rows: list[dict[str, Any]],
     args: dict[str, Any],
     callbacks: list[TrainerCallback],
+    eval_rows: list[dict[str, Any]] | None = None,
 ) -> Any:
     """trl.experimental.orpo's ORPOTrainer (experimental upstream: its API may change between TRL releases;
     the lock pins it): the SFT loss on the chosen reply plus beta times the log odds ratio of chosen over
@@ -421,6 +502,8 @@ def orpo_trainer(
 
     t = cfg.train
     dataset = Dataset.from_list(to_preferences(rows, "train.jsonl", method="orpo"))
+    eval_pairs = None if eval_rows is None else to_preferences(eval_rows, "eval.jsonl", method="orpo")
+    eval_dataset = None if eval_pairs is None else Dataset.from_list(eval_pairs)
     try:
         config = ORPOConfig(**args, max_length=t.max_length, beta=t.beta)
     except ValueError as err:
@@ -429,6 +512,7 @@ def orpo_trainer(
         model=model,
         args=config,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config(cfg),
         callbacks=callbacks,
@@ -455,18 +539,47 @@ REWARD_METRICS = {
 }
 
 
+def eval_metrics(cfg: Config, trainer: Any) -> dict[str, Any]:
+    """What the run record keeps of the evaluations while training: the last and the lowest eval loss, their
+    count, whether early stopping ended the run, and (keep_best) which checkpoint became the adapter."""
+    t, state = cfg.train, trainer.state
+    if t.eval_steps == 0:
+        return {}
+    curve = [(int(e["step"]), float(e["eval_loss"])) for e in state.log_history if "eval_loss" in e]
+    out: dict[str, Any] = {"evaluations": len(curve)}
+    if curve:
+        best_step, best_loss = min(curve, key=lambda point: point[1])  # the first of equal losses, as transformers
+        out |= {"eval_loss": round(curve[-1][1], 6), "best_eval_loss": round(best_loss, 6), "best_step": best_step}
+    if t.early_stopping_patience > 0:
+        out["stopped_early"] = state.global_step < state.max_steps
+    if t.keep_best:
+        kept = state.best_model_checkpoint
+        out["kept_step"] = int(kept.rsplit("-", 1)[1]) if kept else state.global_step
+    return out
+
+
 def last_logged(trainer: Any, key: str) -> float | None:
     return next((float(e[key]) for e in reversed(trainer.state.log_history) if key in e), None)
 
 
 def train(
-    cfg: Config, rows: list[dict[str, Any]], output_dir: Path, live_dir: Path, checkpoint_dir: Path | None = None
+    cfg: Config,
+    rows: list[dict[str, Any]],
+    output_dir: Path,
+    live_dir: Path,
+    checkpoint_dir: Path | None = None,
+    eval_rows: list[dict[str, Any]] | None = None,
 ) -> TrainingReport:
     """Fine-tune the base on `rows` (chat rows; preference pairs for dpo and kto); save the adapter (or the
-    full model) and tokenizer to `output_dir`; checkpoints go to `checkpoint_dir` and resume from it."""
+    full model) and tokenizer to `output_dir`; checkpoints go to `checkpoint_dir` and resume from it. With
+    train.eval_steps > 0, `eval_rows` (the same kinds of rows) are evaluated every train.eval_steps steps."""
     from dvclive import Live
 
     check_options(cfg)
+    if cfg.train.eval_steps > 0 and not eval_rows:
+        raise ShapingError(f"train.eval_steps={cfg.train.eval_steps}: no eval rows to evaluate on")
+    if cfg.train.keep_best and checkpoint_dir is None:
+        raise ShapingError("train.keep_best=true keeps a checkpoint: it needs a checkpoint folder to save them in")
     device = resolve_device(cfg.train.device)
     precision, why_precision = resolve_precision(cfg.train.precision, device)
     checkpointing, why_ckpt = resolve_gradient_checkpointing(cfg.train.gradient_checkpointing, device)
@@ -494,6 +607,8 @@ def train(
     dvclive = DVCLiveCallback(live=live)
     start = RunStart()
     callbacks: list[TrainerCallback] = [dvclive, DVCLiveResume(dvclive), RankReport(), start]
+    if cfg.train.early_stopping_patience > 0:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     builders: dict[str, Callable[..., SFTTrainer | DPOTrainer | KTOTrainer]] = {
         "sft": sft_trainer,
         "dpo": dpo_trainer,
@@ -502,7 +617,7 @@ def train(
         "orpo": orpo_trainer,
     }
     build = builders[cfg.train.method]
-    trainer = build(cfg, model, tokenizer, rows, args, callbacks)
+    trainer = build(cfg, model, tokenizer, rows, args, callbacks, eval_rows if cfg.train.eval_steps > 0 else None)
 
     params = list(trainer.model.parameters()) if trainer.model is not None else list(model.parameters())
     trainable = sum(int(p.numel()) for p in params if p.requires_grad)
@@ -538,6 +653,7 @@ def train(
         value = last_logged(trainer, key)
         if value is not None:
             metrics[name] = round(value, 6)
+    metrics.update(eval_metrics(cfg, trainer))
     live.summary.update({k: v for k, v in metrics.items() if isinstance(v, int | float)})
     live.make_summary()
     trainer.save_model(str(output_dir))
