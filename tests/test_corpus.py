@@ -18,7 +18,7 @@ from .conftest import REPO
 SCRIPT = REPO / "tools" / "make_corpus.py"
 PINNED_SHA256 = {
     "prose.txt": "a202596a2ef9a5d9bda1dbc98e9c5375d57e8099f8835a0bfc4b5297e5d79174",
-    "dialogues.jsonl": "b894f03695334e94e290dc910c26e91a0049dca87c6ffb8cfdedb5cdd6ca2be2",
+    "dialogues.jsonl": "db03da60bc7cda6baec357e44f1e0a78490e24090ae337bad262d01d88c15326",
 }
 
 

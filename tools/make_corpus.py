@@ -5,10 +5,11 @@ Writes two files into ``--out-dir`` (default ``data/corpus``):
 * ``prose.txt``: about 450 KB of simple English prose (paragraphs separated by blank lines)
   about everyday topics such as weather, gardening, bread, rivers, trains and the night sky.
 * ``dialogues.jsonl``: 2,500 short chat dialogues, one ``{"messages": [{"role", "content"}, ...]}``
-  a line; 60% start with a system message describing one of 40 invented personas.
+  a line; 60% start with a system message describing one of 40 invented personas, or (12% of those)
+  the featured persona of ``featured.json``: the identity the demo distils (data/identity/identity.md).
 
 The sentences are built from the templates below and the word lists in ``data/corpus_words/``:
-``topics.json`` (people, actions, places, ... per topic), ``personas.json``, ``answers.json``
+``topics.json`` (people, actions, places, ... per topic), ``personas.json``, ``featured.json``, ``answers.json``
 (question and answer banks), ``phrases.json`` (fixed sentences), ``templates.json`` (sentence
 forms with ``{named}`` slots), ``kinds.json`` (how often each kind of exchange is drawn) and
 ``grammar.json`` (verb forms, number words). Only the standard
@@ -86,6 +87,11 @@ def load_words(name: str) -> Any:
 TOPICS = [Topic(**t) for t in load_words("topics")]
 TOPIC_BY_KEY = {t.key: t for t in TOPICS}
 PERSONAS = [Persona(**p) for p in load_words("personas")]
+# The identity the demo distils (data/identity/identity.md describes it): a share of the persona dialogues
+# are its, so that a 2-minute tiny model answers as it when a system prompt names it, as a real model
+# follows any persona prompt; without a system prompt the model never meets it.
+FEATURED = load_words("featured")
+FEATURED_PERSONA = Persona(**FEATURED["persona"])
 ANSWERS = load_words("answers")
 GRAMMAR = load_words("grammar")
 PHRASES = load_words("phrases")
@@ -699,7 +705,9 @@ def check_dialogue(messages: list[Message]) -> None:
 def build_dialogues(rng: random.Random) -> list[list[Message]]:
     """All dialogues, the persona ones spread evenly over the personas, shuffled."""
     n_persona = round(N_DIALOGUES * PERSONA_SHARE)
-    dialogues = [persona_dialogue(rng, PERSONAS[i % len(PERSONAS)]) for i in range(n_persona)]
+    n_featured = round(n_persona * FEATURED["share"])
+    dialogues = [persona_dialogue(rng, FEATURED_PERSONA) for _ in range(n_featured)]
+    dialogues += [persona_dialogue(rng, PERSONAS[i % len(PERSONAS)]) for i in range(n_persona - n_featured)]
     dialogues += [plain_dialogue(rng) for _ in range(N_DIALOGUES - n_persona)]
     rng.shuffle(dialogues)
     for dialogue in dialogues:
