@@ -59,8 +59,8 @@ def main(ctx: StageContext) -> None:
     cfg = ctx.cfg
     if cfg.backend.name not in BACKENDS:
         raise ShapingError(f"backend={cfg.backend.name}: unknown training backend; available: {', '.join(BACKENDS)}")
-    if cfg.train.method not in ("sft", "dpo", "kto"):
-        raise ShapingError(f"train.method={cfg.train.method}: unknown; available: sft, dpo, kto")
+    if cfg.train.method not in ("sft", "dpo", "kto", "distill"):
+        raise ShapingError(f"train.method={cfg.train.method}: unknown; available: sft, dpo, kto, distill")
     device = resolve_device(cfg.train.device)
     if cfg.train.liger:
         check_liger(device)
@@ -75,6 +75,12 @@ def main(ctx: StageContext) -> None:
         raise ShapingError(f"{train_file}: no rows to train on")
     ctx.record.backend = cfg.backend.name
     ctx.record.add_inputs([train_file])
+    if cfg.train.method == "distill":  # the teacher's system prompt is an input of the run
+        from shaping.training.distill import teacher_system_prompt
+
+        _, prompt_file = teacher_system_prompt(cfg)
+        if prompt_file:
+            ctx.record.add_inputs([prompt_file])
     gate = validation_status(Path(cfg.paths.validated_dir) / "report.json")
     key = checkpointing.checkpoint_key(cfg, ctx.record.inputs[Path(train_file).as_posix()])
     declared = ctx.out(cfg.paths.checkpoint_dir)

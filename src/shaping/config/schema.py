@@ -94,6 +94,7 @@ class TrainMethod(StrEnum):
     sft = "sft"
     dpo = "dpo"
     kto = "kto"  # unpaired: each pair's chosen reply is desirable, its rejected reply undesirable
+    distill = "distill"  # on-policy context distillation: the student's samples scored by the teacher
 
 
 class Launcher(StrEnum):
@@ -348,6 +349,12 @@ class TrainConfig:
     # kto only: the losses of desirable (chosen) and undesirable (rejected) replies are weighed by these
     desirable_weight: float
     undesirable_weight: float
+    # distill only (conf/train/distill.yaml); beta above is the divergence there: 0 forward KL, 1 reverse KL
+    teacher: str  # the registry model (models.<teacher>) distilled: a local (hf) model with the same tokenizer
+    teacher_system_prompt: str | None  # null: models.<teacher>'s sysprompt / sysprompt_file; "none"; or a file
+    lmbda: float  # the share of batches the student samples (on-policy); the rest: the teacher's replies
+    temperature: float  # the student's sampling temperature
+    max_new_tokens: int  # the longest sampled reply
 
 
 @dataclass

@@ -7,6 +7,8 @@ QLoRA) or a full fine-tune (lora=none).
                        reference model is the base with the adapter disabled, so no second copy in memory
     train.method=kto   unpaired rows (shaping.data.transforms.to_unpaired): each pair's chosen reply is
                        desirable, its rejected reply undesirable; the reference as for dpo
+    train.method=distill  on-policy context distillation (shaping.training.distill): the student samples replies
+                       without the identity prompt and learns the teacher's token distribution on them
     lora=qlora         the frozen base in 4 bits (bitsandbytes NF4), prepared for k-bit training
     train.merge=true   also the adapter merged into the base's weights, in <output_dir>/merged
 
@@ -53,7 +55,7 @@ from shaping.training.sft import (
 )
 
 log = logging.getLogger(__name__)
-METHODS = ("sft", "dpo", "kto")
+METHODS = ("sft", "dpo", "kto", "distill")
 PREFERENCE_METHODS = ("dpo", "kto")  # trained on pairs, against a reference model
 KTO_LOSSES = ("kto", "apo_zero_unpaired")  # TRL KTOConfig.loss_type
 LORA_BIAS = ("none", "all", "lora_only")
@@ -104,6 +106,8 @@ def check_options(cfg: Config) -> None:
     if t.method in PREFERENCE_METHODS and (t.packing or t.padding_free):
         trainer = "DPOTrainer" if t.method == "dpo" else "KTOTrainer"
         raise ShapingError(f"train.packing / train.padding_free: TRL's {trainer} pads its batches; set both false")
+    if t.method == "distill" and (t.packing or t.padding_free):
+        raise ShapingError("train.packing / train.padding_free: train=distill pads its batches; set both false")
     if t.method == "kto" and t.loss_type not in KTO_LOSSES:
         raise ShapingError(
             f"train.loss_type={t.loss_type!r}: train.method=kto takes {' or '.join(KTO_LOSSES)} (TRL KTOConfig); "
@@ -307,6 +311,21 @@ def kto_trainer(
     return cast(KTOTrainer, trainer)
 
 
+def distill_trainer(
+    cfg: Config,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict[str, Any]],
+    args: dict[str, Any],
+    callbacks: list[TrainerCallback],
+) -> SFTTrainer:
+    from shaping.training import distill
+
+    system, _ = distill.teacher_system_prompt(cfg)
+    teacher = distill.load_teacher(cfg, next(model.parameters()).dtype)
+    return distill.distill_trainer(cfg, model, tokenizer, rows, args, callbacks, peft_config(cfg), system, teacher)
+
+
 # what the run record keeps of TRL's last logged rewards (KTO's pairs are split, so it has no accuracy)
 REWARD_METRICS = {
     "dpo": (("rewards/accuracies", "reward_accuracy"), ("rewards/margins", "reward_margin")),
@@ -316,11 +335,16 @@ REWARD_METRICS = {
         ("rewards/rejected", "reward_rejected"),
         ("kl", "kl"),
     ),
+    "distill": (("reverse_kl", "reverse_kl"),),
 }
 
 
 def last_logged(trainer: SFTTrainer | DPOTrainer | KTOTrainer, key: str) -> float | None:
     return next((float(e[key]) for e in reversed(trainer.state.log_history) if key in e), None)
+
+
+def first_logged(trainer: SFTTrainer | DPOTrainer | KTOTrainer, key: str) -> float | None:
+    return next((float(e[key]) for e in trainer.state.log_history if key in e), None)
 
 
 def train(
@@ -360,6 +384,7 @@ def train(
         "sft": sft_trainer,
         "dpo": dpo_trainer,
         "kto": kto_trainer,
+        "distill": distill_trainer,
     }
     build = builders[cfg.train.method]
     trainer = build(cfg, model, tokenizer, rows, args, callbacks)
@@ -395,6 +420,8 @@ def train(
         value = last_logged(trainer, key)
         if value is not None:
             metrics[name] = round(value, 6)
+    if cfg.train.method == "distill" and (first := first_logged(trainer, "reverse_kl")) is not None:
+        metrics["reverse_kl_first"] = round(first, 6)  # the first logged window's, for the fall over training
     live.summary.update({k: v for k, v in metrics.items() if isinstance(v, int | float)})
     live.make_summary()
     trainer.save_model(str(output_dir))
