@@ -204,7 +204,7 @@ class ContextDistillTrainer(GKDTrainer):
         # GKDTrainer prepares a teacher model: with the base as teacher, it gets the student's own base, never
         # called (as_teacher disables the adapter on the student instead)
         super().__init__(model=model, teacher_model=teacher_model if teacher_model is not None else model, **kwargs)
-        self.own_teacher = teacher_model
+        self.own_teacher = self.teacher_model if teacher_model is not None else None  # as prepared (device)
         self.pad_id = pad_id
         self.model_accepts_loss_kwargs = False  # a mean per micro-batch; the Trainer divides by accumulation
 
