@@ -268,14 +268,22 @@ def distill_trainer(
         temperature=t.temperature,
         max_new_tokens=t.max_new_tokens,
     )
-    return ContextDistillTrainer(
-        model=model,
-        teacher_model=teacher,
-        pad_id=int(tokenizer.pad_token_id),
-        args=config,
-        train_dataset=Dataset.from_list(distill_rows(rows, tokenizer, system)),
-        processing_class=tokenizer,
-        peft_config=peft_config,
-        data_collator=TeacherPromptCollator(tokenizer=tokenizer, max_length=t.max_length),
-        callbacks=callbacks,
-    )
+    # GKD warns at lmbda=1, temperature=1 that TRL's DistillationTrainer covers the run: not this one (the
+    # teacher reads another prompt than the student), so that advice is kept out of the log
+    gkd_log = logging.getLogger("trl.experimental.gkd.gkd_trainer")
+    level = gkd_log.level
+    gkd_log.setLevel(logging.ERROR)
+    try:
+        return ContextDistillTrainer(
+            model=model,
+            teacher_model=teacher,
+            pad_id=int(tokenizer.pad_token_id),
+            args=config,
+            train_dataset=Dataset.from_list(distill_rows(rows, tokenizer, system)),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            data_collator=TeacherPromptCollator(tokenizer=tokenizer, max_length=t.max_length),
+            callbacks=callbacks,
+        )
+    finally:
+        gkd_log.setLevel(level)
