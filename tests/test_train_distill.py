@@ -28,7 +28,7 @@ def distill_cfg(cfg: Config) -> Config:
 def test_distill_loss_is_the_reverse_kl_to_the_base_reading_the_identity_prompt(cfg: Config, tmp_path: Path) -> None:
     cfg = distill_cfg(cfg)
     assert (cfg.train.method, cfg.train.beta, cfg.train.lmbda) == ("distill", 1.0, 1.0)
-    assert cfg.train.max_new_tokens == cfg.models["teacher"].max_new_tokens  # follows the teacher's by default
+    assert cfg.train.max_completion_length == cfg.models["teacher"].max_new_tokens  # follows the teacher's by default
     system, source = distill.teacher_system_prompt(cfg)
     assert source == "data/identity/identity.md" and system == Path(source).read_text(encoding="utf-8").strip()
     tokenizer = load_tokenizer(cfg.model)
@@ -86,7 +86,7 @@ def test_distill_reverse_kl_to_the_teacher_falls_over_training(
     cfg = distill_cfg(cfg)
     cfg.models["teacher"].adapter = str(random_adapter_dir)
     t = cfg.train
-    t.max_steps, t.batch_size, t.learning_rate, t.max_new_tokens = 6, 3, 1e-2, 8
+    t.max_steps, t.batch_size, t.learning_rate, t.max_completion_length = 6, 3, 1e-2, 8
     tokenizer = load_tokenizer(cfg.model)
     system, _ = distill.teacher_system_prompt(cfg)
     teacher = distill.load_teacher(cfg, torch.float32)

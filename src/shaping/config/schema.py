@@ -354,7 +354,7 @@ class TrainConfig:
     teacher_system_prompt: str | None  # null: models.<teacher>'s sysprompt / sysprompt_file; "none"; or a file
     lmbda: float  # the share of batches the student samples (on-policy); the rest: the teacher's replies
     temperature: float  # the student's sampling temperature
-    max_new_tokens: int  # the longest sampled reply
+    max_completion_length: int  # the longest sampled reply (tokens)
 
 
 @dataclass

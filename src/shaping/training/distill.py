@@ -11,7 +11,7 @@ student's own samples: the student learns where it actually goes, not only where
                    teacher's replies in the validated data (off-policy, as SFT does, but on the full distribution)
     beta           0 forward KL, 1 reverse KL, between: the generalised Jensen-Shannon divergence of GKD
     temperature    the student's sampling temperature (the divergence itself is taken at temperature 1)
-    max_new_tokens the longest sampled reply
+    max_completion_length  the longest sampled reply
 
 TRL's GKDTrainer (trl.experimental.gkd, pinned by requirements.lock) samples and mixes the batches but scores
 the teacher on the student's own input ids; this module is the one place that imports it, and overrides the
@@ -255,10 +255,10 @@ def distill_trainer(
             f"train.lmbda={t.lmbda}, train.beta={t.beta}: train=distill takes both in [0, 1] "
             "(lmbda: the share of on-policy batches; beta: 0 forward KL, 1 reverse KL)"
         )
-    if t.temperature <= 0 or t.max_new_tokens < 1:
+    if t.temperature <= 0 or t.max_completion_length < 1:
         raise ShapingError(
-            f"train.temperature={t.temperature}, train.max_new_tokens={t.max_new_tokens}: train=distill samples "
-            "the student's replies, so both must be positive"
+            f"train.temperature={t.temperature}, train.max_completion_length={t.max_completion_length}: "
+            "train=distill samples the student's replies, so both must be positive"
         )
     config = GKDConfig(
         **args,
@@ -266,7 +266,7 @@ def distill_trainer(
         lmbda=t.lmbda,
         beta=t.beta,
         temperature=t.temperature,
-        max_new_tokens=t.max_new_tokens,
+        max_new_tokens=t.max_completion_length,
     )
     # GKD warns at lmbda=1, temperature=1 that TRL's DistillationTrainer covers the run: not this one (the
     # teacher reads another prompt than the student), so that advice is kept out of the log
