@@ -115,6 +115,9 @@ def test_distill_bad_knobs_fail_naming_the_key(cfg: Config) -> None:
     cfg.train.teacher_system_prompt = "data/identity/missing.md"
     with pytest.raises(ShapingError, match=r"train\.teacher_system_prompt: data/identity/missing\.md not found"):
         distill.teacher_system_prompt(cfg)
+    cfg.train.teacher_system_prompt = "none"
+    with pytest.raises(ShapingError, match=r"is the student's own base and has no system prompt, so there is nothing"):
+        distill.teacher_system_prompt(cfg)
     cfg.train.teacher = "nobody"
     with pytest.raises(ShapingError, match=r"train\.teacher='nobody': not in the model registry"):
         distill.teacher_spec(cfg)

@@ -65,16 +65,20 @@ def teacher_system_prompt(cfg: Config, root: Path | None = None) -> tuple[str | 
     root = root or Path.cwd()
     source = cfg.train.teacher_system_prompt
     spec = teacher_spec(cfg)
-    if source == "none":
-        return None, None
+    if source is None and spec.sysprompt is not None:
+        return spec.sysprompt, None
     if source is None:
-        if spec.sysprompt is not None:
-            return spec.sysprompt, None
         source, key = spec.sysprompt_file, f"models.{cfg.train.teacher}.sysprompt_file"
-        if not source:
-            return None, None
     else:
         key = "train.teacher_system_prompt"
+    if not source or source == "none":
+        if spec.model == cfg.model.name_or_path and not spec.adapter:
+            raise ShapingError(
+                f"train=distill: the teacher (models.{cfg.train.teacher}) is the student's own base and has no system "
+                "prompt, so there is nothing to distil; set train.teacher_system_prompt (a file) or "
+                f"models.{cfg.train.teacher}.sysprompt_file, or another teacher model"
+            )
+        return None, None
     path = root / source
     if not path.is_file():
         raise ShapingError(f"{key}: {source} not found (a text file with the teacher's system prompt)")
