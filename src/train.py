@@ -175,7 +175,7 @@ if __name__ == "__main__":
         sys.exit(0)
     run_stage(
         "train",
-        sections=["seed", "model", "lora", "backend", "train", "accelerate"],
+        sections=["seed", "model", "lora", "backend", "train", "accelerate", "models"],  # models: distill's teacher
         body=main,
         record_at=lambda cfg: f"{cfg.paths.adapter_dir}/run.json",
     )
