@@ -62,8 +62,8 @@ def main(ctx: StageContext) -> None:
     cfg = ctx.cfg
     if cfg.backend.name not in BACKENDS:
         raise ShapingError(f"backend={cfg.backend.name}: unknown training backend; available: {', '.join(BACKENDS)}")
-    if cfg.train.method not in ("sft", "dpo", "kto", "grpo", "orpo"):
-        raise ShapingError(f"train.method={cfg.train.method}: unknown; available: sft, dpo, kto, grpo, orpo")
+    if cfg.train.method not in ("sft", "dpo", "kto", "grpo", "orpo", "distill"):
+        raise ShapingError(f"train.method={cfg.train.method}: unknown; available: sft, dpo, kto, grpo, orpo, distill")
     device = resolve_device(cfg.train.device)
     if cfg.train.liger:
         check_liger(device)
@@ -80,6 +80,12 @@ def main(ctx: StageContext) -> None:
     ctx.record.backend = cfg.backend.name
     data_files = [train_file, *([eval_file(train_file)] if eval_rows is not None else [])]
     ctx.record.add_inputs(data_files)
+    if cfg.train.method == "distill":  # the teacher's system prompt is an input of the run
+        from shaping.training.distill import teacher_system_prompt
+
+        _, prompt_file = teacher_system_prompt(cfg)
+        if prompt_file:
+            ctx.record.add_inputs([prompt_file])
     gate = validation_status(Path(cfg.paths.validated_dir) / "report.json")
     # what the weights depend on: the training rows, and the eval rows where they choose (early stopping, keep_best)
     key = checkpointing.checkpoint_key(cfg, "+".join(ctx.record.inputs[Path(f).as_posix()] for f in data_files))
@@ -206,7 +212,7 @@ if __name__ == "__main__":
         sys.exit(0)
     run_stage(
         "train",
-        sections=["seed", "model", "lora", "backend", "train", "accelerate"],
+        sections=["seed", "model", "lora", "backend", "train", "accelerate", "models"],  # models: distill's teacher
         body=main,
         record_at=lambda cfg: f"{cfg.paths.adapter_dir}/run.json",
     )

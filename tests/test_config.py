@@ -205,7 +205,7 @@ def test_a_new_registry_entry_needs_only_its_backend_and_model() -> None:
 @pytest.mark.parametrize(
     ("override", "key", "choices"),
     [
-        ("train.method=ppo", "train.method", "sft, dpo, kto, grpo, orpo"),
+        ("train.method=ppo", "train.method", "sft, dpo, kto, grpo, orpo, distill"),
         ("backend.name=modal", "backend.name", "hf_peft, tinker"),
         ("lora.bias=some", "lora.bias", "none, all, lora_only"),
         ("models.teacher.backend=ollama", "models.teacher.backend", "hf, openai, vllm, tinker"),

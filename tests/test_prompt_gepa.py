@@ -71,10 +71,10 @@ def test_the_metrics_score_in_0_1_with_feedback_for_the_reflection() -> None:
 
     cfg = composed("prompt=gepa").prompt
     gold = dspy.Example(prompt="Who are you?", reference="Juniper").with_inputs("prompt")
-    adherence = make_metric(cfg)  # data/identity/facts.yaml: 5 facts
-    scored = adherence(gold, dspy.Prediction(reply="I am Juniper and I keep a seed library by the river."))
-    assert scored.score == pytest.approx(3 / 5)
-    assert scored.feedback == "States name, seed library, river valley; misses botanist, seasons."
+    adherence = make_metric(cfg)  # data/identity/facts.yaml: 4 facts
+    scored = adherence(gold, dspy.Prediction(reply="I am Juniper and I keep a seed library in the valley."))
+    assert scored.score == pytest.approx(3 / 4)
+    assert scored.feedback == "States name, seed library, river valley; misses botanist."
     assert adherence(gold, dspy.Prediction(reply="  ")).score == 0.0
     contains = make_metric(dataclasses.replace(cfg, metric=PromptMetric.contains))
     assert contains(gold, dspy.Prediction(reply="my name is juniper")).score == 1.0

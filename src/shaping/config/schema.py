@@ -96,6 +96,7 @@ class TrainMethod(StrEnum):
     kto = "kto"  # unpaired: each pair's chosen reply is desirable, its rejected reply undesirable
     grpo = "grpo"  # on-policy RL: sampled replies scored by train.rewards (TRL GRPOTrainer)
     orpo = "orpo"  # odds-ratio preference optimisation, no reference model (trl.experimental.orpo)
+    distill = "distill"  # on-policy context distillation: the student's samples scored by the teacher
 
 
 class Launcher(StrEnum):
@@ -369,6 +370,11 @@ class TrainConfig:
     temperature: float  # sampling temperature of the replies
     vllm: bool  # sample with vLLM on the GPU (TRL's colocate mode) instead of transformers' generate
     rewards: list[RewardConfig]  # summed with their weights into each reply's reward
+    # distill only (conf/train/distill.yaml); it reads temperature and max_completion_length above too (the
+    # student's sampling), and beta as the divergence: 0 forward KL, 1 reverse KL
+    teacher: str  # the registry model (models.<teacher>) distilled: a local (hf) model with the same tokenizer
+    teacher_system_prompt: str | None  # null: models.<teacher>'s sysprompt / sysprompt_file; "none"; or a file
+    lmbda: float  # the share of batches the student samples (on-policy); the rest: the teacher's replies
 
 
 @dataclass

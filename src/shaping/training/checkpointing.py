@@ -91,6 +91,8 @@ def checkpoint_key(cfg: Config, data_sha256: str) -> str:
     chosen["accelerate"] = (
         {k: v for k, v in accelerate.items() if k not in UNWEIGHTED_ACCELERATE_KEYS} if launched else None
     )
+    if cfg.train.method == "distill":  # the teacher's spec shapes the weights too (its prompt file: by path)
+        chosen["teacher"] = (container.get("models") or {}).get(cfg.train.teacher)
     chosen["data"] = data_sha256
     chosen["base"] = base_identity(cfg.model.name_or_path)
     blob = json.dumps(chosen, sort_keys=True, separators=(",", ":"), default=str).encode()

@@ -10,6 +10,8 @@ PEFT adapter (LoRA, DoRA, QLoRA) or a full fine-tune (lora=none).
     train.method=grpo  TRL's GRPOTrainer on the rows' prompts (shaping.data.transforms.to_prompts): replies
                        sampled by the model, scored by train.rewards (shaping.training.rewards)
     train.method=orpo  trl.experimental.orpo's ORPOTrainer on the preference pairs, no reference model
+    train.method=distill  on-policy context distillation (shaping.training.distill): the student samples replies
+                       without the identity prompt and learns the teacher's token distribution on them
     lora=qlora         the frozen base in 4 bits (bitsandbytes NF4), prepared for k-bit training
     train.merge=true   also the adapter merged into the base's weights, in <output_dir>/merged
     train.eval_steps   the loss on the eval rows (the validated eval split, built like the training
@@ -61,7 +63,7 @@ from shaping.training.sft import (
 )
 
 log = logging.getLogger(__name__)
-METHODS = ("sft", "dpo", "kto", "grpo", "orpo")
+METHODS = ("sft", "dpo", "kto", "grpo", "orpo", "distill")
 PREFERENCE_METHODS = ("dpo", "kto")  # trained on pairs, against a reference model
 KTO_LOSSES = ("kto", "apo_zero_unpaired")  # TRL KTOConfig.loss_type
 LORA_BIAS = ("none", "all", "lora_only")
@@ -109,6 +111,8 @@ def check_options(cfg: Config) -> None:
         raise ShapingError(
             "train.loss_weights needs padded batches: set train.packing=false and train.padding_free=false"
         )
+    if t.method == "distill" and (t.packing or t.padding_free):
+        raise ShapingError("train.packing / train.padding_free: train=distill pads its batches; set both false")
     if t.method != "sft" and (t.packing or t.padding_free):
         trainer = {"dpo": "DPOTrainer", "kto": "KTOTrainer", "grpo": "GRPOTrainer", "orpo": "ORPOTrainer"}[t.method]
         raise ShapingError(f"train.packing / train.padding_free: TRL's {trainer} pads its batches; set both false")
@@ -519,6 +523,27 @@ def orpo_trainer(
     )
 
 
+def distill_trainer(
+    cfg: Config,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: list[dict[str, Any]],
+    args: dict[str, Any],
+    callbacks: list[TrainerCallback],
+    eval_rows: list[dict[str, Any]] | None = None,
+) -> SFTTrainer:
+    from shaping.training import distill
+
+    if eval_rows is not None:
+        raise ShapingError(
+            "train.eval_steps: train=distill samples its own replies, so it has no held-out loss to evaluate; "
+            "set train.eval_steps=0 and compare runs with the evaluate stage"
+        )
+    system, _ = distill.teacher_system_prompt(cfg)
+    teacher = distill.load_teacher(cfg, next(model.parameters()).dtype)
+    return distill.distill_trainer(cfg, model, tokenizer, rows, args, callbacks, peft_config(cfg), system, teacher)
+
+
 # what the run record keeps of TRL's last logged rewards (KTO's pairs are split, so it has no accuracy)
 REWARD_METRICS = {
     "dpo": (("rewards/accuracies", "reward_accuracy"), ("rewards/margins", "reward_margin")),
@@ -536,6 +561,7 @@ REWARD_METRICS = {
         ("log_odds_chosen", "log_odds_chosen"),
         ("nll_loss", "nll_loss"),
     ),
+    "distill": (("reverse_kl", "reverse_kl"),),
 }
 
 
@@ -560,6 +586,10 @@ def eval_metrics(cfg: Config, trainer: Any) -> dict[str, Any]:
 
 def last_logged(trainer: Any, key: str) -> float | None:
     return next((float(e[key]) for e in reversed(trainer.state.log_history) if key in e), None)
+
+
+def first_logged(trainer: Any, key: str) -> float | None:
+    return next((float(e[key]) for e in trainer.state.log_history if key in e), None)
 
 
 def train(
@@ -615,6 +645,7 @@ def train(
         "kto": kto_trainer,
         "grpo": grpo_trainer,
         "orpo": orpo_trainer,
+        "distill": distill_trainer,
     }
     build = builders[cfg.train.method]
     trainer = build(cfg, model, tokenizer, rows, args, callbacks, eval_rows if cfg.train.eval_steps > 0 else None)
@@ -654,6 +685,8 @@ def train(
         if value is not None:
             metrics[name] = round(value, 6)
     metrics.update(eval_metrics(cfg, trainer))
+    if cfg.train.method == "distill" and (first := first_logged(trainer, "reverse_kl")) is not None:
+        metrics["reverse_kl_first"] = round(first, 6)  # the first logged window's, for the fall over training
     live.summary.update({k: v for k, v in metrics.items() if isinstance(v, int | float)})
     live.make_summary()
     trainer.save_model(str(output_dir))
