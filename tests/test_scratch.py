@@ -1,10 +1,8 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -192,70 +190,3 @@ def test_pretraining_stopped_mid_checkpoint_resumes_to_the_same_weights_and_curv
     assert (resumed.best_step, resumed.final_loss) == (straight.best_step, straight.final_loss)
     for a, b in zip(model.state_dict().values(), model_again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-
-
-@pytest.mark.slow
-def test_killed_pretraining_resumes_to_the_same_weights_and_evaluation_curve(tmp_path: Path) -> None:
-    """SIGKILL the pretrain stage once its first resumable state is complete, run it again: it resumes from
-    that state and ends bitwise equal to an uninterrupted run (weights, evaluation curve, saved checkpoints).
-    char-lstm has dropout, so the RNG state is restored too, or the two runs would differ."""
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    (corpus / "prose.txt").write_text("\n\n".join(PROSE))
-    (corpus / "dialogues.jsonl").write_text("".join(json.dumps({"messages": d}) + "\n" for d in DIALOGUES * 10))
-    args = [
-        "src/pretrain.py",
-        "model=char-lstm",
-        f"tokenizer.corpus={corpus}",
-        "tokenizer.holdout_fraction=0.2",
-        "model.architecture.hidden_size=32",
-        "model.architecture.embedding_size=16",
-        "model.pretrain.precision=fp32",
-        "model.pretrain.steps=120",
-        "model.pretrain.batch_size=4",
-        "model.pretrain.block_size=32",
-        "model.pretrain.eval_interval=10",
-        "model.pretrain.eval_batches=1",
-        "model.pretrain.checkpoint_interval=10",
-        "model.pretrain.keep_checkpoints=2",
-        "model.pretrain.sample_prompts=1",
-        "model.pretrain.sample_max_new_tokens=4",
-    ]
-    straight = _stage(*args, f"hydra.run.dir={tmp_path / 'straight'}")
-    assert straight.returncode == 0, straight.stderr[-3000:]
-
-    resumed = tmp_path / "resumed"
-    running = subprocess.Popen(
-        [sys.executable, *args, f"hydra.run.dir={resumed}"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    states = resumed / "models" / "pretrain_checkpoints"
-    deadline = time.monotonic() + 120
-    while not list(states.glob("*/step-*/state.pt")) and time.monotonic() < deadline:
-        assert running.poll() is None, "pretraining ended before the kill; make the run longer"
-        time.sleep(0.005)
-    running.send_signal(signal.SIGKILL)
-    running.wait()
-    assert not (resumed / "models" / "pretrain" / "model.safetensors").exists()  # killed before the end
-    again = _stage(*args, f"hydra.run.dir={resumed}")
-    assert again.returncode == 0, again.stderr[-3000:]
-
-    metrics = {
-        name: json.loads((tmp_path / name / "metrics" / "pretrain.json").read_text())["pretrain"]
-        for name in ("straight", "resumed")
-    }
-    assert metrics["straight"]["resumed_from_step"] == 0
-    assert 10 <= metrics["resumed"]["resumed_from_step"] < 120
-    curves = [
-        json.loads((tmp_path / n / "metrics" / "pretrain_evals.json").read_text()) for n in ("straight", "resumed")
-    ]
-    assert len(curves[0]) == 12 and curves[0] == curves[1]
-    folders = [tmp_path / n / "models" / "pretrain" for n in ("straight", "resumed")]
-    assert (folders[0] / "model.safetensors").read_bytes() == (folders[1] / "model.safetensors").read_bytes()
-    for step in ("step-000100", "step-000110"):  # keep_checkpoints=2: the newest two, the same bytes
-        saved = [(f / "checkpoints" / step / "model.safetensors").read_bytes() for f in folders]
-        assert saved[0] == saved[1]
-    assert sorted(p.name for p in (folders[1] / "checkpoints").iterdir()) == ["step-000100", "step-000110"]
-    assert [p.name for p in states.iterdir()] == ["README.txt"]  # a finished run deletes its states

@@ -24,6 +24,8 @@ def repo(smoke_repo_built: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 EXPERIMENTS = [
     ("train=dpo", {"method": "dpo", "adapter": "lora"}, ("train",)),
     ("train=kto", {"method": "kto", "adapter": "lora"}, ("train",)),
+    ("train=grpo", {"method": "grpo", "adapter": "lora"}, ("train",)),
+    ("train=distill", {"method": "distill", "adapter": "lora"}, ("train",)),
     ("lora=qlora", {"method": "sft", "adapter": "qlora"}, ("train", "evaluate")),
     ("lora=dora", {"method": "sft", "adapter": "dora"}, ("train",)),
     ("lora=none", {"method": "sft", "adapter": "full"}, ("train", "evaluate")),
@@ -55,6 +57,13 @@ def test_each_method_and_adapter_runs_end_to_end(repo: Path) -> None:
             assert 0.0 <= record["details"]["reward_accuracy"] <= 1.0
         if override == "train=kto":
             assert {"reward_margin", "kl"} <= set(record["details"])
+        if override == "train=grpo":  # conf/train/grpo.yaml's rewards, each logged per step
+            assert {"reward", "reward_eos", "reward_length_band", "reward_think_tags"} <= set(record["details"])
+            lines = (repo / "dvclive/train/plots/metrics/rewards/eos/mean.tsv").read_text().splitlines()
+            assert len(lines) == 1 + 6  # one point per step
+        if override == "train=distill":
+            assert record["details"]["reverse_kl"] > 0 and "data/identity/identity.md" in record["inputs"]
+            assert (repo / "dvclive/train/plots/metrics/reverse_kl.tsv").is_file()
         if override == "lora=qlora":
             assert metrics["tuned"]["base_quantization"] == "nf4"
             assert metrics["base"]["base_quantization"] == metrics["teacher"]["base_quantization"] == "none"

@@ -142,26 +142,6 @@ def test_default_is_no_evaluation(cfg: Config) -> None:
     assert hf_peft.common_args(cfg, {}, "fp32", False, "cpu")["eval_strategy"] == "no"
 
 
-@pytest.mark.slow
-def test_the_train_stage_evaluates_on_the_validated_eval_split(cfg: Config, tmp_path: Path) -> None:
-    """src/train.py with train.eval_steps: it reads <validated_dir>/eval.jsonl, and the eval figures reach the
-    run record and DVCLive; the best checkpoint is the adapter, and the finished run's checkpoints go."""
-    from shaping.io import write_jsonl
-
-    from .test_train_launch import run_train, stage_params
-
-    shrink(cfg, max_steps=4, eval_steps=2, save_steps=2, keep_best=True)
-    params = stage_params(cfg, tmp_path, rows=6)
-    write_jsonl(tmp_path / "data" / "validated" / "eval.jsonl", EVAL_ROWS)
-    proc = run_train(tmp_path, params)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    record = json.loads((tmp_path / "models" / "adapter" / "run.json").read_text())
-    assert record["details"]["evaluations"] == 2 and record["details"]["kept_step"] in (2, 4)
-    assert str(tmp_path / "data" / "validated" / "eval.jsonl") in record["inputs"]
-    assert [step for step, _ in curve(tmp_path / "dvclive" / "train")] == [2, 4]
-    assert [p.name for p in (tmp_path / "models" / "checkpoints").iterdir()] == ["README.txt"]
-
-
 def test_the_stage_reads_the_eval_split_only_when_evaluating(cfg: Config, tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("train_stage", REPO / "src" / "train.py")
     assert spec and spec.loader
