@@ -205,6 +205,7 @@ def test_ddp_trains_in_step_and_a_killed_zero3_run_resumes_to_where_ddp_ends(cfg
     )
     assert weights.keys() == expected_weights.keys()
     # gathered whole, not one rank's empty partition; reduce-scatter sums in another order than DDP's
-    # all-reduce, so a few weights differ by ~3e-6 after 12 steps (a lost optimizer state: ~1e-3)
+    # all-reduce, so a few weights differ by 3e-6 to 2e-5 after 12 steps, by where the kill fell (a lost
+    # optimizer state: ~1e-3)
     for name, tensor in weights.items():
-        torch.testing.assert_close(tensor, expected_weights[name], rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(tensor, expected_weights[name], rtol=1e-3, atol=1e-4)
