@@ -285,11 +285,3 @@ def running_service(repo: Path, key: str, env: dict[str, str] | None = None) -> 
     finally:
         server.stop()
         sh(repo, "dvc", "queue", "stop", "--kill", check=False)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Modules with slow tests first, each module's tests kept together and in order (module fixtures are
-    built once): pytest-xdist's workers then start the minutes-long end-to-end tests early and fill the end
-    with seconds-long ones, instead of one worker finishing a long test alone."""
-    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow") and item.module}
-    items.sort(key=lambda item: (item.module.__name__ if item.module else "") not in slow_modules)
