@@ -16,6 +16,13 @@ from typing import Any
 from shaping.pipeline import Pipeline, PipelineError, TrainingSample, model_request
 
 
+def quotes(reply: str, document: str, span: int = 12) -> bool:
+    """Whether `reply` repeats `span` consecutive words of `document` (a teacher echoing its system prompt:
+    a tiny model sometimes writes its persona prompt back instead of answering)."""
+    words = document.split()
+    return any(" ".join(words[i : i + span]) in reply for i in range(len(words) - span + 1))
+
+
 class IdentityDistillation(Pipeline):
     name = "identity_distillation"
 
@@ -38,6 +45,8 @@ class IdentityDistillation(Pipeline):
         reply = taught.get_text().strip()
         if not reply:
             raise PipelineError("the teacher's reply is empty", error_type="empty_response")
+        if quotes(reply, self.identity.read()):  # the rule of tests/data/test_identity_contract.py
+            raise PipelineError("the teacher's reply quotes 12+ words of its system prompt", error_type="prompt_echo")
         rejected = untaught.get_text().strip()
         return TrainingSample(
             id=record["id"],

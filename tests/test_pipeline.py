@@ -105,3 +105,21 @@ def test_demo_pipeline_loads_by_name() -> None:
     assert set(cls.model_deps()) == {"teacher", "base"} and set(cls.file_deps()) == {"identity", "prompts"}
     with pytest.raises(ShapingError, match="pipeline=nope"):
         load_pipeline_class("nope", REPO / "pipelines")
+
+
+def test_identity_distillation_refuses_a_teacher_reply_that_quotes_its_system_prompt() -> None:
+    """At seed 1 the demo's teacher once wrote a persona prompt back instead of a reply; the validate gate's
+    contract (tests/data/test_identity_contract.py: no 12 words of identity.md verbatim) then failed the
+    whole run. The pipeline makes such a reply an error record, by the contract's own rule."""
+    import sys
+
+    cls = load_pipeline_class("identity_distillation", REPO / "pipelines")
+    quotes = sys.modules[cls.__module__].quotes
+    identity = (REPO / "data" / "identity" / "identity.md").read_text(encoding="utf-8")
+    echo = (
+        "Sem\nYou are Juniper, a field botanist in a quiet river valley. You are patient and warm. You often "
+        'say "Hello from the river valley." and "Good seeds grow slowly." You love gardening.'
+    )
+    assert quotes(echo, identity)
+    assert not quotes("I'm Juniper. I work as a field botanist in a quiet river valley.", identity)
+    assert not quotes(identity, "too short a document")

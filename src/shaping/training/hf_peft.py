@@ -1,5 +1,5 @@
-"""The hf_peft training backend: TRL's SFTTrainer, DPOTrainer, KTOTrainer, GRPOTrainer or ORPOTrainer with a
-PEFT adapter (LoRA, DoRA, QLoRA) or a full fine-tune (lora=none).
+"""The hf_peft training backend: TRL's SFTTrainer, DPOTrainer, KTOTrainer, GRPOTrainer, ORPOTrainer or GKDTrainer
+(train=distill) with a PEFT adapter (LoRA, DoRA, QLoRA) or a full fine-tune (lora=none).
 
     train.method=sft   loss on the assistant replies and their end-of-turn token (train.train_on_prompt=true:
                        every token); train.loss_weights weigh regex spans; train.packing / train.padding_free
