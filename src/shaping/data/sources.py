@@ -77,13 +77,7 @@ def parse_source(text: str, where: str) -> Source:
     path, _, query = rest.partition("?")
     if not path:
         raise ShapingError(f"{where}={text!r}: no dataset id or folder after hf://")
-    try:
-        params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
-    except ValueError:
-        raise ShapingError(f"{where}={text!r}: malformed query {query!r}; use key=value&...") from None
-    unknown = sorted(set(params) - set(QUERY_KEYS))
-    if unknown:
-        raise ShapingError(f"{where}={text!r}: unknown query key {unknown[0]!r}; hf:// takes {', '.join(QUERY_KEYS)}")
+    params = parse_query(text, query, where, "hf", QUERY_KEYS, "key=value&...")
     one = {key: values[-1] for key, values in params.items()}
     fmt = one.get("format") or None
     if fmt is not None and fmt not in FORMATS:
@@ -92,6 +86,18 @@ def parse_source(text: str, where: str) -> Source:
     if source.local and not Path(path).is_dir():
         raise ShapingError(f"{where}={text!r}: folder {path} not found")
     return source
+
+
+def parse_query(text: str, query: str, where: str, scheme: str, keys: Iterable[str], form: str) -> dict[str, list[str]]:
+    """A source URI's query string; a malformed one or an unknown key is one error naming the URI."""
+    try:
+        params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ShapingError(f"{where}={text!r}: malformed query {query!r}; use {form}") from None
+    unknown = sorted(set(params) - set(keys))
+    if unknown:
+        raise ShapingError(f"{where}={text!r}: unknown query key {unknown[0]!r}; {scheme}:// takes {', '.join(keys)}")
+    return params
 
 
 def parse_trace(text: str, rest: str, where: str) -> Source:
@@ -103,15 +109,7 @@ def parse_trace(text: str, rest: str, where: str) -> Source:
         raise ShapingError(
             f"{where}={text!r}: trace:// takes langfuse/<project>/<trace name> (trace://langfuse/app/chat)"
         )
-    try:
-        params = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
-    except ValueError:
-        raise ShapingError(f"{where}={text!r}: malformed query {query!r}; use limit=N") from None
-    unknown = sorted(set(params) - set(TRACE_KEYS))
-    if unknown:
-        raise ShapingError(
-            f"{where}={text!r}: unknown query key {unknown[0]!r}; trace:// takes {', '.join(TRACE_KEYS)}"
-        )
+    params = parse_query(text, query, where, "trace", TRACE_KEYS, "limit=N")
     limit = params.get("limit", [None])[-1]
     if limit is not None and not (limit.isdigit() and int(limit) > 0):
         raise ShapingError(f"{where}={text!r}: limit={limit!r}; give a positive number of traces")
