@@ -5,13 +5,16 @@
 
 Raw: the base model's `generate` sampled (temperature 1, no top-p/top-k cut) for 32 new tokens,
 on left-padded batches of chat prompts, batch after batch, in this process. Server: the real
-`python -m shaping.serve` (via `running_server`, on 127.0.0.1, CPU, --max-batch-size 64) with the
+`python -m shaping.serve` (via `running_server`, on 127.0.0.1, CPU, --max-batch-size 64, its default
+--threads: all cores but one, the raw baseline having them all) with the
 same model and a LoRA adapter, driven by an httpx async client keeping 8 / 32 / 64 requests in
 flight, half of them to the adapter (alternating), each sampled with max_tokens 32 and no seed.
 tokens/s counts generated tokens (up to the end-of-turn token, as the server's usage counts them)
 over wall time; the server's figure includes HTTP, JSON and the client, which share the machine.
-The table also gives the server's mean rows per generate() call and the share of the wall time
-its generate thread was busy (/health's `rows` and `generate_s`).
+The table also gives the server's mean rows per decoding step and the share of the wall time its
+generate thread was busy (/health's `row_steps`, `steps` and `generate_s`). Last, the `hf`
+synthesis backend (HFBackend, as the demo's teacher: batch_size 32, keyed requests, each seeded)
+over the same prompts, sampled for 32 tokens, against raw `generate` at batch 32.
 The model is the `tiny` model config's architecture (conf/model/tiny.yaml) with random weights
 and a BPE-4096 tokenizer trained on data/corpus here (no hub); the adapter is LoRA r=16 on all
 linear layers, random weights.
@@ -137,22 +140,49 @@ async def served_throughput(url: str, in_flight: int, requests: int) -> tuple[fl
         await asyncio.gather(*(worker() for _ in range(in_flight)))
         elapsed = time.perf_counter() - start
         after = (await client.get(health)).json()
-    rows = (after["rows"] - before["rows"]) / max(1, after["batches"] - before["batches"])
+    rows = (after["row_steps"] - before["row_steps"]) / max(1, after["steps"] - before["steps"])
     return tokens / elapsed, rows, (after["generate_s"] - before["generate_s"]) / elapsed
+
+
+def backend_throughput(model_dir: Path, requests: int) -> float:
+    """tokens/s of the hf synthesis backend over `requests` keyed requests (one generate() call)."""
+    from shaping.inference.hf import HFBackend
+    from shaping.inference.types import ChatRequest
+
+    backend = HFBackend(str(model_dir), batch_size=32, seed=0, defaults={"temperature": 1.0})
+    batch = [
+        ChatRequest(messages=c, options={"max_new_tokens": NEW_TOKENS}, key=f"r{i}")
+        for i, c in enumerate(prompts(requests))
+    ]
+    backend.generate(batch[:2])  # warm-up
+    start = time.perf_counter()
+    replies = backend.generate(batch)
+    return sum(r.completion_tokens for r in replies) / (time.perf_counter() - start)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=128, help="requests per setting")
+    parser.add_argument("--server-threads", type=int, default=0, help="the server's --threads (0: its default)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gen-bench-") as tmp:
         model_dir, adapter_dir = build_model(Path(tmp))
         raw = {size: raw_throughput(model_dir, size, args.requests) for size in SIZES}
+        backend = backend_throughput(model_dir, args.requests)
         served: dict[int, tuple[float, float, float]] = {}
         with running_server(
             model_dir,
             {"tuned": adapter_dir},
-            args=["--served-model-name", "base", "--device", "cpu", "--max-batch-size", str(max(SIZES))],
+            args=[
+                "--served-model-name",
+                "base",
+                "--device",
+                "cpu",
+                "--max-batch-size",
+                str(max(SIZES)),
+                "--threads",
+                str(args.server_threads),
+            ],
             env={"HF_HUB_OFFLINE": "1"},
             log_path=Path(tmp) / "server.log",
         ) as url:
@@ -161,7 +191,7 @@ def main() -> None:
     print(f"\n{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, {NEW_TOKENS} new tokens, sampled")
     print(
         f"{'batch / in flight':>18} | {'raw tok/s':>10} | {'serve tok/s (mixed)':>19} | ratio | "
-        f"{'rows/call':>9} | generate busy"
+        f"{'rows/step':>9} | generate busy"
     )
     print(f"{'-' * 18}-+-{'-' * 10}-+-{'-' * 19}-+-------+-{'-' * 9}-+--------------")
     for size in SIZES:
@@ -170,6 +200,7 @@ def main() -> None:
             f"{size:>18} | {raw[size]:>10,.0f} | {tok_s:>19,.0f} | {tok_s / raw[size]:.2f}x | "
             f"{rows:>9.1f} | {busy:>12.0%}"
         )
+    print(f"hf synthesis backend (batch_size 32): {backend:,.0f} tok/s, {backend / raw[32]:.2f}x raw batch 32")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,11 @@
 """One generate() call serves the base and its LoRA adapters with different sampling options per
 row: each greedy or seeded row's reply is the one that request gets alone (and, for an adapter,
-the one that adapter gives unbatched). The batcher fills batches from its queue."""
+the one that adapter gives unbatched). The batcher runs requests through the Engine, models of one
+group together, and applies adapter changes between batches."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -108,63 +107,73 @@ def test_dora_adapters_batch_apart(tiny_model_dir: Path, random_adapter_dir: Pat
     assert mixed == [served.generate(n, [conversation(0)], options())[0] for n in ("base", "tuned")]
 
 
-class Recorder:
-    """A generate() that records each batch's rows and takes `seconds` per call."""
-
-    def __init__(self, seconds: float = 0.0) -> None:
-        self.seconds = seconds
-        self.batches: list[list[str]] = []
-
-    def __call__(
-        self, names: Sequence[str], conversations: list[Conversation], rows: Sequence[SamplingOptions]
-    ) -> list[Completion]:
-        self.batches.append(list(names))
-        time.sleep(self.seconds)
-        return [
-            Completion(text=f"{n}:{c[0]['content']}:{o.seed}")
-            for n, c, o in zip(names, conversations, rows, strict=True)
-        ]
-
-
-def test_batcher_fills_batches_from_the_queue_without_waiting() -> None:
-    """With work waiting, a batch runs at once (a window of 30s would time the test out), takes
-    all it can, mixes models of one group and keeps other groups apart."""
-    recorder = Recorder(seconds=0.05)
+def test_batcher_mixes_models_of_a_group_and_keeps_groups_apart(
+    tiny_model_dir: Path, random_adapter_dir: Path, dora_adapter_dir: Path
+) -> None:
+    """With work waiting, rows run at once (a window of 30 s would time the test out), base and
+    adapter in one batch, the DoRA adapter in batches of its own (PEFT refuses a forward mixing it:
+    a shared batch would fail); each reply is the one its request gets alone."""
+    served = ServedModels(
+        str(tiny_model_dir), {"tuned": str(random_adapter_dir), "dora": str(dora_adapter_dir)}, "base", "cpu"
+    )
+    models = ["base", "tuned"] * 5 + ["dora", "dora"]
+    rows = [options(temperature=0.9, seed=i, max_new_tokens=4 + i) for i in range(len(models))]
 
     async def scenario() -> list[list[Completion]]:
-        batcher = Batcher(
-            recorder, max_batch_size=8, window_s=30.0, group_of=lambda m: "dora" if m == "dora" else "base"
-        )
-        task = asyncio.create_task(batcher.run())
-        models = ["base", "tuned"] * 5 + ["dora", "dora"]
-        jobs = [batcher.submit(m, conversation(i), 1, options()) for i, m in enumerate(models)]
-        replies = await asyncio.wait_for(asyncio.gather(*jobs), 10)
-        task.cancel()
+        batcher = Batcher(served, max_batch_size=8, window_s=30.0)
+        jobs = [batcher.submit(m, conversation(i), 1, rows[i]) for i, m in enumerate(models)]
+        replies = await asyncio.wait_for(asyncio.gather(*jobs), 20)
         batcher.close()
         return replies
 
     replies = asyncio.run(scenario())
-    assert [r[0].text for r in replies][:2] == ["base:Who are you?:None", "tuned:Tell me about the river.:None"]
-    assert recorder.batches[0] == ["base", "tuned"] * 4  # a full batch, base and adapter together
-    assert sorted(map(tuple, recorder.batches[1:])) == [("base", "tuned"), ("dora", "dora")]
+    assert [r[0] for r in replies] == [served.generate(m, [conversation(i)], rows[i])[0] for i, m in enumerate(models)]
 
 
-def test_batcher_waits_the_window_only_when_nearly_empty() -> None:
-    recorder = Recorder()
-
-    async def scenario() -> None:
-        batcher = Batcher(recorder, max_batch_size=64, window_s=0.3)
-        task = asyncio.create_task(batcher.run())
+def test_batcher_waits_the_window_only_when_nearly_empty(served: ServedModels) -> None:
+    async def scenario() -> tuple[list[list[Completion]], dict[str, object]]:
+        batcher = Batcher(served, max_batch_size=64, window_s=0.3)
         first = asyncio.create_task(batcher.submit("base", conversation(0), 1, options()))
         await asyncio.sleep(0.05)
         second = asyncio.create_task(batcher.submit("base", conversation(1), 2, options(temperature=1.0, seed=4)))
-        replies = await asyncio.wait_for(asyncio.gather(first, second), 10)
-        assert [r.text for r in replies[1]] != [replies[1][0].text] * 2  # n choices: a seed each
-        task.cancel()
+        replies = await asyncio.wait_for(asyncio.gather(first, second), 20)
+        counts = batcher.counts()
         batcher.close()
+        return replies, counts
 
-    asyncio.run(scenario())
-    assert recorder.batches == [["base", "base", "base"]]
+    replies, counts = asyncio.run(scenario())
+    assert [r.text for r in replies[1]] != [replies[1][0].text] * 2  # n choices: a seed each
+    assert counts["batches"] == 1 and counts["rows"] == 3 and counts["requests"] == 2  # one prefill
+
+
+def test_a_request_whose_model_is_unloaded_while_it_waits_fails_alone(
+    tiny_model_dir: Path, random_adapter_dir: Path, served: ServedModels
+) -> None:
+    """An unload queued (batcher.call) while a batch runs takes effect once it has ended, before any
+    row waiting is admitted: the waiting request to that model gets ModelGone, the others their replies."""
+    from shaping.serve.batcher import ModelGone
+
+    hot = ServedModels(str(tiny_model_dir), {"hot": str(random_adapter_dir)}, "base", "cpu")
+
+    async def scenario() -> tuple[list[Completion], BaseException | list[Completion], list[Completion]]:
+        batcher = Batcher(hot, max_batch_size=8, window_s=0.0)
+        first = asyncio.create_task(batcher.submit("base", conversation(0), 1, options(max_new_tokens=40)))
+        await asyncio.sleep(0.02)  # the first request is running: what follows waits
+        unload = asyncio.create_task(batcher.call(hot.unload_adapter, "hot"))  # queued first
+        waiting = [asyncio.create_task(batcher.submit(m, conversation(1), 1, options())) for m in ("hot", "base")]
+        gone, kept = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 20)
+        await unload
+        batcher.close()
+        assert not isinstance(kept, BaseException)
+        return await first, gone, kept
+
+    first, gone, kept = asyncio.run(scenario())
+    assert isinstance(gone, ModelGone) and gone.model == "hot"
+    assert hot.names == ["base"]
+    assert first + kept == [
+        served.generate("base", [conversation(0)], options(max_new_tokens=40))[0],
+        served.generate("base", [conversation(1)], options())[0],
+    ]
 
 
 def test_adapters_load_and_unload_in_place(
@@ -198,31 +207,3 @@ def test_adapters_load_and_unload_in_place(
     plain.unload_adapter("hot")
     assert plain.names == ["base"] and not isinstance(plain.model, PeftModel)
     assert [plain.generate("base", [conversation(i)], o)[0] for i, o in enumerate(rows)] == base_replies
-
-
-def test_a_request_whose_model_is_unloaded_while_it_waits_fails_alone() -> None:
-    """An unload queued (batcher.call) behind the running batch takes effect before the next one:
-    the waiting request to that model gets ModelGone, the others in its batch their replies."""
-    from shaping.serve.batcher import ModelGone
-
-    recorder = Recorder(seconds=0.2)
-    served = {"base", "hot"}
-
-    async def scenario() -> tuple[list[Completion], BaseException | list[Completion], list[Completion]]:
-        batcher = Batcher(recorder, max_batch_size=8, window_s=0.0, serves=served.__contains__)
-        task = asyncio.create_task(batcher.run())
-        first = asyncio.create_task(batcher.submit("base", conversation(0), 1, options()))
-        await asyncio.sleep(0.05)  # the first batch is running: the next requests wait
-        waiting = [asyncio.create_task(batcher.submit(m, conversation(1), 1, options())) for m in ("hot", "base")]
-        await asyncio.sleep(0)
-        await batcher.call(served.discard, "hot")
-        gone, kept = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 10)
-        task.cancel()
-        batcher.close()
-        assert not isinstance(kept, BaseException)
-        return await first, gone, kept
-
-    first, gone, kept = asyncio.run(scenario())
-    assert isinstance(gone, ModelGone) and gone.model == "hot"
-    assert [r.text for r in first + kept] == ["base:Who are you?:None", "base:Tell me about the river.:None"]
-    assert recorder.batches == [["base"], ["base"]]

@@ -135,6 +135,31 @@ def test_streaming_reassembles_the_reply(client: openai.OpenAI) -> None:
     assert len(chunks) > 3 and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
+def test_a_streamed_reply_arrives_while_it_is_made(server: str, client: openai.OpenAI) -> None:
+    """The first text of a 200-token reply (vLLM's min_tokens holds off its end) comes while the
+    request is still unanswered on the server (/health counts it only at its end)."""
+    health = server.removesuffix("/v1") + "/health"
+    answered = httpx.get(health).json()["requests"]
+    stream = client.chat.completions.create(
+        model="base",
+        messages=PROMPT,
+        max_tokens=200,
+        temperature=1.0,
+        seed=1,
+        stream=True,
+        extra_body={"min_tokens": 200},
+    )
+    pieces = []
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            if not pieces:
+                assert httpx.get(health).json()["requests"] == answered  # still being made
+            pieces.append(chunk.choices[0].delta.content)
+    assert httpx.get(health).json()["requests"] == answered + 1 and len(pieces) > 20
+    with pytest.raises(openai.BadRequestError, match="min_tokens"):
+        client.chat.completions.create(model="base", messages=PROMPT, max_tokens=5, extra_body={"min_tokens": 6})
+
+
 def test_unknown_model_is_404_naming_it(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError, match="no-such-model") as caught:
         client.chat.completions.create(model="no-such-model", messages=PROMPT)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import weakref
 from collections import defaultdict
-from collections.abc import Callable, Container, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -26,58 +28,33 @@ from transformers import (
 )
 
 from shaping.device import pick_device
+from shaping.inference.engine import Engine, Row
+from shaping.inference.lora_rows import BASE_ADAPTER, RowLoRA
+from shaping.inference.sampling import (
+    CHATML_MARKERS,
+    Completion,
+    SamplingOptions,
+    completion,
+    end_of_turn_ids,
+    truncate_at_stop,
+)
 from shaping.inference.types import ChatRequest, ChatResponse, request_seed
+
+__all__ = [
+    "CHATML_MARKERS",
+    "Completion",
+    "SamplingOptions",
+    "completion",
+    "end_of_turn_ids",
+    "generate_chat",
+    "generate_rows",
+    "truncate_at_stop",
+]
 
 log = logging.getLogger(__name__)
 
 SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "min_new_tokens")
 DEFAULT_MAX_NEW_TOKENS = 64
-CHATML_MARKERS = ("<|im_start|>", "<|im_end|>")
-
-
-@dataclass
-class Completion(ChatResponse):
-    """One generated reply, with the prompt's length so a server can report usage."""
-
-    prompt_tokens: int = 0
-
-
-def end_of_turn_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Token ids that end an assistant turn: the tokenizer's and the generation config's eos, and the
-    ChatML markers where the vocabulary has them (a small model may open a new turn with <|im_start|>
-    instead of closing its own with <|im_end|>)."""
-    ids: set[int] = set()
-    config_eos = getattr(model.generation_config, "eos_token_id", None)
-    for eos in (tokenizer.eos_token_id, config_eos):
-        ids.update([eos] if isinstance(eos, int) else list(eos or []))
-    for marker in CHATML_MARKERS:
-        token_id = tokenizer.convert_tokens_to_ids(marker)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            ids.add(token_id)
-    return sorted(ids)
-
-
-def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """`text` up to the earliest of the `stop` strings, and whether one was found."""
-    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """One row's sampling: temperature 0 is greedy; a sampled row with a seed draws from a stream of
-    its own (its reply is the same in any batch), one without draws from a stream unseeded rows share."""
-
-    temperature: float
-    top_p: float
-    max_new_tokens: int
-    stop: tuple[str, ...]
-    seed: int | None  # None: the generator runs on, so replies vary
-    top_k: int = 0  # 0: no top-k cut
-
-    @property
-    def sampled(self) -> bool:
-        return self.temperature > 0
 
 
 class SampleRows(LogitsProcessor):
@@ -88,12 +65,12 @@ class SampleRows(LogitsProcessor):
     options, so a row's reply would depend on its neighbours and its place in the batch; here it
     depends on its options, its seed and its own logits only."""
 
-    def __init__(self, rows: Sequence[SamplingOptions]) -> None:
+    def __init__(self, rows: Sequence[SamplingOptions], shared_seed: int | None = None) -> None:
         self.rows = list(rows)
         self.seeds = [row.seed if row.sampled else None for row in self.rows]
         self.generators: list[torch.Generator | None] | None = None
         # unseeded rows vary anyway: they share one generator and one multinomial call per step
-        self.shared_seed = random.getrandbits(63)
+        self.shared_seed = random.getrandbits(63) if shared_seed is None else shared_seed
         self.shared: torch.Generator | None = None
         groups: dict[tuple[float, int, float], list[int]] = defaultdict(list)
         for i, row in enumerate(self.rows):
@@ -138,13 +115,6 @@ class SampleRows(LogitsProcessor):
         return only.scatter_(1, chosen[:, None], 0.0)  # type: ignore[return-value]
 
 
-class SampleEachRow(SampleRows):
-    """SampleRows with one temperature and top-p for the whole batch and a seed per row."""
-
-    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float) -> None:
-        super().__init__([SamplingOptions(temperature, top_p, 0, (), seed) for seed in seeds])
-
-
 class StopRowsOnStrings(StoppingCriteria):
     """Ends each row once its reply contains one of its own stop strings, or once it holds its own
     number of new tokens (rows with a lower max_new_tokens than the batch's). transformers' own
@@ -176,21 +146,30 @@ class StopRowsOnStrings(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
-def completion(
-    tokenizer: PreTrainedTokenizerBase, row: list[int], end_ids: Container[int], stop: Sequence[str], prompt_tokens: int
-) -> Completion:
-    """One row's new tokens as a Completion: cut at its first end token, padding dropped, the text cut
-    at its first stop string."""
-    end = next((i for i, t in enumerate(row) if t in end_ids), None)
-    kept = row if end is None else row[:end]
-    kept = [t for t in kept if t != tokenizer.pad_token_id]
-    text, stopped = truncate_at_stop(str(tokenizer.decode(kept, skip_special_tokens=True)), stop)
-    return Completion(
-        text=text,
-        finish_reason="stop" if end is not None or stopped else "length",
-        completion_tokens=len(kept),
-        prompt_tokens=prompt_tokens,
-    )
+def _prompt_ids(tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
+    prompts = [str(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)) for c in conversations]
+    return [list(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+
+
+_ENGINE_SUPPORT: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def engine_supports(model: Any) -> bool:
+    """Engine.supports(model), probed once per model object."""
+    if model not in _ENGINE_SUPPORT:
+        _ENGINE_SUPPORT[model] = Engine.supports(model)
+    return _ENGINE_SUPPORT[model]
+
+
+def adapter_route(
+    model: Any, names: Sequence[str]
+) -> Callable[[Sequence[Row]], AbstractContextManager[dict[str, Any]]]:
+    """A mixed batch's forward: each row on its own adapter (`row.adapter`, a PEFT adapter name or
+    "__base__"), through RowLoRA where the adapters fit it, else PEFT's per-row `adapter_names`."""
+    mixer = RowLoRA(model)
+    if mixer.fits(names):
+        return lambda rows: mixer.rows([row.adapter or BASE_ADAPTER for row in rows])
+    return lambda rows: contextlib.nullcontext({"adapter_names": [row.adapter or BASE_ADAPTER for row in rows]})
 
 
 def generate_rows(
@@ -200,20 +179,75 @@ def generate_rows(
     rows: Sequence[SamplingOptions],
     *,
     adapter_names: list[str] | None = None,
+    min_new_tokens: int | Sequence[int] = 0,
+    max_rows: int | None = None,
+    shared_seed: int | None = None,
+    on_done: Callable[[int, Completion], None] | None = None,
 ) -> list[Completion]:
     """One assistant reply per conversation, each row with its own SamplingOptions (temperature,
-    top-p, top-k, seed, max_new_tokens, stop strings), all in one generate() call. A greedy or
+    top-p, top-k, seed, max_new_tokens, stop strings), in a batch of up to `max_rows` (default:
+    all) rows where a row that ends leaves and the next one waiting joins (the Engine). A greedy or
     seeded row's reply is the one it gets alone. `adapter_names` (a PeftModel's per-row
-    adapters, "__base__" for the base) runs several LoRA adapters and the base in the same batch."""
+    adapters, "__base__" for the base) runs several LoRA adapters and the base in the same batch.
+    `min_new_tokens` (one for all rows, or one per row) holds off the end-of-turn tokens;
+    `shared_seed` seeds the stream unseeded sampled rows share; `on_done(i, reply)` is called as row
+    i ends. A model the Engine cannot run goes through one `generate()` call instead (with the
+    largest `min_new_tokens` for every row)."""
     if len(rows) != len(conversations):
         raise ValueError(f"generate_rows: {len(rows)} options for {len(conversations)} conversations")
+    if adapter_names is not None and len(adapter_names) != len(rows):
+        raise ValueError(f"generate_rows: {len(adapter_names)} adapter names for {len(rows)} rows")
+    minimums = [min_new_tokens] * len(rows) if isinstance(min_new_tokens, int) else list(min_new_tokens)
+    if not engine_supports(model):
+        replies = _generate_whole(model, tokenizer, conversations, rows, adapter_names, max(minimums), shared_seed)
+        if on_done is not None:
+            for i, reply in enumerate(replies):
+                on_done(i, reply)
+        return replies
+    engine = Engine(
+        model,
+        tokenizer,
+        end_of_turn_ids(model, tokenizer),
+        max_rows=max_rows or len(rows),
+        seed=shared_seed,
+        route=None if adapter_names is None else adapter_route(model, adapter_names),
+    )
+    todo = [
+        Row(ids, options, adapter=None if adapter_names is None else adapter_names[i], min_new_tokens=minimums[i])
+        for i, (ids, options) in enumerate(zip(_prompt_ids(tokenizer, conversations), rows, strict=True))
+    ]
+    index = {id(row): i for i, row in enumerate(todo)}
+    done = None if on_done is None else (lambda row, reply: on_done(index[id(row)], reply))
+    # similar prompt lengths side by side: less padding in each prefill
+    order = sorted(todo, key=lambda row: len(row.prompt_ids))
+    active = getattr(model, "active_adapters", None) if adapter_names is not None else None
+    try:
+        replies = engine.run(order, done)
+    finally:
+        if active:  # RowLoRA sets the batch's adapters active: the model's own again
+            model.base_model.set_adapter(active if len(active) > 1 else active[0])  # type: ignore[operator]
+    by_row = {id(row): reply for row, reply in zip(order, replies, strict=True)}
+    return [by_row[id(row)] for row in todo]
+
+
+def _generate_whole(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[list[dict[str, str]]],
+    rows: Sequence[SamplingOptions],
+    adapter_names: list[str] | None,
+    min_new_tokens: int,
+    shared_seed: int | None,
+) -> list[Completion]:
+    """generate_rows for a model the Engine cannot run: one generate() call, every row until the
+    longest ends, each row's token picked by SampleRows."""
     prompts = [str(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)) for c in conversations]
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     enc = enc.to(model.device)
     prompt_length = enc["input_ids"].shape[1]
     processors = LogitsProcessorList()
     if any(row.sampled for row in rows):
-        processors.append(SampleRows(rows))
+        processors.append(SampleRows(rows, shared_seed))
     extra: dict[str, Any] = {}
     if adapter_names is not None:
         extra["adapter_names"] = adapter_names
@@ -227,6 +261,7 @@ def generate_rows(
             **enc,
             logits_processor=processors,
             max_new_tokens=longest,
+            min_new_tokens=min_new_tokens,
             do_sample=False,
             eos_token_id=end_ids,
             pad_token_id=tokenizer.pad_token_id,
@@ -254,6 +289,7 @@ def generate_chat(
     n: int = 1,
     stop: Sequence[str] = (),
     seeds: Sequence[int] | None = None,
+    max_rows: int | None = None,
 ) -> list[Completion]:
     """Continue each conversation with `n` assistant replies (temperature 0 = greedy).
 
@@ -261,48 +297,33 @@ def generate_chat(
     ends at the first end-of-turn token (finish_reason "stop"), at the first of the `stop`
     strings, which is cut off ("stop"), or after `max_new_tokens` ("length"). `seeds` (one per
     conversation) gives each reply a random stream of its own, so a conversation's replies depend on its
-    seed alone, whatever else is in the batch. Without them, `seed` reseeds torch's global generator
-    before sampling, so the same batch and seed give the same replies; None keeps the generator's state.
+    seed alone, whatever else is in the batch. Without them, `seed` seeds the stream the replies
+    share, so the same conversations and seed give the same replies; None: they vary.
     """
     if seeds is not None and len(seeds) != len(conversations):
         raise ValueError(f"generate_chat: {len(seeds)} seeds for {len(conversations)} conversations")
-    prompts = [str(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)) for c in conversations]
-    prompts = [p for p in prompts for _ in range(n)]
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-    enc = enc.to(model.device)
-    sampling: dict[str, Any] = {"do_sample": temperature > 0}
-    processors = LogitsProcessorList()
-    if temperature > 0 and seeds is not None:
-        # the n replies to one conversation: n streams, each a function of the conversation's seed
-        row_seeds = [s if n == 1 else request_seed(s, str(j)) for s in seeds for j in range(n)]
-        processors.append(SampleEachRow(row_seeds, temperature, top_p))
-        sampling["do_sample"] = False
-    elif temperature > 0:
-        sampling.update(temperature=temperature, top_p=top_p, top_k=0)
-    stop = [s for s in stop if s]
-    if stop:  # end each row as soon as it has produced a stop string; the text is cut below
-        prompt_length, rows = enc["input_ids"].shape[1], len(prompts)
-        stopping = StopRowsOnStrings(tokenizer, [stop] * rows, [max_new_tokens] * rows, prompt_length)
-        sampling["stopping_criteria"] = StoppingCriteriaList([stopping])
-    end_ids = end_of_turn_ids(model, tokenizer)
-    if seed is not None and not processors:
-        torch.manual_seed(seed)
-    with torch.no_grad():
-        out = model.generate(  # type: ignore[operator]  # transformers types generate loosely
-            **enc,
-            logits_processor=processors,
+    stop = tuple(s for s in stop if s)
+    rows = [
+        SamplingOptions(
+            temperature=temperature,
+            top_p=top_p,
             max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
-            eos_token_id=end_ids,
-            pad_token_id=tokenizer.pad_token_id,
-            **sampling,
+            stop=stop,
+            # the n replies to one conversation: n streams, each a function of the conversation's seed
+            seed=None if seeds is None else seeds[i] if n == 1 else request_seed(seeds[i], str(j)),
         )
-    new_tokens = out[:, enc["input_ids"].shape[1] :]  # (B * n, new)
-    prompt_lengths = enc["attention_mask"].sum(dim=1).tolist()  # (B * n,)
-    return [
-        completion(tokenizer, row, end_ids, stop, int(prompt_tokens))
-        for row, prompt_tokens in zip(new_tokens.tolist(), prompt_lengths, strict=True)
+        for i in range(len(conversations))
+        for j in range(n)
     ]
+    return generate_rows(
+        model,
+        tokenizer,
+        [c for c in conversations for _ in range(n)],
+        rows,
+        min_new_tokens=min_new_tokens,
+        max_rows=max_rows,
+        shared_seed=seed,
+    )
 
 
 class HFBackend:
@@ -337,8 +358,14 @@ class HFBackend:
     def generate(
         self, requests: list[ChatRequest], on_response: Callable[[int, ChatResponse], None] | None = None
     ) -> list[ChatResponse]:
+        """A reply per request, through one Engine run of up to `batch_size` rows at a time (each
+        request its own options); `on_response(i, reply)` as request i's reply is ready."""
         results: list[ChatResponse | None] = [None] * len(requests)
-        groups: dict[tuple[Any, ...], list[int]] = defaultdict(list)
+        conversations: list[list[dict[str, str]]] = []
+        rows: list[SamplingOptions] = []
+        minimums: list[int] = []
+        indices: list[int] = []
+        self._calls += 1
         for index, request in enumerate(requests):
             options = self._fit_to_context(request, {**self.defaults, **request.options})
             if isinstance(options, Completion):  # this request alone fails; the rest of the batch runs
@@ -346,32 +373,39 @@ class HFBackend:
                 if on_response is not None:
                     on_response(index, options)
                 continue
-            # the clipped max_new_tokens is part of the key: a batch's rows all fit the context together
-            groups[tuple(options.get(k) for k in SAMPLING_KEYS)].append(index)
-        for key, indices in groups.items():
-            options = {k: v for k, v in zip(SAMPLING_KEYS, key, strict=True) if v is not None}
-            # similar lengths per batch: less padding
-            indices.sort(key=lambda i: sum(len(m["content"]) for m in requests[i].messages))
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start : start + self.batch_size]
-                self._calls += 1
-                # a keyed request's stream is its own (the same reply whatever shares its batch); an
-                # unkeyed one's follows this backend's seed and its place among the calls
-                seeds = [
-                    request_seed(self.seed, requests[i].key or f"call {self._calls} row {row}")
-                    for row, i in enumerate(chunk)
-                ]
-                replies = generate_chat(
-                    self.model,
-                    self.tokenizer,
-                    [requests[i].messages for i in chunk],
-                    seeds=seeds,
-                    **options,
+            temperature = float(options.get("temperature", 0.0) or 0.0)
+            # a keyed request's stream is its own (the same reply whatever shares its batch); an
+            # unkeyed one's follows this backend's seed and its place among the calls
+            key = request.key or f"call {self._calls} row {index}"
+            rows.append(
+                SamplingOptions(
+                    temperature=temperature,
+                    top_p=float(options.get("top_p", 1.0) or 1.0),
+                    max_new_tokens=int(options.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
+                    stop=(),
+                    seed=request_seed(self.seed, key) if temperature > 0 else None,
                 )
-                for i, reply in zip(chunk, replies, strict=True):
-                    results[i] = reply
-                    if on_response is not None:
-                        on_response(i, reply)
+            )
+            minimums.append(int(options.get("min_new_tokens") or 0))
+            conversations.append(request.messages)
+            indices.append(index)
+        if not rows:
+            return [r for r in results if r is not None]
+
+        def done(row: int, reply: Completion) -> None:
+            results[indices[row]] = reply
+            if on_response is not None:
+                on_response(indices[row], reply)
+
+        generate_rows(
+            self.model,
+            self.tokenizer,
+            conversations,
+            rows,
+            min_new_tokens=minimums,
+            max_rows=self.batch_size,
+            on_done=done,
+        )
         return [r for r in results if r is not None]
 
     def _fit_to_context(self, request: ChatRequest, options: dict[str, Any]) -> dict[str, Any] | Completion:

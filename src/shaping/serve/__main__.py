@@ -47,19 +47,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on start)")
     parser.add_argument("--served-model-name", help="the base model's name in requests (default: its folder name)")
+    parser.add_argument("--max-batch-size", type=int, default=64, help="most rows (requests x n) generating at once")
     parser.add_argument(
-        "--max-batch-size", type=int, default=64, help="most rows (requests x n) in one generate() call"
+        "--max-batch-tokens",
+        type=int,
+        default=0,
+        help="most tokens (each row's prompt + max tokens) reserved by the rows generating at once; 0: no bound",
     )
     parser.add_argument(
         "--batch-window-ms",
         type=float,
         default=10.0,
-        help="how long a batch waits for more requests to join it when few are waiting",
+        help="how long an idle server's first requests wait for more to join them when few are waiting",
     )
     parser.add_argument(
         "--default-max-tokens", type=int, default=256, help="reply length when a request sets no max_tokens"
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch's CPU threads; 0: on CPU all cores but one (left to HTTP and tokenizing), on CUDA torch's default",
+    )
     parser.add_argument("--api-key-env", metavar="NAME", help="require 'Authorization: Bearer <$NAME>' on /v1 routes")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = parser.parse_args(argv)
@@ -69,6 +79,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--adapter: name(s) given twice: {', '.join(duplicates)}")
     if args.max_batch_size < 1:
         parser.error("--max-batch-size: must be at least 1")
+    if args.threads < 0:
+        parser.error("--threads: must be 0 (auto) or more")
+    if args.max_batch_tokens < 0:
+        parser.error("--max-batch-tokens: must be 0 (no bound) or more")
     return args
 
 
@@ -82,13 +96,18 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"shaping.serve: error: --api-key-env {args.api_key_env}: that environment variable is empty")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("shaping.serve: error: --device cuda: no CUDA device here; use --device auto or cpu")
+    device = pick_device() if args.device == "auto" else args.device
+    if args.threads or device == "cpu":
+        # generation holds these cores; the event loop (HTTP, JSON, tokenizing) needs one of its own,
+        # or each steals the other's time slices (measured: docs/benchmarks.md#generation-raw-vs-served)
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) - 1))
     base_name = args.served_model_name or (Path(args.model).resolve().name if Path(args.model).exists() else args.model)
     try:
         models = ServedModels(
             args.model,
             dict(args.adapter),
             base_name=base_name,
-            device=pick_device() if args.device == "auto" else args.device,
+            device=device,
         )
     except ShapingError as err:
         sys.exit(f"shaping.serve: error: {err}")
@@ -96,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         models,
         max_batch_size=args.max_batch_size,
         batch_window_s=args.batch_window_ms / 1000,
+        max_batch_tokens=args.max_batch_tokens or None,
         default_max_tokens=args.default_max_tokens,
         api_key=api_key,
     )

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -69,6 +68,7 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=0)  # not OpenAI's; vLLM's server takes it too
+    min_tokens: int | None = Field(None, ge=0)  # vLLM's: no end-of-turn before this many tokens
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
@@ -169,11 +169,19 @@ def completion_body(
     }
 
 
-def stream_events(
-    request_id: str, created: int, model: str, replies: list[Completion], prompt_tokens: int, include_usage: bool
-) -> Iterator[str]:
-    """SSE events for replies already generated: per choice its role, its text a word at a time,
-    its finish_reason; then the usage chunk if asked for, then [DONE]."""
+async def stream_events(
+    request_id: str,
+    created: int,
+    model: str,
+    n: int,
+    pieces: asyncio.Queue[tuple[int, str]],
+    task: asyncio.Future[list[Completion]],
+    prompt_tokens: int,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """SSE events as the replies are made: each choice's role, then its text in the pieces the
+    generation thread hands on (`pieces`, filled until `task` ends), each choice's finish_reason,
+    the usage chunk if asked for, then [DONE]. A client that goes away cancels the request."""
 
     def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
         body: dict[str, Any] = {
@@ -188,15 +196,33 @@ def stream_events(
             body["usage"] = usage
         return f"data: {json.dumps(body)}\n\n"
 
-    for i, reply in enumerate(replies):
-        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        for piece in re.findall(r"\S+\s*|\s+", reply.text or ""):
-            yield chunk([{"index": i, "delta": {"content": piece}, "finish_reason": None}])
-        yield chunk([{"index": i, "delta": {}, "finish_reason": reply.finish_reason}])
-    if include_usage:
-        usage = completion_body(request_id, created, model, replies, prompt_tokens)["usage"]
-        yield chunk([], usage)
-    yield "data: [DONE]\n\n"
+    try:
+        for i in range(n):
+            yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        while not (task.done() and pieces.empty()):
+            if pieces.empty():
+                getter: asyncio.Future[Any] = asyncio.ensure_future(pieces.get())
+                await asyncio.wait({getter, cast(asyncio.Future[Any], task)}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    continue
+                choice, piece = getter.result()
+            else:
+                choice, piece = pieces.get_nowait()
+            yield chunk([{"index": choice, "delta": {"content": piece}, "finish_reason": None}])
+        try:
+            replies = task.result()
+        except Exception as err:  # failed after the stream began: an error event, as OpenAI's
+            yield f"data: {json.dumps(APIError(500, f'generation failed: {err}', type='server_error').body)}\n\n"
+            return
+        for i, reply in enumerate(replies):
+            yield chunk([{"index": i, "delta": {}, "finish_reason": reply.finish_reason}])
+        if include_usage:
+            usage = completion_body(request_id, created, model, replies, prompt_tokens)["usage"]
+            yield chunk([], usage)
+        yield "data: [DONE]\n\n"
+    finally:
+        task.cancel()
 
 
 def create_app(
@@ -204,24 +230,17 @@ def create_app(
     *,
     max_batch_size: int = 64,
     batch_window_s: float = 0.01,
+    max_batch_tokens: int | None = None,
     default_max_tokens: int = 256,
     api_key: str | None = None,
 ) -> FastAPI:
     """The app over `models`. With `api_key`, /v1 routes need `Authorization: Bearer <api_key>`."""
-    batcher = Batcher(
-        models.generate_rows,
-        max_batch_size=max_batch_size,
-        window_s=batch_window_s,
-        group_of=models.batch_group,
-        serves=models.serves,
-    )
+    batcher = Batcher(models, max_batch_size=max_batch_size, window_s=batch_window_s, max_tokens=max_batch_tokens)
     started = int(time.time())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(batcher.run())
         yield
-        task.cancel()
         batcher.close()
 
     app = FastAPI(title="shaping.serve", lifespan=lifespan)
@@ -275,13 +294,7 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "batches": batcher.batches,
-            "requests": batcher.requests,
-            "rows": batcher.rows,
-            "generate_s": round(batcher.busy_s, 3),
-        }
+        return {"status": "ok", **batcher.counts()}
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     async def list_models() -> dict[str, Any]:
@@ -298,9 +311,10 @@ def create_app(
         check_supported(request)
         conversation = conversation_of(request)
         try:
-            prompt_tokens = models.prompt_tokens(conversation)
+            prompt_ids = models.prompt_ids(conversation)
         except Exception as err:  # the chat template refuses the conversation (e.g. roles out of order)
             raise APIError(400, f"messages: the chat template rejects them ({err})", param="messages") from err
+        prompt_tokens = len(prompt_ids)
         temperature = 1.0 if request.temperature is None else request.temperature
         options = SamplingOptions(
             temperature=temperature,
@@ -310,17 +324,43 @@ def create_app(
             stop=stop_sequences(request.stop),
             seed=request.seed if temperature > 0 else None,
         )
-        try:
-            replies = await batcher.submit(request.model, conversation, request.n or 1, options)
-        except ModelGone:  # unloaded while the request waited
-            check_model(request.model)
-            raise
-        request_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        if request.stream:
-            include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            events = stream_events(request_id, created, request.model, replies, prompt_tokens, include_usage)
-            return StreamingResponse(events, media_type="text/event-stream")
-        return completion_body(request_id, created, request.model, replies, prompt_tokens)
+        min_tokens = request.min_tokens or 0
+        if min_tokens > options.max_new_tokens:
+            raise APIError(
+                400, f"min_tokens: {min_tokens} is more than max_tokens ({options.max_new_tokens})", param="min_tokens"
+            )
+        request_id, created, n = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), request.n or 1
+        if not request.stream:
+            try:
+                replies = await batcher.submit(
+                    request.model, conversation, n, options, min_tokens=min_tokens, prompt_ids=prompt_ids
+                )
+            except ModelGone:  # unloaded while the request waited
+                check_model(request.model)
+                raise
+            return completion_body(request_id, created, request.model, replies, prompt_tokens)
+        pieces: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+        task = asyncio.ensure_future(
+            batcher.submit(
+                request.model,
+                conversation,
+                n,
+                options,
+                lambda i, p: pieces.put_nowait((i, p)),
+                min_tokens=min_tokens,
+                prompt_ids=prompt_ids,
+            )
+        )
+        # the response begins once the request runs, so an error before that still gets its status
+        while pieces.empty() and not task.done():
+            await asyncio.sleep(0.005)
+        if task.done() and task.exception() is not None:
+            if isinstance(task.exception(), ModelGone):
+                check_model(request.model)
+            task.result()
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        events = stream_events(request_id, created, request.model, n, pieces, task, prompt_tokens, include_usage)
+        return StreamingResponse(events, media_type="text/event-stream")
 
     # vLLM's routes and answers (200 with a plain-text line; errors in OpenAI's body), so a client
     # written for one works with the other. The change runs in the generate thread between batches.

@@ -1,44 +1,43 @@
-"""Gathers concurrent requests into shared generate() calls, run off the event loop.
+"""Runs the server's requests through the generation Engine in one worker thread.
 
-One consumer task runs generate() in a single worker thread, one batch at a time. Whenever that
-thread is free it takes every request waiting (up to `max_batch_size` rows; a request with n
-choices is n rows) and runs them at once; while a batch runs, new requests queue up for the next
-one. Only when the queue is nearly empty (fewer than `max_batch_size // 8` rows waiting, at least
-one) does a batch wait up to `window_s` for more to join it, so a burst arriving at an idle server
-is not split into a batch of one and a batch of the rest.
+Requests (a request with n choices is n rows) go to the worker through a queue and wait in the
+Engine's; the Engine admits them into the running batch as rows leave it (iteration-level
+batching: at most `max_batch_size` rows, and `max_tokens` tokens of prompt plus reply, at a
+time), so a short reply never waits for a long one and a client's next request joins a batch
+already running. An idle server that gets its first rows waits up to `window_s` for more
+(fewer than `max_batch_size // 8` waiting), so a burst is prefilled together.
 
 Rows in one batch may differ in everything per-row: model (the base and any LoRA adapter of it;
-`group_of` says which models can share a call), temperature, top-p, top-k, seed, max tokens and
-stop strings. A seeded row samples from a generator of its own, so a greedy or seeded reply is
-the one the request gets alone, whatever shares its batch. A batch runs until its longest row
-ends (no iteration-level batching): clients that send their next request on each reply can
-settle into two cohorts that alternate, batches of about half the requests in flight.
+`ServedModels.batch_group` says which can share a batch), temperature, top-p, top-k, seed, max
+tokens and stop strings. A seeded row samples from a generator of its own, so a greedy or seeded
+reply is the one the request gets alone, whatever shares its batch. A streamed request gets its
+text as its tokens are made (`on_text`).
 
-`call` runs other work on the model (loading or unloading an adapter) in the same thread,
-between batches; a request whose model is gone by the time its batch runs fails alone with
-ModelGone (`serves` says which models are served).
+`call` runs other work on the model (loading or unloading an adapter) in the worker thread once
+the running batch has ended (no row is admitted meanwhile); a request whose model is gone by then
+fails alone with ModelGone. A model the Engine cannot run (no DynamicCache) is served in whole
+batches through `generate()`, one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import queue
+import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from shaping.inference.engine import Engine, Row
 from shaping.inference.hf import Completion
 from shaping.inference.types import request_seed
-from shaping.serve.models import SamplingOptions
+from shaping.serve.models import SamplingOptions, ServedModels
 
 log = logging.getLogger(__name__)
 
 Conversation = list[dict[str, str]]
-# (model of each row, conversations, options of each row) -> one reply per row
-GenerateFn = Callable[[Sequence[str], list[Conversation], Sequence[SamplingOptions]], list[Completion]]
 T = TypeVar("T")
 
 
@@ -52,11 +51,18 @@ class ModelGone(Exception):
 
 @dataclass(eq=False)
 class Job:
+    """One request: its n rows' replies, and, streamed, each choice's text as it is made."""
+
     model: str
     conversation: Conversation
     n: int
     options: SamplingOptions
+    loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[Completion]] = field(repr=False)
+    on_text: Callable[[int, str], None] | None = None  # (choice, piece), in the event loop
+    min_tokens: int = 0
+    prompt_ids: list[int] | None = None
+    replies: dict[int, Completion] = field(default_factory=dict)
 
     def row_options(self) -> list[SamplingOptions]:
         """The n choices' options: with a seed and n > 1, each choice its own stream derived from it."""
@@ -64,124 +70,284 @@ class Job:
             return [self.options] * self.n
         return [replace(self.options, seed=request_seed(self.options.seed, str(j))) for j in range(self.n)]
 
+    def alive(self) -> bool:
+        return not self.future.done()  # a client gone cancels its future
 
-def _same_group(model: str) -> Hashable:
-    return model
+    def fail(self, err: BaseException) -> None:
+        self.loop.call_soon_threadsafe(_fail, self.future, err)
+
+    def add(self, choice: int, reply: Completion) -> bool:
+        """Keep a choice's reply; whether the job has all of them now."""
+        self.replies[choice] = reply
+        return len(self.replies) == self.n
+
+    def resolve(self) -> None:
+        self.loop.call_soon_threadsafe(_resolve, self.future, [self.replies[j] for j in range(self.n)])
 
 
-def _serves_all(model: str) -> bool:
-    return True
+@dataclass(eq=False)
+class _Call:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+class Stepper(Protocol):
+    """What the worker drives: the Engine, or WholeBatches for a model it cannot run."""
+
+    waiting: Any
+    running: list[Row]
+    admitting: bool
+
+    @property
+    def idle(self) -> bool: ...
+
+    def add(self, row: Row) -> None: ...
+
+    def step(self) -> list[tuple[Row, Completion]]: ...
+
+
+class WholeBatches:
+    """A Stepper for models without a DynamicCache: the waiting rows of one group (up to
+    max_rows) as one generate() call, which runs until its longest row ends."""
+
+    def __init__(self, models: ServedModels, max_rows: int) -> None:
+        self.models, self.max_rows = models, max_rows
+        self.waiting: list[Row] = []
+        self.running: list[Row] = []
+        self.admitting = True
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting
+
+    def add(self, row: Row) -> None:
+        self.waiting.append(row)
+
+    def step(self) -> list[tuple[Row, Completion]]:
+        self.waiting = [row for row in self.waiting if row.alive is None or row.alive()]
+        if not self.waiting or not self.admitting:
+            return []
+        group = self.waiting[0].group
+        batch = [row for row in self.waiting if row.group == group][: self.max_rows]
+        self.waiting = [row for row in self.waiting if row not in batch]
+        self.running = batch
+        replies = self.models.generate_rows(
+            [str(row.adapter) for row in batch], [row.tag[0].conversation for row in batch], [r.options for r in batch]
+        )
+        self.running = []
+        for row, reply in zip(batch, replies, strict=True):
+            if row.on_text is not None and reply.text:
+                row.on_text(reply.text)
+        return list(zip(batch, replies, strict=True))
 
 
 class Batcher:
     def __init__(
         self,
-        generate: GenerateFn,
+        models: ServedModels,
         max_batch_size: int,
         window_s: float,
-        group_of: Callable[[str], Hashable] = _same_group,
-        serves: Callable[[str], bool] = _serves_all,
+        max_tokens: int | None = None,
     ) -> None:
-        self.generate = generate
-        self.group_of = group_of
-        self.serves = serves
+        self.models = models
         self.max_batch_size = max(1, max_batch_size)
+        self.max_tokens = max_tokens
         self.window_s = window_s
         self.nearly_empty = max(1, self.max_batch_size // 8)
-        self.batches = 0  # generate() calls made
-        self.requests = 0  # requests answered through them
-        self.rows = 0  # rows (requests x n) generated in them
-        self.busy_s = 0.0  # time the generate thread has spent in generate()
-        self._waiting: list[Job] = []  # in arrival order
-        self._arrived = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        self.requests = 0  # requests answered
+        self.busy_s = 0.0  # time the worker spent generating
+        self._inbox: queue.SimpleQueue[Job | _Call | None] = queue.SimpleQueue()
+        self._calls: list[_Call] = []
+        self._stepper: Stepper = self._new_stepper()
+        self._engines: list[Stepper] = []  # those replaced after an adapter change, for the counts
+        self._thread = threading.Thread(target=self._work, name="generate", daemon=True)
+        self._thread.start()
+
+    # ---- the event loop's side
 
     async def submit(
-        self, model: str, conversation: Conversation, n: int, options: SamplingOptions
+        self,
+        model: str,
+        conversation: Conversation,
+        n: int,
+        options: SamplingOptions,
+        on_text: Callable[[int, str], None] | None = None,
+        min_tokens: int = 0,
+        prompt_ids: list[int] | None = None,
     ) -> list[Completion]:
-        """The `n` replies to `conversation`, once a batch holding it has run."""
-        future: asyncio.Future[list[Completion]] = asyncio.get_running_loop().create_future()
-        self._waiting.append(Job(model, conversation, n, options, future))
-        self._arrived.set()
-        return await future
+        """The `n` replies to `conversation` (`prompt_ids`: its prompt's tokens, when the caller has
+        them); with `on_text`, each choice's text as it is made; no end-of-turn token before
+        `min_tokens` (a model served in whole batches ignores it)."""
+        loop = asyncio.get_running_loop()
+        job = Job(model, conversation, n, options, loop, loop.create_future(), on_text, min_tokens, prompt_ids)
+        self._inbox.put(job)
+        return await job.future
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """fn(*args) in the generate thread, after the batch running now (never during one)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    async def run(self) -> None:
-        """Serve the queue until cancelled."""
+        """fn(*args) in the worker thread, once the running batch has ended (never during one)."""
         loop = asyncio.get_running_loop()
-        while True:
-            while not self._live_rows():
-                self._arrived.clear()
-                await self._arrived.wait()
-            # nearly empty: wait up to window_s for more rows to join (a burst arriving at an idle
-            # server); otherwise run what is waiting at once
-            deadline = loop.time() + self.window_s
-            while self._live_rows() < self.nearly_empty and (left := deadline - loop.time()) > 0:
-                self._arrived.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._arrived.wait(), left)
-            await self._run(self._take_batch())
+        future: asyncio.Future[T] = loop.create_future()
+        self._inbox.put(_Call(fn, args, loop, future))
+        return await future
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._inbox.put(None)
+        self._thread.join(timeout=30)
 
-    def _live_rows(self) -> int:
-        self._waiting = [job for job in self._waiting if not job.future.done()]  # a client gone cancels its future
-        return sum(job.n for job in self._waiting)
+    def counts(self) -> dict[str, Any]:
+        """For /health: requests answered, rows generated, prefills (`batches`: rows admitted
+        together), decoding steps and the rows they held, seconds spent generating."""
+        steppers = [*self._engines, self._stepper]
+        stats = [s.stats for s in steppers if isinstance(s, Engine)]
+        return {
+            "requests": self.requests,
+            "rows": sum(s.rows for s in stats),
+            "batches": sum(s.prefills for s in stats),
+            "steps": sum(s.forwards - s.prefills for s in stats),
+            "row_steps": sum(s.row_steps for s in stats),
+            "generate_s": round(self.busy_s, 3),
+        }
 
-    def _take_batch(self) -> list[Job]:
-        """The oldest waiting job and, in arrival order, the others of its group that fit beside it."""
-        group = self.group_of(self._waiting[0].model)
-        batch: list[Job] = []
-        rows = 0
-        for job in self._waiting:
-            if self.group_of(job.model) != group:
+    # ---- the worker thread
+
+    def _new_stepper(self) -> Stepper:
+        engine = self.models.engine(self.max_batch_size, self.max_tokens)
+        return engine if engine is not None else WholeBatches(self.models, self.max_batch_size)
+
+    def _work(self) -> None:
+        while True:
+            idle = self._stepper.idle and not self._calls
+            items = self._drain(block=idle)
+            if None in items:
+                return
+            for item in items:
+                assert item is not None
+                self._take(item)
+            if items and idle and not self._calls:
+                self._gather_burst()
+            if self._calls:
+                self._stepper.admitting = False
+                if not self._stepper.running:
+                    self._run_calls()
+                    continue
+            if self._stepper.idle:
                 continue
-            if batch and rows + job.n > self.max_batch_size:
-                break
-            batch.append(job)
-            rows += job.n
-        taken = set(map(id, batch))
-        self._waiting = [job for job in self._waiting if id(job) not in taken]
-        return batch
+            started = time.perf_counter()
+            try:
+                finished = self._stepper.step()
+            except Exception as err:  # the model itself failed: every row in the batch fails with it
+                log.exception("generation failed for %d row(s)", len(self._stepper.running))
+                self._fail_all(err)
+                continue
+            finally:
+                self.busy_s += time.perf_counter() - started
+            for row, reply in finished:
+                job, choice = row.tag
+                if job.add(choice, reply):
+                    self.requests += 1  # counted before the client can see its reply
+                    job.resolve()
 
-    def _generate_served(self, batch: list[Job]) -> tuple[list[Job], list[Completion]]:
-        """In the generate thread: the jobs whose model is still served, and their replies. An
-        unload queued before this batch ran has taken its model away: those jobs are left out."""
-        live = [job for job in batch if self.serves(job.model)]
-        if not live:
-            return live, []
-        names = [job.model for job in live for _ in range(job.n)]
-        conversations = [job.conversation for job in live for _ in range(job.n)]
-        options = [o for job in live for o in job.row_options()]
-        return live, self.generate(names, conversations, options)
-
-    async def _run(self, batch: list[Job]) -> None:
-        loop = asyncio.get_running_loop()
-        started = time.perf_counter()
+    def _drain(self, block: bool) -> list[Job | _Call | None]:
+        """What the queue holds (waiting for the first item when `block`); None: close."""
+        items: list[Job | _Call | None] = []
         try:
-            live, replies = await loop.run_in_executor(self._executor, self._generate_served, batch)
-        except Exception as err:
-            log.exception("generate failed for a batch of %d request(s)", len(batch))
-            for job in batch:
-                if not job.future.done():
-                    job.future.set_exception(err)
+            items.append(self._inbox.get() if block else self._inbox.get_nowait())
+            while items[-1] is not None:
+                items.append(self._inbox.get_nowait())
+        except queue.Empty:
+            pass
+        return items
+
+    def _gather_burst(self) -> None:
+        """An idle server's first rows: wait up to window_s for more while few wait."""
+        deadline = time.monotonic() + self.window_s
+        while len(self._stepper.waiting) < self.nearly_empty and (left := deadline - time.monotonic()) > 0:
+            try:
+                item = self._inbox.get(timeout=left)
+            except queue.Empty:
+                return
+            if item is None:
+                self._inbox.put(None)
+                return
+            self._take(item)
+
+    def _take(self, item: Job | _Call) -> None:
+        if isinstance(item, _Call):
+            self._calls.append(item)
             return
-        finally:
-            self.busy_s += time.perf_counter() - started
-        for job in batch:
-            if job not in live and not job.future.done():
-                job.future.set_exception(ModelGone(job.model))
-        if not live:
+        job = item
+        if not self.models.serves(job.model):
+            job.fail(ModelGone(job.model))
             return
-        self.batches += 1
-        self.requests += len(live)
-        self.rows += len(replies)
-        start = 0
-        for job in live:
-            if not job.future.done():
-                job.future.set_result(replies[start : start + job.n])
-            start += job.n
+        try:
+            prompt_ids = job.prompt_ids or self.models.prompt_ids(job.conversation, worker=True)
+        except Exception as err:  # the chat template refuses it: this request alone fails
+            job.fail(err)
+            return
+        for choice, options in enumerate(job.row_options()):
+            row = Row(
+                prompt_ids,
+                options,
+                adapter=job.model,
+                on_text=None if job.on_text is None else _streamer(job, choice),
+                alive=job.alive,
+                group=self.models.batch_group(job.model),
+                min_new_tokens=job.min_tokens,
+            )
+            row.tag = (job, choice)
+            self._stepper.add(row)
+
+    def _run_calls(self) -> None:
+        """The queued calls, between batches; then the rows waiting go on, but those whose model
+        is gone fail."""
+        calls, self._calls = self._calls, []
+        for call in calls:
+            try:
+                result = call.fn(*call.args)
+            except Exception as err:
+                call.loop.call_soon_threadsafe(_fail, call.future, err)
+            else:
+                call.loop.call_soon_threadsafe(_resolve, call.future, result)
+        waiting = list(self._stepper.waiting)
+        self._engines.append(self._stepper)
+        self._stepper = self._new_stepper()  # the model object may have changed (a first adapter wraps it)
+        failed: set[int] = set()
+        for row in waiting:
+            job, _ = row.tag
+            if not self.models.serves(job.model):
+                if id(job) not in failed:
+                    failed.add(id(job))
+                    job.fail(ModelGone(job.model))
+                continue
+            self._stepper.add(row)
+
+    def _fail_all(self, err: Exception) -> None:
+        rows = [*self._stepper.running, *self._stepper.waiting]
+        jobs = {id(row.tag[0]): row.tag[0] for row in rows}
+        for job in jobs.values():
+            job.fail(err)
+        self._engines.append(self._stepper)
+        self._stepper = self._new_stepper()
+
+
+def _streamer(job: Job, choice: int) -> Callable[[str], None]:
+    """A row's on_text: its pieces to the job's callback, in the event loop's thread."""
+    stream, loop = job.on_text, job.loop
+    assert stream is not None
+
+    def on_text(piece: str) -> None:
+        loop.call_soon_threadsafe(stream, choice, piece)
+
+    return on_text
+
+
+def _resolve(future: asyncio.Future[T], value: T) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future[Any], err: BaseException) -> None:
+    if not future.done():
+        future.set_exception(err)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 from collections.abc import Hashable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from shaping.errors import ShapingError
-from shaping.inference.hf import Completion, SamplingOptions, generate_rows
+from shaping.inference.engine import Engine, Row
+from shaping.inference.hf import Completion, SamplingOptions, end_of_turn_ids, engine_supports, generate_rows
+from shaping.inference.lora_rows import RowLoRA
 
 __all__ = ["AdapterError", "SamplingOptions", "ServedModels"]
 
@@ -72,6 +77,8 @@ class ServedModels:
         self.adapter_names = list(adapters)
         self.context_length: int | None = getattr(base.config, "max_position_embeddings", None)
         self.mixable = {name for name in self.adapter_names if self._mixable(name)}
+        self._active: str | None = None  # the adapter set active for a batch of its rows alone
+        self._rows: RowLoRA | None = None
 
     def _mixable(self, name: str) -> bool:
         """Whether PEFT can run adapter `name` on some rows of a batch (`adapter_names=`): plain
@@ -194,11 +201,56 @@ class ServedModels:
             self.model = model.unload()
         log.info("unloaded adapter %s", name)
 
+    def engine(self, max_rows: int, max_tokens: int | None = None) -> Engine | None:
+        """An Engine over the served models (rows name their model in `adapter`), or None for a
+        model it cannot run."""
+        if not engine_supports(self.model):
+            return None
+        self._active = None
+        self._rows = RowLoRA(self.model) if isinstance(self.model, PeftModel) else None
+        return Engine(
+            self.model,  # type: ignore[arg-type]  # a PeftModel runs like the model it wraps
+            self.tokenizer,
+            end_of_turn_ids(self.model, self.tokenizer),  # type: ignore[arg-type]
+            max_rows=max_rows,
+            max_tokens=max_tokens,
+            route=self._route,
+        )
+
+    def _route(self, rows: Sequence[Row]) -> AbstractContextManager[dict[str, Any]]:
+        """The model set up for these rows (their `adapter` is the served model's name): LoRA
+        adapters and the base through RowLoRA (each adapter's scale per row, PEFT's plain
+        forward); an adapter it cannot run (DoRA) set active alone; else PEFT's `adapter_names`."""
+        model = self.model
+        if not isinstance(model, PeftModel):
+            return contextlib.nullcontext({})
+        names = [BASE_ROW if row.adapter == self.base_name else str(row.adapter) for row in rows]
+        if self._rows is not None and self._rows.fits(names):
+            self._active = None  # RowLoRA sets the active adapters its own way
+            return self._rows.rows(names)
+        self._rows_active_reset()
+        if len(set(names)) == 1 and names[0] != BASE_ROW:
+            if self._active != names[0]:
+                model.set_adapter(names[0])
+                self._active = names[0]
+            return contextlib.nullcontext({})
+        return contextlib.nullcontext({"adapter_names": names})
+
+    def _rows_active_reset(self) -> None:
+        if self._rows is not None:
+            self._rows.active = None
+
+    def prompt_ids(self, conversation: list[dict[str, str]], *, worker: bool = False) -> list[int]:
+        """The prompt generate_chat builds for `conversation`, as token ids: with the event loop's
+        tokenizer, or (`worker`) the generate thread's (a fast tokenizer used from two threads at
+        once can fail)."""
+        tokenizer = self.tokenizer if worker else self._counting_tokenizer
+        prompt = str(tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False))
+        return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
     def prompt_tokens(self, conversation: list[dict[str, str]]) -> int:
         """The length of the prompt generate_chat builds for `conversation`."""
-        tokenizer = self._counting_tokenizer
-        prompt = str(tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False))
-        return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        return len(self.prompt_ids(conversation))
 
     def generate(
         self, name: str, conversations: list[list[dict[str, str]]], options: SamplingOptions
@@ -221,6 +273,8 @@ class ServedModels:
                 return generate_rows(model, self.tokenizer, conversations, options)  # type: ignore[arg-type]
         if len(set(names)) == 1:  # one adapter: the plain forward, without the per-row split
             model.set_adapter(names[0])
+            self._active = names[0]
+            self._rows_active_reset()
             return generate_rows(model, self.tokenizer, conversations, options)  # type: ignore[arg-type]
         adapter_names = [BASE_ROW if name == self.base_name else name for name in names]
         return generate_rows(
