@@ -11,13 +11,10 @@ import logging
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 tinker = pytest.importorskip("tinker")
 
@@ -36,7 +33,7 @@ from shaping.integrations.tinker.evaluation import evaluate_reference  # noqa: E
 from shaping.integrations.tinker.supervised import SupervisedChatTemplateRenderer  # noqa: E402
 from shaping.training import hf_peft  # noqa: E402
 
-from .conftest import DIALOGUES, REPO, composed, copy_project_files  # noqa: E402
+from .conftest import DIALOGUES, REPO, composed  # noqa: E402
 
 ROWS = [{"id": f"r{i}", "messages": d} for i, d in enumerate(DIALOGUES * 3)]  # 9 rows
 
@@ -596,49 +593,6 @@ def test_cookbook_renderer_when_installed(cfg: Config) -> None:
     prompt = renderer.generation_prompt(DIALOGUES[1][:-1])
     assert tokens[: len(prompt)] == prompt
     assert renderer.stop_sequences()
-
-
-# --- the stage: `dvc exp run -S backend=tinker` without a key ---------------------------------------
-
-
-@pytest.mark.slow
-def test_dvc_exp_run_without_a_key_fails_at_train_naming_it(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """The real `dvc exp run -S backend=tinker`, train stage only (-s): the upstream stages' outputs are
-    put in place and committed to dvc.lock by hand instead of rebuilt (minutes on 2 cores)."""
-    repo = tmp_path / "repo"
-    copy_project_files(repo, skip=("dvc.lock", "data/validated", "models/", "eval/", "dvclive/"))
-    shutil.copytree(tiny_model_dir, repo / "models" / "base")
-    (repo / "models" / "pretrain").mkdir()
-    (repo / "models" / "pretrain" / "config.json").write_text("{}")
-    validated = repo / "data" / "validated"
-    validated.mkdir(parents=True)
-    for name in ("train.jsonl", "eval.jsonl"):
-        (validated / name).write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    for name in ("run.json", "report.json"):
-        (validated / name).write_text("{}")
-    env = {k: v for k, v in os.environ.items() if k != "TINKER_API_KEY"}
-    env.update(HF_HUB_OFFLINE="1", PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
-
-    def sh(*cmd: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(list(cmd), cwd=repo, capture_output=True, text=True, env=env, timeout=600)
-
-    for cmd in (
-        ("git", "init", "-q", "-b", "main"),
-        ("git", "config", "user.email", "test@example.com"),
-        ("git", "config", "user.name", "test"),
-        ("dvc", "commit", "-f", "validate", "prepare_base"),  # else exp run removes outputs it has no hash of
-        ("git", "add", "-A"),
-        ("git", "commit", "-qm", "repo"),
-    ):
-        done = sh(*cmd)
-        assert done.returncode == 0, (cmd, done.stdout, done.stderr)
-    proc = sh("dvc", "exp", "run", "-S", "backend=tinker", "-s", "train")
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert "Traceback" not in out
-    errors = [line for line in out.splitlines() if "TINKER_API_KEY" in line]
-    assert len(errors) == 1 and "train failed" in errors[0], out[-3000:]
-    assert yaml.safe_load((repo / "params.yaml").read_text())["backend"]["name"] == "tinker"  # what DVC composed
 
 
 # --- the real service ---------------------------------------------------------------------------------
