@@ -134,9 +134,12 @@ def test_grpo_with_lora_logs_each_reward_and_a_raising_reward_names_itself_and_t
         RewardConfig("length_band", 1.0, {"min": 0, "max": 5, "unit": "chars"}),  # the judge's 'short' too
         RewardConfig("tests.test_train_grpo:broken_reward", 0.5),
         RewardConfig("judge", 0.5),
+        RewardConfig("identity_agreement", 0.5),  # the tiny model as hf teacher, batched on TRL's event loop
         steps=3,
     )
     cfg.train.batch_size, cfg.train.num_generations, cfg.train.max_completion_length = 4, 4, 4
+    assert cfg.train.identity is not None
+    cfg.train.identity.max_new_tokens = 8
     assert cfg.lora.enabled
     with ScriptedJudge() as url, pytest.raises(ShapingError) as err:
         use_scripted_judge(cfg, url, tmp_path / "cache")
@@ -150,6 +153,8 @@ def test_grpo_with_lora_logs_each_reward_and_a_raising_reward_names_itself_and_t
     # unparseable, scored 0 and counted (seed 0: 2 of the 4 replies are short)
     assert metric_rows(tmp_path / "live", "rewards/judge/mean") == [pytest.approx(0.875 * short)]
     assert metric_rows(tmp_path / "live", "rewards/judge/unparseable") == [pytest.approx(1 - short)]
+    [agreement] = metric_rows(tmp_path / "live", "rewards/identity_agreement/mean")
+    assert 0 < agreement < 1 and metric_rows(tmp_path / "live", "rewards/identity_agreement/unparseable") == [0.0]
 
 
 def test_judge_reward_is_batched_cached_and_counts_what_it_cannot_read(

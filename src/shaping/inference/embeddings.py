@@ -63,8 +63,9 @@ def paired_similarity(
     if not replies:
         return []
     model = load_embedder(name, where)
-    a = model.encode(replies, normalize_embeddings=True, convert_to_numpy=True)  # (N, D)
-    b = model.encode(references, normalize_embeddings=True, convert_to_numpy=True)  # (N, D)
+    quiet = {"normalize_embeddings": True, "convert_to_numpy": True, "show_progress_bar": False}
+    a = model.encode(replies, **quiet)  # (N, D)
+    b = model.encode(references, **quiet)  # (N, D)
     cosines = np.einsum("nd,nd->n", a, b)  # each row's dot product: the diagonal of a @ b.T
     return [
         float(c) if reply.strip() and reference.strip() else 0.0
