@@ -234,7 +234,10 @@ def test_model_reward_config_errors_name_the_key(cfg: Config, tmp_path: Path) ->
     refused("judge", r"train\.judge\.rubric\.scale=\[5, 1\]: must be \[lowest, highest\]")
     identity.teacher = "nobody"
     refused("identity_agreement", r"train\.identity\.teacher='nobody': not in the model registry")
-    identity.teacher, identity.embedding_model = "teacher", "nowhere"
+    identity.teacher, prompt_file = "teacher", cfg.models["teacher"].sysprompt_file
+    cfg.models["teacher"].sysprompt_file = "nowhere.md"
+    refused("identity_agreement", r"models\.teacher\.sysprompt_file: nowhere\.md not found")
+    cfg.models["teacher"].sysprompt_file, identity.embedding_model = prompt_file, "nowhere"
     refused("identity_agreement", r"train\.identity\.embedding_model=nowhere: not a folder")
     cfg.train = composed().train  # train=sft: no judge section
     refused("judge", r"train\.judge: null; the judge reward reads its model and rubric there")

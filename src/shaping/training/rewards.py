@@ -131,6 +131,7 @@ class _ModelReward:
         if name not in self.registry.specs:
             known = ", ".join(sorted(self.registry.specs)) or "none"
             raise ShapingError(f"{key}={name!r}: not in the model registry (models: {known}); add models.{name}")
+        self.registry.system_prompt(name)  # now, not at the first step: a missing sysprompt_file names its key
 
     def cache(self) -> ResponseCache | None:
         if self.cache_dir is None:
