@@ -15,7 +15,7 @@ from shaping.config import Config
 from shaping.errors import ShapingError
 from shaping.evaluation import EvalContext, run_metrics
 from shaping.evaluation.claims import claims_prompt, load_claims, parse_completion, score_claims
-from shaping.evaluation.embeddings import load_embedder
+from shaping.inference.embeddings import load_embedder
 
 from .conftest import DIALOGUES, REPO
 

@@ -22,8 +22,8 @@ from shaping.config import Config
 from shaping.config.schema import CriterionConfig, RubricConfig
 from shaping.errors import ShapingError
 from shaping.evaluation import EvalContext, run_metrics
-from shaping.evaluation.judge import JudgeItem, check_rubric, judge_messages
 from shaping.evaluation.stats import mean_with_ci
+from shaping.inference.rubric import check_rubric, rubric_messages
 from shaping.serve import running_server
 
 from .conftest import DIALOGUES, composed
@@ -191,8 +191,7 @@ def test_failed_generations_are_counted_and_not_judged(cfg: Config, tmp_path: Pa
 
 
 def test_judge_prompt_carries_rubric_scale_and_reply() -> None:
-    item = JudgeItem(model="tuned", id="1", prompt=DIALOGUES[1][:-1], reply="Flour.", reference="Flour and water.")
-    system, user = judge_messages(RUBRIC, item)
+    system, user = rubric_messages(RUBRIC, DIALOGUES[1][:-1], "Flour.", reference="Flour and water.")
     assert system["content"].startswith("Judge the reply.")
     assert "- voice: warm\n- clarity\n" in system["content"] and "from 1 (worst) to 5 (best)" in system["content"]
     assert '<criterion name="clarity"><score>N</score>' in system["content"]

@@ -1,10 +1,10 @@
-"""shaping.evaluation.parsers on judge replies, well-formed and not."""
+"""shaping.inference.rubric's parsers on judge replies, well-formed and not."""
 
 from __future__ import annotations
 
 import pytest
 
-from shaping.evaluation.parsers import extract_all, extract_tag, parse_assessment, parse_score, parse_xml_fields
+from shaping.inference.rubric import extract_all, extract_tag, parse_assessment, parse_score, parse_xml_fields
 
 REPLY = """Sure! Here is my assessment.
 <assessment>

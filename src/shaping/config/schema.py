@@ -320,9 +320,39 @@ class LossWeight:
 class RewardConfig:
     """An entry of `train.rewards` (train=grpo): a reward function, its weight in the total and its arguments."""
 
-    name: str = MISSING  # a name in shaping.training.rewards (length_band, eos, think_tags) or pkg.module:function
+    # a name in shaping.training.rewards (length_band, eos, think_tags, judge, identity_agreement) or
+    # pkg.module:function
+    name: str = MISSING
     weight: float = 1.0
     args: dict[str, Any] = field(default_factory=dict)  # the function's keyword arguments, e.g. {min: 8, max: 64}
+
+
+class IdentitySource(StrEnum):
+    teacher = "teacher"  # the teacher's reply to the same prompt, asked through the model registry (cached)
+    reference = "reference"  # the row's own reply (in identity pipelines, the teacher's sample)
+
+
+@dataclass
+class RewardJudgeConfig:
+    """train.judge: what train=grpo's `judge` reward asks (conf/train/grpo.yaml; null in sft.yaml)."""
+
+    model: str  # a name in `models` (the model registry): any backend, hf or openai
+    rubric: RubricConfig  # grpo.yaml: ${eval.judge.rubric}, the evaluation's own
+    show_reference: bool  # also show the judge the row's own reply, as a good reply
+    temperature: float  # 0 = greedy: the same reply gets the same score (and the cache answers it)
+    max_new_tokens: int
+
+
+@dataclass
+class RewardIdentityConfig:
+    """train.identity: train=grpo's `identity_agreement` reward (conf/train/grpo.yaml; null in sft.yaml)."""
+
+    source: IdentitySource  # teacher: models.<teacher>'s reply; reference: the row's own reply
+    teacher: str  # source=teacher: a name in `models`, answering with its own system prompt
+    temperature: float  # source=teacher: 0 = greedy (as the evaluation's identity metric)
+    max_new_tokens: int  # source=teacher
+    embedding_model: str  # grpo.yaml: ${eval.embedding_model}
+    similarity_threshold: float | None  # null: the reward is the cosine (>= 0); a number: 1 at or above it, else 0
 
 
 @dataclass
@@ -370,6 +400,9 @@ class TrainConfig:
     temperature: float  # sampling temperature of the replies
     vllm: bool  # sample with vLLM on the GPU (TRL's colocate mode) instead of transformers' generate
     rewards: list[RewardConfig]  # summed with their weights into each reply's reward
+    judge: RewardJudgeConfig | None  # the `judge` reward's model and rubric (grpo.yaml)
+    identity: RewardIdentityConfig | None  # the `identity_agreement` reward's teacher and embeddings (grpo.yaml)
+    reward_cache_dir: str | None  # the judge's and teacher's answers, <dir>/<reward>.sqlite (not a DVC out); null: none
     # distill only (conf/train/distill.yaml); it reads temperature and max_completion_length above too (the
     # student's sampling), and beta as the divergence: 0 forward KL, 1 reverse KL
     teacher: str  # the registry model (models.<teacher>) distilled: a local (hf) model with the same tokenizer

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shaping.errors import ShapingError
-from shaping.evaluation.embeddings import similarity
+from shaping.inference.embeddings import similarity
 from shaping.io import iter_jsonl
 
 _CLAIM = re.compile(r"^\s*CLAIM\[(c\d+)\]\s*:?\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)

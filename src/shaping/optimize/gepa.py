@@ -244,7 +244,7 @@ def make_metric(
             return float(hit), "Contains the expected answer." if hit else f"Should say: {gold.reference}"
 
     elif cfg.metric == "agreement":
-        from shaping.evaluation.embeddings import similarity
+        from shaping.inference.embeddings import similarity
 
         model = str(embedding_model)
 
@@ -253,8 +253,7 @@ def make_metric(
             return max(0.0, cosine), f"Similarity {cosine:.2f} to a good reply: {_clip(str(gold.reference), 300)}"
 
     elif cfg.metric == "judge":
-        from shaping.evaluation.judge import JudgeItem, check_rubric, judge_messages
-        from shaping.evaluation.parsers import parse_assessment
+        from shaping.inference.rubric import check_rubric, normalized_score, parse_assessment, rubric_messages
 
         if judge is None or rubric is None:
             raise ShapingError("prompt.metric=judge: needs the judge model (eval.judge.model) and eval.judge.rubric")
@@ -262,16 +261,15 @@ def make_metric(
         names = [c.name for c in rubric.criteria]
 
         def score(gold: Any, reply: str) -> tuple[float, str]:
-            item = JudgeItem(model="student", id="", prompt=[{"role": "user", "content": gold.prompt}], reply=reply)
+            messages = rubric_messages(rubric, [{"role": "user", "content": gold.prompt}], reply)
             try:
-                text = (judge(messages=judge_messages(rubric, item)) or [""])[0]
+                text = (judge(messages=messages) or [""])[0]
             except Exception as err:
                 return 0.0, f"The judge failed: {err}"
-            assessment = parse_assessment(str(text or ""), names, low, high)
-            scores = [s for s in assessment.scores.values() if s is not None]
-            if not scores:
+            value = normalized_score(parse_assessment(str(text or ""), names, low, high), low, high)
+            if value is None:
                 return 0.0, "The judge's reply could not be read."
-            return (sum(scores) / len(scores) - low) / (high - low), _clip(str(text), 600)
+            return value, _clip(str(text), 600)
 
     else:
         raise ShapingError(f"prompt.metric={cfg.metric}: one of adherence, agreement, judge, contains")

@@ -21,10 +21,10 @@ import orjson
 from shaping.config import Config, compose, find_repo_root
 from shaping.errors import ShapingError
 from shaping.inference import ModelRegistry
+from shaping.inference.cache import ResponseCache
 from shaping.inference.redact import redact
 from shaping.io import atomic_write_text, write_json
 from shaping.pipeline.api import FileDep, ModelDep, ModelRequest, ModelResponse, PipelineError, TrainingSample
-from shaping.pipeline.cache import ResponseCache
 from shaping.pipeline.engine import Engine, Task, now
 from shaping.pipeline.journal import Journal
 from shaping.tracking import git_commit, hash_inputs, sha256_file

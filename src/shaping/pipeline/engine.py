@@ -37,9 +37,9 @@ from tqdm import tqdm
 
 from shaping.errors import ShapingError
 from shaping.inference import ChatRequest, ChatResponse, ModelRegistry
+from shaping.inference.cache import ResponseCache, payload_of, request_body, request_key_from_payload
 from shaping.inference.types import AsyncChatBackend
 from shaping.pipeline.api import ModelRequest, ModelResponse, PipelineError, TrainingSample
-from shaping.pipeline.cache import ResponseCache, payload_of, request_body, request_key_from_payload
 from shaping.pipeline.journal import Journal
 
 log = logging.getLogger(__name__)

@@ -409,7 +409,7 @@ def check_grpo_options(cfg: Config) -> None:
     if t.temperature <= 0:
         raise ShapingError(f"train.temperature={t.temperature}: GRPO samples its replies; use a temperature > 0")
     # every reward's name, arguments and module, before any model loads (built again with the tokenizer's ids)
-    build_rewards(t.rewards, eos_token_ids=[-1])
+    build_rewards(t.rewards, eos_token_ids=[-1], cfg=cfg)
 
 
 def check_vllm(device: str) -> None:
@@ -453,7 +453,15 @@ def grpo_trainer(
         )
     gen_eos = model.generation_config.eos_token_id if model.generation_config is not None else None
     eos_ids = [tokenizer.eos_token_id, *(gen_eos if isinstance(gen_eos, list) else [gen_eos])]
-    rewards, weights = build_rewards(t.rewards, [int(i) for i in eos_ids if i is not None])
+    rewards, weights = build_rewards(t.rewards, [int(i) for i in eos_ids if i is not None], cfg=cfg)
+
+    class CloseRewards(TrainerCallback):
+        """The judge's and teacher's models (and their worker threads) go when training ends."""
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            for reward in rewards:
+                reward.close()
+
     dataset = Dataset.from_list(to_prompts(rows, "train.jsonl"))
     per_step = t.batch_size * t.gradient_accumulation_steps // t.num_generations
     if len(dataset) < per_step:
@@ -483,7 +491,7 @@ def grpo_trainer(
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config(cfg),
-        callbacks=callbacks,
+        callbacks=[*callbacks, CloseRewards()],
     )
 
 

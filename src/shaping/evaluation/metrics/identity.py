@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shaping.evaluation.embeddings import similarity
 from shaping.evaluation.registry import EvalContext, metric
+from shaping.inference.embeddings import paired_similarity
 from shaping.io import write_jsonl
 
 
@@ -25,12 +25,8 @@ def identity(ctx: EvalContext) -> dict[str, Any]:
     ]
     for name in ("base", "tuned"):
         student = [r["text"] or "" for r in ctx.replies(name)]
-        cosines = similarity(ctx.cfg.eval.embedding_model, student, teacher)  # (prompts, prompts)
-        # each reply against the teacher's to the same prompt; a blank reply says nothing, so it
-        # agrees with nothing (two empty strings embed identically)
-        paired = [
-            float(cosines[i, i]) if student[i].strip() and teacher[i].strip() else 0.0 for i in range(len(teacher))
-        ]
+        # each reply against the teacher's to the same prompt (a blank one, either side, agrees with nothing)
+        paired = paired_similarity(ctx.cfg.eval.embedding_model, student, teacher)
         agree = [c >= threshold for c in paired]
         for record, cosine, agreed, text in zip(records, paired, agree, student, strict=True):
             record[name] = text

@@ -6,18 +6,25 @@ in batches: the engine calls `commit()` once per turn of its event loop, so a bu
 answers costs one transaction, not one each, and at most the answers of the current turn
 (requests still in flight, in effect) are lost to a SIGKILL. Failed requests are not cached
 (a re-run retries them).
+
+The synthesis engine (shaping.pipeline) uses it for every pipeline; `complete_cached` asks one registry
+model a list of requests through the same cache outside a pipeline (train=grpo's judge and teacher).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from shaping.inference.types import ChatResponse
+from shaping.inference.types import ChatRequest, ChatResponse
+
+if TYPE_CHECKING:
+    from shaping.inference.registry import ModelRegistry
 
 KNOWN_KEYS_MAX = 2_000_000  # about 100 MB of key prefixes in memory at most
 
@@ -110,3 +117,55 @@ class ResponseCache:
     def close(self) -> None:
         self.commit()
         self.db.close()
+
+
+async def complete_cached(
+    registry: ModelRegistry,
+    name: str,
+    conversations: list[list[dict[str, str]]],
+    options: dict[str, Any],
+    cache: ResponseCache | None = None,
+) -> list[ChatResponse]:
+    """One response per conversation from registry model `name`, in order. The requests go concurrently to
+    its async backend (a batch backend, hf or vllm, gets them in generate() calls of up to max_concurrency;
+    openai keeps max_concurrency in flight). The model's system prompt (sysprompt, sysprompt_file) is put first
+    where a conversation has none, as the synthesis engine does. Identical requests are sent once; with
+    `cache`, answered ones are read from it and new successful answers stored (committed before returning),
+    keyed as the engine keys them: a request answered by a pipeline, or by an earlier call, is not sent again."""
+    system = registry.system_prompt(name)
+    merged = {**registry.defaults(name), **options}
+    model_id = registry.model_id(name) if cache is not None else ""
+    keys: list[str] = []
+    unique: dict[str, tuple[str | None, ChatRequest]] = {}  # seed key -> (cache key, request)
+    for messages in conversations:
+        if system is not None and not any(m.get("role") == "system" for m in messages):
+            messages = [{"role": "system", "content": system}, *messages]
+        body = request_body(messages, merged)
+        seed_key = request_key_from_payload(payload_of(name, body), 0)
+        keys.append(seed_key)
+        if seed_key not in unique:
+            cache_key = request_key_from_payload(payload_of(model_id, body), 0) if cache is not None else None
+            unique[seed_key] = (cache_key, ChatRequest(messages, dict(options), key=seed_key))
+    answers: dict[str, ChatResponse] = {}
+    missing: list[tuple[str, str | None, ChatRequest]] = []
+    for seed_key, (cache_key, request) in unique.items():
+        hit = cache.get(cache_key) if cache is not None and cache_key is not None else None
+        if hit is not None:
+            answers[seed_key] = hit
+        else:
+            missing.append((seed_key, cache_key, request))
+    if missing:
+        backend = registry.async_backend(name)
+        try:
+            sent = await asyncio.gather(
+                *(backend.complete(request, (i, 0)) for i, (_, _, request) in enumerate(missing))
+            )
+        finally:
+            await backend.aclose()
+        for (seed_key, cache_key, _), response in zip(missing, sent, strict=True):
+            answers[seed_key] = response
+            if cache is not None and cache_key is not None:
+                cache.put(cache_key, response)
+        if cache is not None:
+            cache.commit()
+    return [answers[key] for key in keys]
