@@ -12,6 +12,7 @@ from typing import Any
 import datasets
 import pytest
 
+from shaping.data import validate_messages
 from shaping.data.sources import convert, materialize, parse_source, parse_sources, rename
 from shaping.data.transforms import to_trajectories
 from shaping.errors import ShapingError
@@ -73,9 +74,15 @@ def test_sharegpt_roles_are_mapped_and_function_calls_kept() -> None:
     }
     messages = convert(row, "sharegpt", "s-0")["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant"]
-    assert messages[2]["tool_calls"] == [
-        {"type": "function", "function": {"name": "weather", "arguments": '{"city":"Oslo"}'}}
-    ]
+    assert messages[2] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_2", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Oslo"}'}}
+        ],
+    }
+    assert messages[3] == {"role": "tool", "content": "rain", "tool_call_id": "call_2"}
+    assert validate_messages(messages) == []  # the gate takes it as it is
     with pytest.raises(ValueError, match=r"conversations\[0\]\.from: 'robot'"):
         convert({"conversations": [{"from": "robot", "value": "x"}]}, "sharegpt", "s-1")
 
@@ -100,6 +107,7 @@ def test_messages_folder_keeps_tool_calls_and_drops_arrow_nulls(tmp_path: Path) 
     assert got["messages"][0] == {"role": "user", "content": "add 1"}  # Arrow's None keys left out
     assert got["messages"][1]["tool_calls"] == [call]
     assert got["messages"][2] == {"role": "tool", "content": "1", "tool_call_id": "c1"}
+    assert validate_messages(got["messages"]) == []
 
 
 def test_save_to_disk_folder_and_guessed_format(tmp_path: Path) -> None:
@@ -210,6 +218,8 @@ def test_hf_and_jsonl_uri_sources_pass_the_gate_and_are_split(
             + "\n"
             for i in range(5)
         )
+        + json.dumps({"id": "e-tool", "messages": TRAJECTORY, "tools": TOOLS})  # a tool-call trajectory passes too
+        + "\n"
     )
     out = tmp_path / "validated"
     params = write_params(
@@ -223,8 +233,12 @@ def test_hf_and_jsonl_uri_sources_pass_the_gate_and_are_split(
     split = [
         json.loads(line) for name in ("train", "eval") for line in (out / f"{name}.jsonl").read_text().splitlines()
     ]
-    assert len(split) == 25
-    assert {r["id"] for r in split} == {f"alpaca-train-{i}" for i in range(20)} | {f"e{i}" for i in range(5)}
+    assert len(split) == 26
+    assert {r["id"] for r in split} == {f"alpaca-train-{i}" for i in range(20)} | {f"e{i}" for i in range(5)} | {
+        "e-tool"
+    }
+    (kept,) = [r for r in split if r["id"] == "e-tool"]
+    assert kept == {"id": "e-tool", "messages": TRAJECTORY, "tools": TOOLS}  # calls, results and tools kept
     assert list(json.loads((out / "report.json").read_text())["sources"]) == [f"hf://{folder}", str(extra)]
 
 
@@ -241,10 +255,12 @@ TRAJECTORY: list[dict[str, Any]] = [
 ]
 
 
+TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {}}}]
+
+
 def test_trajectories_keep_turns_and_tool_calls() -> None:
-    tools = [{"type": "function", "function": {"name": "add", "parameters": {}}}]
-    (got,) = to_trajectories([{"id": "t", "messages": TRAJECTORY, "tools": tools}])
-    assert got == {"messages": TRAJECTORY, "tools": tools}
+    (got,) = to_trajectories([{"id": "t", "messages": TRAJECTORY, "tools": TOOLS}])
+    assert got == {"messages": TRAJECTORY, "tools": TOOLS}
 
 
 @pytest.mark.parametrize(
@@ -255,8 +271,9 @@ def test_trajectories_keep_turns_and_tool_calls() -> None:
             [*TRAJECTORY[1:3], {**TRAJECTORY[3], "tool_call_id": "zz"}, TRAJECTORY[4]],
             r"rows:2: messages\[2\]\.tool_call_id: 'zz'",
         ),
-        ([TRAJECTORY[1], {"role": "assistant", "content": "", "tool_calls": [{}]}], r"tool_calls\[0\]: expected"),
-        (TRAJECTORY[:3], r"rows:2: messages: the last message must be the assistant's final reply"),
+        ([TRAJECTORY[1], {"role": "assistant", "content": "", "tool_calls": [{}]}], r"tool_calls\[0\]\.id: missing"),
+        (TRAJECTORY[:3], r"rows:2: messages\[2\]\.tool_calls\[0\]\.id: call 'c1' has no tool message"),
+        (TRAJECTORY[:4], r"rows:2: messages: the last message must be the assistant's"),
         ([TRAJECTORY[1], {"role": "robot", "content": "x"}], r"messages\[1\]\.role: 'robot'"),
     ],
 )

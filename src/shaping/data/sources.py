@@ -166,12 +166,14 @@ SHAREGPT_ROLES = {
 
 
 def from_sharegpt(row: Mapping[str, Any]) -> Messages:
-    """conversations [{from, value}]: human/gpt/system/tool roles mapped; a function_call turn becomes an
-    assistant message with tool_calls (its value is the JSON {name, arguments})."""
+    """conversations [{from, value}]: human/gpt/system/tool roles mapped. A function_call turn (its value the
+    JSON {name, arguments}) becomes a tool call of an assistant message (consecutive ones, one message),
+    with the id `call_<turn index>`; each tool turn after it answers the oldest call not yet answered."""
     turns = row.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise ValueError("conversations: expected a non-empty list of {from, value}")
     messages: Messages = []
+    waiting: list[str] = []  # ids of calls no tool turn has answered yet
     for i, turn in enumerate(turns):
         if not isinstance(turn, Mapping):
             raise ValueError(f"conversations[{i}]: expected an object with from and value")
@@ -196,10 +198,18 @@ def from_sharegpt(row: Mapping[str, Any]) -> Messages:
                 "name": call["name"],
                 "arguments": arguments if isinstance(arguments, str) else _json(arguments),
             }
-            messages.append(
-                {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": function}]}
-            )
+            made: dict[str, Any] = {"id": f"call_{i}", "type": "function", "function": function}
+            waiting.append(made["id"])
+            previous = messages[-1] if messages else {}
+            if previous.get("role") == "assistant" and previous.get("tool_calls"):
+                previous["tool_calls"].append(made)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [made]})
+        elif role == "tool":
+            answered = {"tool_call_id": waiting.pop(0)} if waiting else {}  # none: the gate names the turn
+            messages.append({"role": role, "content": value, **answered})
         else:
+            waiting.clear()
             messages.append({"role": role, "content": value})
     return messages
 
@@ -208,7 +218,8 @@ MESSAGE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
 
 
 def from_messages(row: Mapping[str, Any]) -> Messages:
-    """OpenAI `messages` as they are: role, content, and tool_calls / tool_call_id / name where set."""
+    """OpenAI `messages` as they are: role, content, and tool_calls / tool_call_id / name where set (a tool
+    call's `arguments` given as an object becomes its JSON string)."""
     messages = row.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages: expected a non-empty list of {role, content}")
@@ -219,8 +230,21 @@ def from_messages(row: Mapping[str, Any]) -> Messages:
         # an Arrow struct column gives every message every key, None where a row lacked it
         kept = {k: message[k] for k in MESSAGE_KEYS if message.get(k) is not None}
         kept.setdefault("content", message.get("content"))
+        if isinstance(kept.get("tool_calls"), list):
+            kept["tool_calls"] = [_openai_call(call) for call in kept["tool_calls"]]
         out.append(kept)
     return out
+
+
+def _openai_call(call: Any) -> Any:
+    """A tool call in OpenAI's shape: `arguments` an object (transformers' chat-template convention) becomes
+    its JSON string; Arrow's None keys are left out. Anything else is kept for the gate to report."""
+    if not isinstance(call, Mapping) or not isinstance(call.get("function"), Mapping):
+        return call
+    function = {k: v for k, v in call["function"].items() if v is not None}
+    if isinstance(function.get("arguments"), Mapping):
+        function["arguments"] = _json(function["arguments"])
+    return {**{k: v for k, v in call.items() if v is not None}, "function": function}
 
 
 CONVERTERS: dict[str, Callable[[Mapping[str, Any]], Messages]] = {
