@@ -55,7 +55,8 @@ class SourceFile:
 
 
 def source_files(cfg: Config, scratch: Path) -> list[SourceFile]:
-    """The file to scan for every dataset source; hf:// sources are written to `scratch` as chat rows."""
+    """The file to scan for every dataset source; hf:// sources are written to `scratch` as rows of
+    dataset.format (trace:// sources as chat rows)."""
     if not cfg.dataset.sources:
         raise ShapingError("dataset.sources: empty; name at least one pipeline, .jsonl file or hf:// dataset")
     files = []
@@ -65,7 +66,7 @@ def source_files(cfg: Config, scratch: Path) -> list[SourceFile]:
         elif source.kind in ("hf", "trace"):
             path = scratch / f"source-{i}.jsonl"
             with atomic_write_bytes(path) as out:
-                loaded = materialize(source, f"dataset.sources[{i}]", cfg.dataset.columns, out)
+                loaded = materialize(source, f"dataset.sources[{i}]", cfg.dataset.columns, out, cfg.dataset.format)
             log.info("%s: %d rows (%s, fingerprint %s)", source.uri, loaded.rows, loaded.format, loaded.fingerprint)
             files.append(SourceFile(path, loaded=loaded))
         else:
