@@ -119,8 +119,8 @@ def distill_rows(
     for n, row in enumerate(to_sft(rows, "train.jsonl"), start=1):
         if row.get("tools") or any(m["role"] == "tool" or m.get("tool_calls") for m in row["messages"]):
             raise ShapingError(
-                f"train.jsonl:{n}: a conversation with tool calls; train.method=distill takes conversations "
-                "without tools (the teacher's prompt is rendered without them): use train.method=sft for tool-call "
+                f"train.jsonl:{n}: a conversation with tool calls; train=distill takes conversations "
+                "without tools (the teacher's prompt is rendered without them): use train=sft for tool-call "
                 "trajectories, or leave those rows out of dataset.sources"
             )
         messages = [m for m in row["messages"] if m["role"] != "system"]
