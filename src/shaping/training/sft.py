@@ -139,11 +139,12 @@ def check_tools_rendered(
     fail on a call's null content: either is one error naming the row and what to do."""
     kwargs: dict[str, Any] = {} if template is None else {"chat_template": template}
 
-    def render(messages: list[dict[str, Any]], tools: Any) -> str | None:
+    def render(messages: list[dict[str, Any]], tools: Any) -> tuple[str | None, str]:
+        """(the text, "") or (None, the template's error)."""
         try:
-            return str(tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, **kwargs))
-        except Exception:  # jinja's errors, e.g. `None + '<|im_end|>'` on a call's null content
-            return None
+            return str(tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, **kwargs)), ""
+        except Exception as err:  # jinja's errors, e.g. `None + '<|im_end|>'` on a call's null content
+            return None, f"{type(err).__name__}: {err}"
 
     checked = 0
     for n, row in enumerate(rows, start=1):
@@ -152,22 +153,19 @@ def check_tools_rendered(
         results = [str(m.get("content") or "") for m in messages if m.get("role") == "tool"]
         if not calls and not results and not tools:
             continue
-        text = render(messages, tools)
+        text, error = render(messages, tools)
         lost = []
         if text is None:
-            try:
-                tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, **kwargs)
-            except Exception as err:
-                lost.append(f"fails on it ({type(err).__name__}: {err})")
+            lost.append(f"fails on it ({error})")
         else:
             if calls:
                 bare = [
                     {**{k: v for k, v in m.items() if k != "tool_calls"}, "content": m.get("content") or ""}
                     for m in messages
                 ]
-                if render(bare, tools) == text:
+                if render(bare, tools)[0] == text:
                     lost.append("leaves out its tool calls")
-            if tools and render(messages, None) == text:
+            if tools and render(messages, None)[0] == text:
                 lost.append("leaves out its tools")
             if any(r not in text for r in results):
                 lost.append("leaves out its tool results")
