@@ -34,8 +34,9 @@ from shaping.io import atomic_write_bytes, write_json
 from shaping.stage import StageContext, run_stage
 
 log = logging.getLogger("shaping.validate")
-# what the split keeps; a chat row's optional `rejected` reply makes it a preference pair (train=dpo)
-FIELDS = {"chat": ("id", "messages", "rejected"), "preference": ("id", "prompt", "chosen", "rejected")}
+# what the split keeps; a chat row's optional `rejected` reply makes it a preference pair (train=dpo), its
+# optional `tools` are the function schemas its tool calls were made against
+FIELDS = {"chat": ("id", "messages", "rejected", "tools"), "preference": ("id", "prompt", "chosen", "rejected")}
 DATASET_ENV = "SHAPING_DATASET_FILES"  # what tests in validation.tests.path read
 
 
@@ -54,7 +55,8 @@ class SourceFile:
 
 
 def source_files(cfg: Config, scratch: Path) -> list[SourceFile]:
-    """The file to scan for every dataset source; hf:// sources are written to `scratch` as chat rows."""
+    """The file to scan for every dataset source; hf:// sources are written to `scratch` as rows of
+    dataset.format (trace:// sources as chat rows)."""
     if not cfg.dataset.sources:
         raise ShapingError("dataset.sources: empty; name at least one pipeline, .jsonl file or hf:// dataset")
     files = []
@@ -64,7 +66,7 @@ def source_files(cfg: Config, scratch: Path) -> list[SourceFile]:
         elif source.kind in ("hf", "trace"):
             path = scratch / f"source-{i}.jsonl"
             with atomic_write_bytes(path) as out:
-                loaded = materialize(source, f"dataset.sources[{i}]", cfg.dataset.columns, out)
+                loaded = materialize(source, f"dataset.sources[{i}]", cfg.dataset.columns, out, cfg.dataset.format)
             log.info("%s: %d rows (%s, fingerprint %s)", source.uri, loaded.rows, loaded.format, loaded.fingerprint)
             files.append(SourceFile(path, loaded=loaded))
         else:
@@ -135,7 +137,14 @@ def count_truncated(cfg: Config, gate: Gate, files: list[Path]) -> list[dict[str
     for path in files:
         valid = set(gate.valid.get(path.as_posix(), []))
         for lineno, row in iter_rows(path, valid) if valid else ():
-            length = len(tokenizer.apply_chat_template(row["messages"], tokenize=True))
+            try:
+                length = len(tokenizer.apply_chat_template(row["messages"], tools=row.get("tools"), tokenize=True))
+            except Exception as err:  # jinja's errors: a template that cannot render this row (e.g. null content)
+                raise ShapingError(
+                    f"{path.as_posix()}:{lineno}: dataset.max_tokens: model {cfg.model.name_or_path}'s chat template "
+                    f"cannot render this row ({type(err).__name__}: {err}); use a model whose template takes its "
+                    "messages (tool calls need one that renders tool_calls and tool messages) or drop the row"
+                ) from None
             if length > limit:
                 found.append({"file": path.as_posix(), "line": lineno, "tokens": length})
     return found

@@ -58,7 +58,7 @@ def test_structure_problems_are_named() -> None:
     problems = validate_messages([{"role": "user", "content": "u"}, {"role": "assistant", "content": " "}])
     assert problems == ["messages[1].content: empty"]
     problems = validate_messages([{"role": "user", "content": "u"}, {"role": "bot", "content": "a"}])
-    assert "messages[1].role: 'bot' is not one of system, user, assistant" in problems
+    assert "messages[1].role: 'bot' is not one of system, user, assistant, tool" in problems
     assert any("last message" in p for p in validate_messages([{"role": "user", "content": "u"}]))
     assert any(
         "in a row" in p
@@ -538,3 +538,98 @@ def test_error_patterns_anchored_share_one_regex_and_count_the_same() -> None:
     assert q.error_like == expected == 9
     with pytest.raises(ShapingError, match=r"validation\.quality\.error_patterns\[1\]='\(unclosed'"):
         Quality(quality_config(error_patterns=["ok", "(unclosed"]))
+
+
+# tool-call trajectories (OpenAI shape) under conf/'s schema -----------------------------------------------------
+def call(cid: str, name: str = "add", arguments: str = '{"a": 1, "b": 2}') -> dict[str, Any]:
+    return {"id": cid, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+ADD_TOOL = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+
+
+def trajectory(*middle: dict[str, Any], reply: str = "It is 3.", **row: Any) -> str:
+    """A row asking 1+2 whose assistant turn is `middle` (calls and tool results), then `reply`."""
+    user = {"role": "user", "content": "What is 1+2?"}
+    return json.dumps({"id": "t", **row, "messages": [user, *middle, {"role": "assistant", "content": reply}]})
+
+
+def test_tool_call_trajectories_pass_the_gate_and_bad_ones_name_line_and_key(tmp_path: Path) -> None:
+    called = {"role": "assistant", "content": None, "tool_calls": [call("c1")]}
+    answer = {"role": "tool", "content": "3", "tool_call_id": "c1"}
+    reply = {"role": "assistant", "content": "a"}
+    lines = [
+        chat("plain"),
+        trajectory(called, answer, tools=ADD_TOOL),  # 2: one call, the tools offered
+        trajectory(  # 3: two calls at once ("" beside them), answered in any order, then a second round
+            {"role": "assistant", "content": "", "tool_calls": [call("c1"), call("c2", arguments="{}")]},
+            {"role": "tool", "content": "3", "tool_call_id": "c2"},
+            {**answer, "name": "add"},
+            {"role": "assistant", "content": "Checking.", "tool_calls": [call("c3")]},
+            {"role": "tool", "content": "3", "tool_call_id": "c3"},
+        ),
+        trajectory(answer),  # 4: a tool message answering nothing
+        trajectory(called, {**answer, "tool_call_id": "zz"}),  # 5
+        trajectory({**called, "tool_calls": [call("c1", arguments='{"a": 1,')]}, answer),  # 6
+        trajectory(called),  # 7: the call never answered
+        trajectory({**called, "tool_calls": [call("c1", name="mul")]}, answer, tools=ADD_TOOL),  # 8
+        trajectory(called, {"role": "tool", "content": "3"}),  # 9: no tool_call_id
+        json.dumps({"id": "t", "messages": [{"role": "user", "content": "hi"}, called, answer]}),  # 10: ends on a tool
+        json.dumps({"id": "t", "messages": [{"role": "user", "content": None}, reply]}),  # 11
+        trajectory({**called, "tool_calls": [call("c1", arguments="[1, 2]")]}, answer),  # 12
+        json.dumps({"id": "n", "messages": [{"role": "user", "content": "u"}, {**reply, "tool_calls": None}]}),  # 13
+        json.dumps({**json.loads(chat("x")), "tools": "add"}),  # 14: tools not a list
+    ]
+    path = tmp_path / "tools.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    dataset = _conf_sections()[0]  # the shipped schema, as the validate stage reads it
+    fast = Gate(dataset, quality_config())
+    assert fast.fast is not None  # plain rows keep the fast path
+    fast.scan(path)
+    slow = Gate(dataset, quality_config())
+    slow.fast = None
+    slow.scan(path)
+    assert gate_result(fast) == gate_result(slow)
+    first: dict[int, tuple[str, str]] = {}
+    for e in fast.errors:
+        first.setdefault(e.line, (e.field, e.message))
+    assert sorted(first) == [4, 5, 6, 7, 8, 9, 10, 11, 12, 14]
+    assert first[4] == ("messages[1]", "a tool message must answer an assistant message's tool_calls")
+    assert first[5] == ("messages[2].tool_call_id", "'zz' answers no call of messages[1]")
+    assert first[6][0] == "messages[1].tool_calls[0].function.arguments" and "not valid JSON" in first[6][1]
+    assert first[7][0] == "messages[1].tool_calls[0].id" and "'c1' has no tool message answering it" in first[7][1]
+    assert first[8] == ("messages[1].tool_calls[0].function.name", "'mul' is not among the row's tools")
+    assert first[9][0] == "messages[2].tool_call_id" and first[9][1].startswith("missing")
+    assert first[10] == ("messages", "the last message must be the assistant's")
+    assert first[11][0] == "messages[0].content" and first[11][1].startswith("missing")
+    assert first[12] == ("messages[1].tool_calls[0].function.arguments", "expected a JSON object, got a JSON list")
+    assert first[14][0] == "tools"
+    assert list(fast.valid[path.as_posix()]) == [1, 2, 3, 13]
+
+
+@pytest.mark.parametrize(
+    ("messages", "problem"),
+    [
+        ([{"role": "user", "content": "u", "tool_calls": [call("c1")]}], "messages[0].tool_calls: only an assistant"),
+        ([{"role": "assistant", "content": None, "tool_calls": []}], "messages[0].tool_calls: expected a non-empty"),
+        (
+            [{"role": "assistant", "content": None, "tool_calls": [call("c1"), call("c1")]}],
+            "messages[0].tool_calls[1].id: 'c1' is the id of an earlier call",
+        ),
+        (
+            [{"role": "assistant", "content": None, "tool_calls": [{**call("c1"), "type": "code"}]}],
+            "messages[0].tool_calls[0].type: 'code'; only function calls",
+        ),
+        (
+            [{"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "function": {"name": "f"}}]}],
+            "messages[0].tool_calls[0].function.arguments: missing",
+        ),
+        (
+            [{"role": "assistant", "content": 3, "tool_calls": [call("c1")]}],
+            "messages[0].content: expected a string or null beside tool_calls",
+        ),
+        ([{"role": "user", "content": "u", "tool_call_id": "c1"}], "messages[0].tool_call_id: only a tool message"),
+    ],
+)
+def test_malformed_tool_calls_are_named(messages: list[dict[str, Any]], problem: str) -> None:
+    assert any(p.startswith(problem) for p in validate_messages(messages)), validate_messages(messages)

@@ -12,6 +12,7 @@ from typing import Any
 import datasets
 import pytest
 
+from shaping.data import validate_messages
 from shaping.data.sources import convert, materialize, parse_source, parse_sources, rename
 from shaping.data.transforms import to_trajectories
 from shaping.errors import ShapingError
@@ -37,9 +38,9 @@ def parquet_folder(folder: Path, rows: list[dict[str, Any]]) -> Path:
     return folder
 
 
-def rows_of(uri: str, columns: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def rows_of(uri: str, columns: dict[str, str] | None = None, target: str = "chat") -> list[dict[str, Any]]:
     out = io.BytesIO()
-    loaded = materialize(parse_source(uri, WHERE), WHERE, columns or {}, out)
+    loaded = materialize(parse_source(uri, WHERE), WHERE, columns or {}, out, target)
     assert loaded.rows == len(out.getvalue().splitlines())
     return [json.loads(line) for line in out.getvalue().splitlines()]
 
@@ -73,9 +74,15 @@ def test_sharegpt_roles_are_mapped_and_function_calls_kept() -> None:
     }
     messages = convert(row, "sharegpt", "s-0")["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant"]
-    assert messages[2]["tool_calls"] == [
-        {"type": "function", "function": {"name": "weather", "arguments": '{"city":"Oslo"}'}}
-    ]
+    assert messages[2] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_2", "type": "function", "function": {"name": "weather", "arguments": '{"city":"Oslo"}'}}
+        ],
+    }
+    assert messages[3] == {"role": "tool", "content": "rain", "tool_call_id": "call_2"}
+    assert validate_messages(messages) == []  # the gate takes it as it is
     with pytest.raises(ValueError, match=r"conversations\[0\]\.from: 'robot'"):
         convert({"conversations": [{"from": "robot", "value": "x"}]}, "sharegpt", "s-1")
 
@@ -100,6 +107,7 @@ def test_messages_folder_keeps_tool_calls_and_drops_arrow_nulls(tmp_path: Path) 
     assert got["messages"][0] == {"role": "user", "content": "add 1"}  # Arrow's None keys left out
     assert got["messages"][1]["tool_calls"] == [call]
     assert got["messages"][2] == {"role": "tool", "content": "1", "tool_call_id": "c1"}
+    assert validate_messages(got["messages"]) == []
 
 
 def test_save_to_disk_folder_and_guessed_format(tmp_path: Path) -> None:
@@ -210,6 +218,8 @@ def test_hf_and_jsonl_uri_sources_pass_the_gate_and_are_split(
             + "\n"
             for i in range(5)
         )
+        + json.dumps({"id": "e-tool", "messages": TRAJECTORY, "tools": TOOLS})  # a tool-call trajectory passes too
+        + "\n"
     )
     out = tmp_path / "validated"
     params = write_params(
@@ -223,9 +233,128 @@ def test_hf_and_jsonl_uri_sources_pass_the_gate_and_are_split(
     split = [
         json.loads(line) for name in ("train", "eval") for line in (out / f"{name}.jsonl").read_text().splitlines()
     ]
-    assert len(split) == 25
-    assert {r["id"] for r in split} == {f"alpaca-train-{i}" for i in range(20)} | {f"e{i}" for i in range(5)}
+    assert len(split) == 26
+    assert {r["id"] for r in split} == {f"alpaca-train-{i}" for i in range(20)} | {f"e{i}" for i in range(5)} | {
+        "e-tool"
+    }
+    (kept,) = [r for r in split if r["id"] == "e-tool"]
+    assert kept == {"id": "e-tool", "messages": TRAJECTORY, "tools": TOOLS}  # calls, results and tools kept
     assert list(json.loads((out / "report.json").read_text())["sources"]) == [f"hf://{folder}", str(extra)]
+
+
+# preference datasets (TRL's prompt/chosen/rejected shapes) ---------------------------------------------------
+def talk(*turns: tuple[str, str]) -> list[dict[str, str]]:
+    return [{"role": role, "content": content} for role, content in turns]
+
+
+def test_preference_rows_in_trl_shapes_become_pairs_or_chat_rows(tmp_path: Path) -> None:
+    strings = {"prompt": "Sky colour?", "chosen": "Blue.", "rejected": "Green."}
+    assert convert(strings, "preference", "p-0", "preference") == {"id": "p-0", **strings}
+    assert convert(strings, "preference", "p-0") == {  # dataset.format=chat: prompt + chosen, the rejected text
+        "id": "p-0",
+        "messages": talk(("user", "Sky colour?"), ("assistant", "Blue.")),
+        "rejected": "Green.",
+    }
+    explicit = {
+        "prompt": talk(("system", "Be brief."), ("user", "Sky colour?")),
+        "chosen": talk(("assistant", "Blue.")),
+        "rejected": talk(("assistant", "Green.")),
+        "id": 4,
+    }
+    assert convert(explicit, "preference", "p-1", "preference") == {"id": "4", **{k: explicit[k] for k in strings}}
+    implicit = {  # no prompt: the conversations' shared first messages are it (TRL's implicit prompt)
+        "chosen": talk(("user", "Sky colour?"), ("assistant", "Blue.")),
+        "rejected": talk(("user", "Sky colour?"), ("assistant", "Green.")),
+    }
+    assert convert(implicit, "preference", "p-2", "preference") == {
+        "id": "p-2",
+        "prompt": talk(("user", "Sky colour?")),
+        "chosen": talk(("assistant", "Blue.")),
+        "rejected": talk(("assistant", "Green.")),
+    }
+    folder = tmp_path / "implicit"  # through Arrow: every message gets every key, None where it had none
+    folder.mkdir()
+    lists = [{**implicit, "chosen": [{**m, "name": None} for m in implicit["chosen"]]}, implicit]
+    datasets.Dataset.from_list(lists).to_json(str(folder / "data.jsonl"))
+    assert [r["prompt"] for r in rows_of(f"hf://{folder}", target="preference")] == [talk(("user", "Sky colour?"))] * 2
+    chat_row = convert(
+        {"instruction": "Sky colour?", "output": "Blue.", "rejected": "Green."}, "alpaca", "a", "preference"
+    )
+    assert chat_row == {
+        "id": "a",
+        "prompt": talk(("user", "Sky colour?")),
+        "chosen": talk(("assistant", "Blue.")),
+        "rejected": "Green.",
+    }
+
+
+@pytest.mark.parametrize(
+    ("row", "target", "needle"),
+    [
+        ({"prompt": "q", "rejected": "b"}, "preference", "chosen: missing or empty"),
+        ({"prompt": "q", "chosen": "a", "rejected": 3}, "preference", "rejected: expected a string or a list"),
+        ({"chosen": "a", "rejected": "b"}, "preference", "prompt: missing; string pairs need a prompt column"),
+        (
+            {"chosen": talk(("user", "q"), ("assistant", "a"))} | {"rejected": talk(("user", "q"))},
+            "preference",
+            "rejected: the same conversation as chosen",
+        ),
+        ({"prompt": "q", "chosen": talk(("user", "a")), "rejected": "b"}, "preference", r"chosen\[0\]\.role: 'user'"),
+        (
+            {"prompt": "q", "chosen": "a", "rejected": talk(("assistant", "b"), ("assistant", "c"))},
+            "chat",
+            "rejected: 2 messages",
+        ),
+        ({"instruction": "q", "output": "a"}, "preference", "rejected: missing; dataset.format=preference takes pairs"),
+    ],
+)
+def test_unreadable_preference_row_names_its_field(row: dict[str, Any], target: str, needle: str) -> None:
+    fmt = "alpaca" if "instruction" in row else "preference"
+    with pytest.raises(ValueError, match=needle):
+        convert(row, fmt, "x", target)
+
+
+def test_preference_folder_feeds_the_preference_gate_bad_rows_by_index(
+    tmp_path: Path, run_script: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
+    rows = [
+        {
+            "prompt": f"Question {i}: what is {i} plus {i}?",
+            "chosen": f"The sum is {2 * i}, twice {i}.",
+            "rejected": f"The sum is {i + 1}, a guess.",
+        }
+        for i in range(25)
+    ]
+    rows[4]["chosen"] = ""  # the converter cannot read it
+    rows[9]["rejected"] = rows[9]["chosen"]  # converted, then refused by the gate
+    folder = parquet_folder(tmp_path / "prefs", rows)
+    uri = f"hf://{folder}"  # format guessed from the columns
+    out = tmp_path / "validated"
+    overrides = [
+        "dataset.format=preference",
+        "dataset.schema=[]",
+        f"paths.validated_dir={out}",
+        "validation.tests.path=null",
+    ]
+    params = write_params(tmp_path, f"dataset.sources=['{uri}']", *overrides)
+    proc = run_script("src/validate.py", "--params", str(params))
+    assert_clear_failure(
+        proc, f"{uri} row 4: preference: chosen: missing or empty", f"{uri} row 9: rejected: identical"
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(e["row"] for e in report["errors"]) == [4, 9] and report["rows"]["valid"] == 23
+    del rows[9], rows[4]
+    folder = parquet_folder(tmp_path / "good", rows)
+    params = write_params(tmp_path, f"dataset.sources=['hf://{folder}?format=preference']", *overrides)
+    proc = run_script("src/validate.py", "--params", str(params))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    split = [
+        json.loads(line) for name in ("train", "eval") for line in (out / f"{name}.jsonl").read_text().splitlines()
+    ]
+    assert sorted(r["id"] for r in split) == sorted(f"good-train-{i}" for i in range(23))
+    assert {(r["prompt"], r["chosen"], r["rejected"]) for r in split} == {
+        (r["prompt"], r["chosen"], r["rejected"]) for r in rows
+    }
 
 
 # to_trajectories ---------------------------------------------------------------------------------------------
@@ -241,10 +370,12 @@ TRAJECTORY: list[dict[str, Any]] = [
 ]
 
 
+TOOLS = [{"type": "function", "function": {"name": "add", "parameters": {}}}]
+
+
 def test_trajectories_keep_turns_and_tool_calls() -> None:
-    tools = [{"type": "function", "function": {"name": "add", "parameters": {}}}]
-    (got,) = to_trajectories([{"id": "t", "messages": TRAJECTORY, "tools": tools}])
-    assert got == {"messages": TRAJECTORY, "tools": tools}
+    (got,) = to_trajectories([{"id": "t", "messages": TRAJECTORY, "tools": TOOLS}])
+    assert got == {"messages": TRAJECTORY, "tools": TOOLS}
 
 
 @pytest.mark.parametrize(
@@ -255,8 +386,9 @@ def test_trajectories_keep_turns_and_tool_calls() -> None:
             [*TRAJECTORY[1:3], {**TRAJECTORY[3], "tool_call_id": "zz"}, TRAJECTORY[4]],
             r"rows:2: messages\[2\]\.tool_call_id: 'zz'",
         ),
-        ([TRAJECTORY[1], {"role": "assistant", "content": "", "tool_calls": [{}]}], r"tool_calls\[0\]: expected"),
-        (TRAJECTORY[:3], r"rows:2: messages: the last message must be the assistant's final reply"),
+        ([TRAJECTORY[1], {"role": "assistant", "content": "", "tool_calls": [{}]}], r"tool_calls\[0\]\.id: missing"),
+        (TRAJECTORY[:3], r"rows:2: messages\[2\]\.tool_calls\[0\]\.id: call 'c1' has no tool message"),
+        (TRAJECTORY[:4], r"rows:2: messages: the last message must be the assistant's"),
         ([TRAJECTORY[1], {"role": "robot", "content": "x"}], r"messages\[1\]\.role: 'robot'"),
     ],
 )

@@ -193,6 +193,19 @@ def hf_prepared(monkeypatch: pytest.MonkeyPatch, cfg: Config, tmp_path: Path) ->
     return built["trainer"]
 
 
+def test_rows_with_tool_calls_are_refused_naming_the_row(tinker_cfg: Config) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "stock", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": "In stock?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": "yes", "tool_call_id": "c1"},
+        {"role": "assistant", "content": "Yes."},
+    ]
+    renderer = SupervisedChatTemplateRenderer(load_tokenizer(tinker_cfg.model))
+    with pytest.raises(ShapingError, match=r"train\.jsonl:2: a conversation with tool calls; backend=tinker"):
+        tinker_backend.encode_rows([ROWS[0], {"id": "t", "messages": messages}], renderer, tinker_cfg.train)
+
+
 @pytest.mark.parametrize(
     ("train_on_prompt", "max_length", "loss_weights"),
     [

@@ -140,9 +140,9 @@ def test_wrong_project_keys_and_missing_extra_are_clear(
 def test_traces_no_row_can_be_made_of_are_named_by_row_in_the_gate(
     store: fake_langfuse.Store, tmp_path: Any, run_script: Callable[..., subprocess.CompletedProcess[str]]
 ) -> None:
-    # the gate's schema (conf/dataset) takes system/user/assistant turns: the tool-call trace is left out
-    store.traces = [t for t in store.traces if t.name == "chat" and t.id != "tr-0002"][:20]
-    store.observations = [o for o in store.observations if o.trace_id != "tr-0009"]  # row 7: no generation at all
+    # row 1 (rows count from 0) is the tool-call trace: the gate's schema (conf/dataset) takes it
+    store.traces = [t for t in store.traces if t.name == "chat"][:20]
+    store.observations = [o for o in store.observations if o.trace_id != "tr-0009"]  # row 8: no generation at all
     bad = store.add_trace("chat", [(turn("Who is it?"), {"role": "user", "content": "me"})])  # row 20
     out = tmp_path / "validated"
     params = write_params(
@@ -151,11 +151,11 @@ def test_traces_no_row_can_be_made_of_are_named_by_row_in_the_gate(
     proc = run_script("src/validate.py", "--params", str(params))
     assert_clear_failure(
         proc,
-        f"{URI} row 7: langfuse: trace tr-0009: no GENERATION observation",
+        f"{URI} row 8: langfuse: trace tr-0009: no GENERATION observation",
         f"{URI} row 20: langfuse: trace {bad}: output.role: 'user'",
     )
     report = json.loads((out / "report.json").read_text())
-    assert sorted((e["file"], e["row"]) for e in report["errors"]) == [(URI, 7), (URI, 20)]
+    assert sorted((e["file"], e["row"]) for e in report["errors"]) == [(URI, 8), (URI, 20)]
     assert report["rows"]["read"] == 21 and report["rows"]["valid"] == 19
     (recorded,) = json.loads((out / "run.json").read_text())["details"]["sources"]
     assert (recorded["uri"], recorded["rows"], recorded["format"]) == (URI, 21, "langfuse")

@@ -128,3 +128,16 @@ def test_distill_bad_knobs_fail_naming_the_key(cfg: Config) -> None:
     cfg.train.packing = True
     with pytest.raises(ShapingError, match=r"train=distill pads its batches"):
         hf_peft.check_options(cfg)
+
+
+def test_rows_with_tool_calls_are_refused_naming_the_row(cfg: Config) -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "stock", "arguments": "{}"}}
+    tooled = [
+        {"role": "user", "content": "In stock?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": "yes", "tool_call_id": "c1"},
+        {"role": "assistant", "content": "Yes."},
+    ]
+    rows = [{"messages": DIALOGUES[1]}, {"messages": tooled}]
+    with pytest.raises(ShapingError, match=r"train\.jsonl:2: a conversation with tool calls; train=distill"):
+        distill.distill_rows(rows, load_tokenizer(cfg.model), "You are Juniper.")

@@ -341,3 +341,42 @@ def test_identity_pipeline_records_the_base_reply_as_rejected(cfg: Config, tmp_p
     assert all(isinstance(r["rejected"], str) and r["rejected"] for r in rows)
     assert all(r["messages"][0]["role"] == "user" for r in rows)  # the identity is not in the row
     assert to_preferences(rows)  # the synthesized rows are DPO pairs as they are
+
+
+def test_tool_calls_train_only_through_a_template_that_renders_them(cfg: Config, tmp_path: Path) -> None:
+    from trl.chat_template_utils import qwen2_5_chat_template
+
+    from shaping.training.sft import check_tools_rendered
+
+    call = {"id": "c1", "type": "function", "function": {"name": "stock", "arguments": '{"sku": "A7"}'}}
+    messages = [
+        {"role": "user", "content": "Is A7 in stock?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": "twelve left", "tool_call_id": "c1"},
+        {"role": "assistant", "content": "Yes, twelve."},
+    ]
+    tools = [{"type": "function", "function": {"name": "stock", "parameters": {"type": "object"}}}]
+    rows = to_sft([*({"messages": d} for d in DIALOGUES), {"id": "t", "messages": messages, "tools": tools}])
+    assert rows[-1] == {"messages": messages, "tools": tools}  # kept whole for the template
+    tokenizer = load_tokenizer(cfg.model)  # the demo's ChatML renders content only
+    with pytest.raises(ShapingError, match=r"train\.jsonl:4: model tiny: its chat template fails on it"):
+        check_tools_rendered(tokenizer, rows, None, "tiny", "train.jsonl")  # null content beside the call
+    blank = [{**rows[-1], "messages": [{**m, "content": m["content"] or ""} for m in messages]}]
+    with pytest.raises(
+        ShapingError, match=r"train\.jsonl:1: .* leaves out its tool calls and leaves out its tools, .*Qwen2\.5's"
+    ):
+        check_tools_rendered(tokenizer, blank, None, "tiny", "train.jsonl")
+    tokenizer.chat_template = qwen2_5_chat_template
+    template = training_template(tokenizer, train_on_prompt=False, name="qwen-like")
+    check_tools_rendered(tokenizer, rows, template, "qwen-like", "train.jsonl")
+    ours = tokenize_conversation(tokenizer, messages, template, False, None, tools=tools)
+    trained = tokenizer.decode([t for t in ours["labels"] if t != IGNORE])
+    assert '"name": "stock"' in trained and "Yes, twelve." in trained and "twelve left" not in trained
+    prompt = tokenizer.decode(
+        [t for t, label in zip(ours["input_ids"], ours["labels"], strict=True) if label == IGNORE]
+    )
+    assert '"name": "stock", "parameters"' in prompt and "twelve left" in prompt  # the tools offered, the result
+    cfg.train.max_length = None
+    trainer = hf_peft.sft_trainer(cfg, load_base_model(cfg.model), tokenizer, rows, trainer_args(cfg, tmp_path), [])
+    assert trainer.train_dataset is not None
+    assert trainer.train_dataset[-1]["input_ids"] == ours["input_ids"]  # TRL rendered the tools column too

@@ -139,7 +139,8 @@ def _is_plain_string_rule(rule: FieldRule | None) -> bool:
 def compile_chat_fast_path(rules: list[FieldRule]) -> FastPath | None:
     """Struct types for chat rows under `rules`, or None when the schema is beyond the fast path.
 
-    Handled: rules on top-level keys, and on `messages[*].role` / `messages[*].content`.
+    Handled: rules on top-level keys, and on `messages[*].role` / `messages[*].content`. Rows with tools
+    (a `tool` message, `tool_calls`, a row's `tools`) are always left to the detailed checks.
     """
     names = [rule.name for rule in rules]
     if len(set(names)) != len(names):
@@ -147,6 +148,8 @@ def compile_chat_fast_path(rules: list[FieldRule]) -> FastPath | None:
     top: dict[str, FieldRule] = {}
     item: dict[str, FieldRule] = {}
     for rule in rules:
+        if rule.name == "tools":
+            return None
         if rule.name in ("messages[*].role", "messages[*].content"):
             item[rule.name.rsplit(".", 1)[1]] = rule
         elif re.fullmatch(r"[^.\[\]*]+", rule.name):
@@ -203,7 +206,7 @@ def compile_chat_fast_path(rules: list[FieldRule]) -> FastPath | None:
         for pairs, messages in shapes:
             row = msgspec.defstruct(
                 "StrictRow" if strict else "Row",
-                [("messages", messages), *fields],
+                [("messages", messages), *fields, ("tools", None, None)],
                 rename=rename,
                 gc=False,
                 forbid_unknown_fields=strict,
@@ -213,7 +216,10 @@ def compile_chat_fast_path(rules: list[FieldRule]) -> FastPath | None:
 
 
 def _message_type(name: str, roles: tuple[str, ...], content: Any) -> type[msgspec.Struct]:
-    return msgspec.defstruct(name, [("role", Literal[roles]), ("content", content)], gc=False)
+    """A message without tools: `tool_calls` and `tool_call_id` absent or null (the detailed checks read those)."""
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = [("role", Literal[roles]), ("content", content)]
+    fields += [("tool_calls", None, None), ("tool_call_id", None, None)]
+    return msgspec.defstruct(name, fields, gc=False)
 
 
 def roles_are_valid(roles: tuple[str, ...]) -> bool:

@@ -5,14 +5,18 @@
     dataset://jsonl/data/manual/extra.jsonl       the same, spelled as a URI
     hf://data/manual/alpaca?split=train&format=alpaca
     hf://owner/name?split=train&revision=<sha>&format=sharegpt
+    hf://owner/prefs?split=train&revision=<sha>&format=preference
     trace://langfuse/<project>/<trace name>[?limit=N]   production traces (shaping.data.traces)
 
 An `hf://` source is loaded with `datasets` (a local folder of parquet/json/arrow files, a
-`save_to_disk` folder, or a hub dataset id) and each row converted to this project's chat row
-`{"id", "messages"[, "rejected"]}` by its `format`'s converter (alpaca, sharegpt, messages; guessed
-from the columns when not given), after `dataset.columns` renamed its columns. `materialize` writes
-the converted rows to a JSONL file, one line per dataset row (line N = row N-1), that the validation
-gate scans like any other; a row no converter can read becomes a placeholder line and its error.
+`save_to_disk` folder, or a hub dataset id) and each row converted by its `format`'s converter
+(alpaca, sharegpt, messages: a chat row `{"id", "messages"[, "rejected"]}`; preference: TRL's
+prompt/chosen/rejected shapes as a pair `{"id", "prompt", "chosen", "rejected"}`; guessed from the
+columns when not given), after `dataset.columns` renamed its columns, then made a row of
+`dataset.format` (a pair becomes a chat row with its rejected reply, a chat row with `rejected` a
+pair). `materialize` writes the converted rows to a JSONL file, one line per dataset row (line N =
+row N-1), that the validation gate scans like any other; a row no converter can read becomes a
+placeholder line and its error.
 """
 
 from __future__ import annotations
@@ -30,12 +34,12 @@ from shaping.errors import ShapingError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("alpaca", "sharegpt", "messages")
+FORMATS = ("alpaca", "sharegpt", "messages", "preference")
 QUERY_KEYS = ("split", "revision", "format")
 TRACE_KEYS = ("limit",)
 ACCEPTED = (
     "a pipeline name, a path ending .jsonl, dataset://jsonl/<path>, "
-    "hf://<dataset id or local folder>[?split=...&revision=...&format=alpaca|sharegpt|messages], or "
+    "hf://<dataset id or local folder>[?split=...&revision=...&format=alpaca|sharegpt|messages|preference], or "
     "trace://langfuse/<project>/<trace name>[?limit=N]"
 )
 # what a row no converter could read becomes in the materialised file: the gate refuses it (no messages),
@@ -166,12 +170,14 @@ SHAREGPT_ROLES = {
 
 
 def from_sharegpt(row: Mapping[str, Any]) -> Messages:
-    """conversations [{from, value}]: human/gpt/system/tool roles mapped; a function_call turn becomes an
-    assistant message with tool_calls (its value is the JSON {name, arguments})."""
+    """conversations [{from, value}]: human/gpt/system/tool roles mapped. A function_call turn (its value the
+    JSON {name, arguments}) becomes a tool call of an assistant message (consecutive ones, one message),
+    with the id `call_<turn index>`; each tool turn after it answers the oldest call not yet answered."""
     turns = row.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise ValueError("conversations: expected a non-empty list of {from, value}")
     messages: Messages = []
+    waiting: list[str] = []  # ids of calls no tool turn has answered yet
     for i, turn in enumerate(turns):
         if not isinstance(turn, Mapping):
             raise ValueError(f"conversations[{i}]: expected an object with from and value")
@@ -196,10 +202,18 @@ def from_sharegpt(row: Mapping[str, Any]) -> Messages:
                 "name": call["name"],
                 "arguments": arguments if isinstance(arguments, str) else _json(arguments),
             }
-            messages.append(
-                {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": function}]}
-            )
+            made: dict[str, Any] = {"id": f"call_{i}", "type": "function", "function": function}
+            waiting.append(made["id"])
+            previous = messages[-1] if messages else {}
+            if previous.get("role") == "assistant" and previous.get("tool_calls"):
+                previous["tool_calls"].append(made)
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [made]})
+        elif role == "tool":
+            answered = {"tool_call_id": waiting.pop(0)} if waiting else {}  # none: the gate names the turn
+            messages.append({"role": role, "content": value, **answered})
         else:
+            waiting.clear()
             messages.append({"role": role, "content": value})
     return messages
 
@@ -208,25 +222,94 @@ MESSAGE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")
 
 
 def from_messages(row: Mapping[str, Any]) -> Messages:
-    """OpenAI `messages` as they are: role, content, and tool_calls / tool_call_id / name where set."""
-    messages = row.get("messages")
+    """OpenAI `messages` as they are: role, content, and tool_calls / tool_call_id / name where set (a tool
+    call's `arguments` given as an object becomes its JSON string)."""
+    return _read_messages(row.get("messages"), "messages")
+
+
+def _read_messages(messages: Any, key: str) -> Messages:
     if not isinstance(messages, list) or not messages:
-        raise ValueError("messages: expected a non-empty list of {role, content}")
+        raise ValueError(f"{key}: expected a non-empty list of {{role, content}}")
     out: Messages = []
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping) or "role" not in message:
-            raise ValueError(f"messages[{i}]: expected an object with role and content")
+            raise ValueError(f"{key}[{i}]: expected an object with role and content")
         # an Arrow struct column gives every message every key, None where a row lacked it
         kept = {k: message[k] for k in MESSAGE_KEYS if message.get(k) is not None}
         kept.setdefault("content", message.get("content"))
+        if isinstance(kept.get("tool_calls"), list):
+            kept["tool_calls"] = [_openai_call(call) for call in kept["tool_calls"]]
         out.append(kept)
     return out
 
 
-CONVERTERS: dict[str, Callable[[Mapping[str, Any]], Messages]] = {
-    "alpaca": from_alpaca,
-    "sharegpt": from_sharegpt,
-    "messages": from_messages,
+def _side(value: Any, key: str) -> str | Messages:
+    """One side of a preference pair: a non-empty string, or a non-empty list of messages."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list) and value:
+        return _read_messages(value, key)
+    if value is None or value in ("", []):
+        raise ValueError(f"{key}: missing or empty")
+    raise ValueError(f"{key}: expected a string or a list of messages, got {type(value).__name__}")
+
+
+def from_preference(row: Mapping[str, Any]) -> dict[str, Any]:
+    """TRL's preference shapes as this project's pair {prompt, chosen, rejected}: each a string or a list of
+    messages (explicit prompt); without a prompt, chosen and rejected are whole conversations whose
+    shared first messages are the prompt (TRL's implicit prompt, as its `extract_prompt` splits it)."""
+    chosen, rejected = _side(row.get("chosen"), "chosen"), _side(row.get("rejected"), "rejected")
+    if row.get("prompt") is not None and row.get("prompt") not in ("", []):
+        prompt = _side(row["prompt"], "prompt")
+    elif isinstance(chosen, list) and isinstance(rejected, list):
+        shared = 0
+        while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+            shared += 1
+        if shared == 0:
+            raise ValueError("prompt: missing, and chosen and rejected share no first message (the implicit prompt)")
+        if shared == len(chosen) or shared == len(rejected):
+            raise ValueError("rejected: the same conversation as chosen, or a part of it: no reply to compare")
+        prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+    else:
+        raise ValueError("prompt: missing; string pairs need a prompt column (map one with dataset.columns)")
+    for key, side in (("chosen", chosen), ("rejected", rejected)):
+        if isinstance(side, list) and side[0].get("role") != "assistant":
+            raise ValueError(f"{key}[0].role: {side[0].get('role')!r}; a reply starts with the assistant's message")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _openai_call(call: Any) -> Any:
+    """A tool call in OpenAI's shape: `arguments` an object (transformers' chat-template convention) becomes
+    its JSON string; Arrow's None keys are left out. Anything else is kept for the gate to report."""
+    if not isinstance(call, Mapping) or not isinstance(call.get("function"), Mapping):
+        return call
+    function = {k: v for k, v in call["function"].items() if v is not None}
+    if isinstance(function.get("arguments"), Mapping):
+        function["arguments"] = _json(function["arguments"])
+    return {**{k: v for k, v in call.items() if v is not None}, "function": function}
+
+
+Converter = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+def _chat(read: Callable[[Mapping[str, Any]], Messages]) -> Converter:
+    """A converter to a chat row's body: the messages `read` gives, and the row's `rejected` reply if set."""
+
+    def body(row: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"messages": read(row)}
+        if row.get("rejected") is not None:
+            out["rejected"] = row["rejected"]
+        return out
+
+    return body
+
+
+# format -> a row's body: chat {messages[, rejected]} or a pair {prompt, chosen, rejected}
+CONVERTERS: dict[str, Converter] = {
+    "alpaca": _chat(from_alpaca),
+    "sharegpt": _chat(from_sharegpt),
+    "messages": _chat(from_messages),
+    "preference": from_preference,
 }
 
 
@@ -236,6 +319,8 @@ def _json(value: Any) -> str:
 
 def guess_format(columns: Iterable[str]) -> str | None:
     names = set(columns)
+    if {"chosen", "rejected"} <= names:
+        return "preference"
     if "messages" in names:
         return "messages"
     if "conversations" in names:
@@ -255,13 +340,42 @@ def rename(row: Mapping[str, Any], columns: Mapping[str, str]) -> dict[str, Any]
     return out
 
 
-def convert(row: Mapping[str, Any], fmt: str, default_id: str) -> dict[str, Any]:
-    """One dataset row (columns renamed) as a chat row; ValueError names the field that could not be read."""
-    out: dict[str, Any] = {"id": str(row["id"]) if row.get("id") is not None else default_id}
-    out["messages"] = CONVERTERS[fmt](row)
-    if row.get("rejected") is not None:
-        out["rejected"] = row["rejected"]
-    return out
+def convert(row: Mapping[str, Any], fmt: str, default_id: str, target: str = "chat") -> dict[str, Any]:
+    """One dataset row (columns renamed) as a row of dataset.format `target`: chat {id, messages[, rejected]}
+    or preference {id, prompt, chosen, rejected}; ValueError names the field that could not be read."""
+    body = CONVERTERS[fmt](row)
+    if target == "preference" and "messages" in body:
+        body = _as_pair(body)
+    elif target == "chat" and "messages" not in body:
+        body = _as_chat(body)
+    return {"id": str(row["id"]) if row.get("id") is not None else default_id, **body}
+
+
+def _as_pair(body: dict[str, Any]) -> dict[str, Any]:
+    """A chat row with a `rejected` reply as a pair: its messages before the final reply are the prompt."""
+    messages = body["messages"]
+    if body.get("rejected") is None:
+        raise ValueError("rejected: missing; dataset.format=preference takes pairs (a rejected column)")
+    if messages[-1].get("role") != "assistant" or len(messages) < 2:
+        raise ValueError("messages: the last message must be the assistant's reply (the chosen one)")
+    return {"prompt": messages[:-1], "chosen": messages[-1:], "rejected": body["rejected"]}
+
+
+def _as_chat(pair: dict[str, Any]) -> dict[str, Any]:
+    """A pair as a chat row: prompt + chosen are the messages, the rejected reply's text is `rejected`."""
+
+    def listed(value: str | Messages, role: str) -> Messages:
+        return [{"role": role, "content": value}] if isinstance(value, str) else value
+
+    rejected = pair["rejected"]
+    if isinstance(rejected, list):
+        if len(rejected) != 1 or not isinstance(rejected[0].get("content"), str):
+            raise ValueError(
+                f"rejected: {len(rejected)} messages; a chat row's rejected is one reply's text: set "
+                "dataset.format=preference to keep the pair whole"
+            )
+        rejected = rejected[0]["content"]
+    return {"messages": listed(pair["prompt"], "user") + listed(pair["chosen"], "assistant"), "rejected": rejected}
 
 
 # loading and materialising ---------------------------------------------------------------------------
@@ -326,8 +440,9 @@ def load(source: Source, where: str) -> tuple[Any, str | None]:
         raise ShapingError(f"{where}={source.uri!r}: cannot load {path}: {type(err).__name__}: {err}") from None
 
 
-def materialize(source: Source, where: str, columns: Mapping[str, str], out: BinaryIO) -> Loaded:
-    """Write the source's rows to `out` as chat rows, one line per dataset row (or trace), in order."""
+def materialize(source: Source, where: str, columns: Mapping[str, str], out: BinaryIO, target: str = "chat") -> Loaded:
+    """Write the source's rows to `out` as rows of dataset.format `target` (chat or preference; traces are
+    chat rows), one line per dataset row (or trace), in order."""
     if source.kind == "trace":
         from shaping.data.traces import materialize_traces
 
@@ -346,7 +461,7 @@ def materialize(source: Source, where: str, columns: Mapping[str, str], out: Bin
     stem = Path(source.path).name or source.path
     for index, row in enumerate(dataset):
         try:
-            line = orjson.dumps(convert(rename(row, columns), fmt, f"{stem}-{source.split}-{index}"))
+            line = orjson.dumps(convert(rename(row, columns), fmt, f"{stem}-{source.split}-{index}", target))
         except (ValueError, TypeError) as err:  # orjson.JSONEncodeError is a TypeError
             loaded.unconvertible[index + 1] = f"{fmt}: {err}"
             line = orjson.dumps({PLACEHOLDER_KEY: index})

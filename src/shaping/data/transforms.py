@@ -14,8 +14,14 @@ message (identity_distillation stores the base model's reply without the identit
 `to_unpaired` splits each pair into a desirable row (the chosen reply, label True) and an undesirable
 one (the rejected reply, label False), shuffled with a seed.
 `to_trajectories` takes chat rows only and keeps each conversation whole, tool calls included: an
-assistant message's `tool_calls` (OpenAI's `{id?, type?, function: {name, arguments}}`) and the `tool`
-messages answering them (`tool_call_id`), plus the row's `tools` (the schemas offered) when it has them.
+assistant message's `tool_calls` (OpenAI's `{id, type?, function: {name, arguments: <JSON string>}}`) and
+the `tool` messages answering them (`tool_call_id`), plus the row's `tools` (the schemas offered) when it
+has them; each conversation must pass the gate's rules (`shaping.data.messages`).
+Tool calls in SFT: `to_sft` keeps a chat row's messages whole too, tool calls and `tool` messages
+included, and its `tools`; the model's chat template renders them, and `shaping.training.sft.
+check_tools_rendered` stops training where the template would drop them. `to_preferences`, `to_unpaired`
+and `to_prompts` keep them in the prompt; `to_dspy_examples` reads text only (the last user message and
+the final reply): a trajectory's calls and results are not in its examples.
 `to_dspy_examples` reads flat rows (each field under its own key), chat rows (the last user message
 before the final assistant reply is the one input field, that reply the output) and preference rows
 (prompt, chosen); it needs the optional `dspy` extra, imported when called.
@@ -28,6 +34,7 @@ import os
 import random
 from typing import Any
 
+from shaping.data.messages import validate_messages
 from shaping.errors import ShapingError
 
 log = logging.getLogger(__name__)
@@ -39,22 +46,31 @@ def _as_messages(value: Any, role: str, where: str) -> Messages:
     """A string becomes one message of `role`; a list of messages is kept as it is."""
     if isinstance(value, str) and value.strip():
         return [{"role": role, "content": value}]
-    if isinstance(value, list) and value and all(isinstance(m, dict) and "content" in m for m in value):
+    if isinstance(value, list) and value and all(isinstance(m, dict) and _has_content(m) for m in value):
         return [dict(m) for m in value]
     raise ShapingError(f"{where}: expected a non-empty string or a list of messages, got {type(value).__name__}")
+
+
+def _has_content(message: dict[str, Any]) -> bool:
+    """A message has content, or is an assistant's tool call (whose content may be left out)."""
+    return "content" in message or message.get("tool_calls") is not None
 
 
 def _text(messages: Messages) -> str:
     return "\n".join(str(m.get("content", "")) for m in messages).strip()
 
 
-def to_sft(rows: list[dict[str, Any]], source: str = "rows") -> list[dict[str, Messages]]:
-    """Conversations to train on: a chat row's messages; a preference row's prompt + chosen reply."""
-    out = []
+def to_sft(rows: list[dict[str, Any]], source: str = "rows") -> list[dict[str, Any]]:
+    """Conversations to train on: a chat row's messages (tool calls and `tool` messages kept, with the row's
+    `tools` when set); a preference row's prompt + chosen reply."""
+    out: list[dict[str, Any]] = []
     for n, row in enumerate(rows, start=1):
         where = f"{source}:{n}"
         if "messages" in row:
-            out.append({"messages": _as_messages(row["messages"], "user", f"{where}: messages")})
+            item: dict[str, Any] = {"messages": _as_messages(row["messages"], "user", f"{where}: messages")}
+            if row.get("tools") is not None:
+                item["tools"] = row["tools"]
+            out.append(item)
         elif "chosen" in row:
             prompt = _as_messages(row.get("prompt"), "user", f"{where}: prompt")
             out.append({"messages": prompt + _as_messages(row["chosen"], "assistant", f"{where}: chosen")})
@@ -124,67 +140,19 @@ def to_unpaired(rows: list[dict[str, Any]], source: str = "rows", seed: int = 0)
     return unpaired
 
 
-TRAJECTORY_ROLES = ("system", "user", "assistant", "tool")
-
-
-def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
-    """An assistant message's tool calls, checked: each `{function: {name, arguments}}`, `id` optional."""
-    if not isinstance(value, list) or not value:
-        raise ShapingError(f"{where}: expected a non-empty list of tool calls")
-    for k, call in enumerate(value):
-        function = call.get("function") if isinstance(call, dict) else None
-        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
-            raise ShapingError(f"{where}[{k}]: expected {{function: {{name, arguments}}}}")
-        if not isinstance(function.get("arguments", ""), str | dict):
-            raise ShapingError(f"{where}[{k}].function.arguments: expected a JSON string or an object")
-    return [dict(call) for call in value]
-
-
-def _trajectory(messages: Any, where: str) -> Messages:
-    if not isinstance(messages, list) or not messages:
-        raise ShapingError(f"{where}: expected a non-empty list of messages")
-    out: Messages = []
-    call_ids: set[str] = set()
-    for i, message in enumerate(messages):
-        at = f"{where}[{i}]"
-        if not isinstance(message, dict):
-            raise ShapingError(f"{at}: expected an object with role and content")
-        role, content = message.get("role"), message.get("content")
-        if role not in TRAJECTORY_ROLES:
-            raise ShapingError(f"{at}.role: {role!r} is not one of {', '.join(TRAJECTORY_ROLES)}")
-        kept = dict(message)
-        if role == "assistant" and message.get("tool_calls") is not None:
-            kept["tool_calls"] = _tool_calls(message["tool_calls"], f"{at}.tool_calls")
-            call_ids.update(c["id"] for c in kept["tool_calls"] if isinstance(c.get("id"), str))
-            if content is not None and not isinstance(content, str):
-                raise ShapingError(f"{at}.content: expected a string or null beside tool_calls")
-        elif not isinstance(content, str) or not content.strip():
-            raise ShapingError(f"{at}.content: expected a non-empty string")
-        if role == "tool":
-            previous = out[-1] if out else {}
-            if previous.get("role") not in ("tool", "assistant") or (
-                previous.get("role") == "assistant" and not previous.get("tool_calls")
-            ):
-                raise ShapingError(f"{at}: a tool message must answer an assistant message's tool_calls")
-            call_id = message.get("tool_call_id")
-            if call_id is not None and call_ids and call_id not in call_ids:
-                raise ShapingError(f"{at}.tool_call_id: {call_id!r} answers no earlier tool call")
-        if role == "system" and i != 0:
-            raise ShapingError(f"{at}: a system message may only come first")
-        out.append(kept)
-    if out[-1]["role"] != "assistant" or out[-1].get("tool_calls"):
-        raise ShapingError(f"{where}: the last message must be the assistant's final reply")
-    return out
-
-
 def to_trajectories(rows: list[dict[str, Any]], source: str = "rows") -> list[dict[str, Any]]:
-    """Multi-turn conversations kept whole, tool calls and tool results included (and `tools` when set)."""
+    """Multi-turn conversations kept whole, tool calls and tool results included (and `tools` when set);
+    each checked by the gate's conversation rules (`shaping.data.messages.validate_messages`)."""
     out = []
     for n, row in enumerate(rows, start=1):
         where = f"{source}:{n}"
         if "messages" not in row:
             raise ShapingError(f"{where}: no `messages`: a trajectory is a chat row {{id, messages[, tools]}}")
-        item: dict[str, Any] = {"messages": _trajectory(row["messages"], f"{where}: messages")}
+        problems = validate_messages(row["messages"])
+        if problems:
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise ShapingError(f"{where}: {problems[0]}{more}")
+        item: dict[str, Any] = {"messages": [dict(m) for m in row["messages"]]}
         if row.get("tools") is not None:
             if not isinstance(row["tools"], list):
                 raise ShapingError(f"{where}: tools: expected a list of tool schemas")

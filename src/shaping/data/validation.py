@@ -116,14 +116,22 @@ class Gate:
         for message in validate_messages(messages):
             where, _, text = message.partition(": ")
             problems.append((where, text))
+        tools = row.get("tools")
+        if tools is not None:
+            problems.extend(_check_tools(tools, messages))
         if problems or not isinstance(messages, list):
             return problems, 0, ""
         for i, m in enumerate(messages):
-            if m["role"] == "assistant":
+            if m["role"] == "assistant" and isinstance(m["content"], str):
                 ok, error = validate_think_tags(m["content"])
                 if not ok:
                     problems.append((f"messages[{i}].content", f"think tags: {error}"))
-        key = conversation_key([m["content"] for m in messages])
+        if tools is not None or any(m["role"] == "tool" for m in messages):
+            # roles and calls go into the key: a plain conversation's roles follow from its length, these don't
+            texts = [orjson.dumps([m["role"], m["content"], m.get("tool_calls")]).decode() for m in messages[:-1]]
+            key = conversation_key([orjson.dumps(tools).decode(), *texts, messages[-1]["content"]])
+        else:
+            key = conversation_key([m["content"] for m in messages])
         return problems, key, messages[-1]["content"]
 
     def _check_preference(self, row: dict[str, Any]) -> tuple[list[tuple[str, str]], int, str]:
@@ -310,6 +318,35 @@ class Gate:
         produced = sum(s.lines + s.upstream_errors for s in self.sources.values())
         failed = sum(s.upstream_errors for s in self.sources.values())
         return failed / produced if produced else 0.0
+
+
+def _check_tools(tools: Any, messages: Any) -> list[tuple[str, str]]:
+    """A chat row's `tools` (the function schemas offered): a list of {type: function, function: {name, ...}};
+    every tool call in the conversation names one of them."""
+    shape = "a list of tool schemas {type: function, function: {name, description, parameters}}"
+    if not isinstance(tools, list) or not tools:
+        return [("tools", f"expected {shape} (or null)")]
+    problems: list[tuple[str, str]] = []
+    names: set[str] = set()
+    for k, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(name, str) or not name.strip():
+            problems.append((f"tools[{k}]", f"expected {{type: function, function: {{name, ...}}}} ({shape})"))
+        else:
+            names.add(name)
+    if problems or not isinstance(messages, list):
+        return problems
+    for i, m in enumerate(messages):
+        calls = m.get("tool_calls") if isinstance(m, dict) else None
+        for k, call in enumerate(calls if isinstance(calls, list) else []):
+            function = call.get("function") if isinstance(call, dict) else None
+            name = function.get("name") if isinstance(function, dict) else None
+            if isinstance(name, str) and name not in names:
+                problems.append(
+                    (f"messages[{i}].tool_calls[{k}].function.name", f"{name!r} is not among the row's tools")
+                )
+    return problems
 
 
 _ROLES_OK: dict[tuple[str, ...], bool] = {}

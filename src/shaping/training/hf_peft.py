@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -57,6 +58,7 @@ from shaping.training.sft import (
     WeightedCollator,
     WeightedSFTTrainer,
     check_stop_token_learned,
+    check_tools_rendered,
     compile_loss_weights,
     tokenize_conversation,
     training_template,
@@ -256,28 +258,36 @@ def sft_trainer(
     eval_rows: list[dict[str, Any]] | None = None,
 ) -> SFTTrainer:
     t = cfg.train
-    conversations = [row["messages"] for row in to_sft(rows, "train.jsonl")]
+    sft_rows = to_sft(rows, "train.jsonl")
+    conversations = [row["messages"] for row in sft_rows]
     template = training_template(tokenizer, t.train_on_prompt, cfg.model.name_or_path)
+    check_tools_rendered(tokenizer, sft_rows, template, cfg.model.name_or_path, "train.jsonl")
     check_stop_token_learned(tokenizer, conversations, template, t.train_on_prompt, t.max_length)
     weights = compile_loss_weights(t.loss_weights)
     # TRL tokenizes conversations itself, except where it cannot: per-token weights, and padding-free
     # batches without packing (TRL then wants rows cut to max_length already)
     pretokenized = bool(weights) or (t.padding_free and not t.packing)
 
-    def dataset_of(conversations: list[Any]) -> Dataset:
+    def dataset_of(items: list[dict[str, Any]]) -> Dataset:
         if pretokenized:
             return Dataset.from_list(
                 [
-                    tokenize_conversation(tokenizer, m, template, t.train_on_prompt, t.max_length, weights)
-                    for m in conversations
+                    tokenize_conversation(
+                        tokenizer, r["messages"], template, t.train_on_prompt, t.max_length, weights, r.get("tools")
+                    )
+                    for r in items
                 ]
             )
-        return Dataset.from_list([{"messages": m} for m in conversations])
+        if any("tools" in r for r in items):  # TRL renders a `tools` column (a JSON string: schemas vary)
+            return Dataset.from_list([{"messages": r["messages"], "tools": json.dumps(r.get("tools"))} for r in items])
+        return Dataset.from_list([{"messages": r["messages"]} for r in items])
 
-    dataset = dataset_of(conversations)
+    dataset = dataset_of(sft_rows)
     eval_dataset = None
     if eval_rows is not None:
-        eval_dataset = dataset_of([row["messages"] for row in to_sft(eval_rows, "eval.jsonl")])
+        eval_sft = to_sft(eval_rows, "eval.jsonl")
+        check_tools_rendered(tokenizer, eval_sft, template, cfg.model.name_or_path, "eval.jsonl")
+        eval_dataset = dataset_of(eval_sft)
     config = SFTConfig(
         **args,
         max_length=None if pretokenized else t.max_length,

@@ -90,11 +90,14 @@ def tokenize_conversation(
     train_on_prompt: bool,
     max_length: int | None,
     weights: list[tuple[re.Pattern[str], float]] | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> dict[str, list[Any]]:
     """input_ids and labels exactly as TRL's SFTTrainer builds them (same apply_chat_template call), cut
     to max_length; with `weights`, also a per-token `loss_weights` (1.0, or the last matching rule's
     weight for tokens overlapping a match in an assistant reply; 0 where the label is ignored)."""
     kwargs: dict[str, Any] = {} if template is None else {"chat_template": template}
+    if tools:
+        kwargs["tools"] = tools
     out: Any = tokenizer.apply_chat_template(  # a BatchEncoding with return_dict=True
         messages,
         tokenize=True,
@@ -125,6 +128,56 @@ def tokenize_conversation(
     if max_length is not None:
         row = {key: values[:max_length] for key, values in row.items()}
     return row
+
+
+def check_tools_rendered(
+    tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], template: str | None, name: str, source: str
+) -> None:
+    """Rows with tool calls, `tool` messages or `tools` train only through a chat template that renders them:
+    the text must change when a row's tool calls or its tools are taken away, and hold each tool result. A
+    template without tool support (the demo's ChatML renders content only) would drop them silently, or
+    fail on a call's null content: either is one error naming the row and what to do."""
+    kwargs: dict[str, Any] = {} if template is None else {"chat_template": template}
+
+    def render(messages: list[dict[str, Any]], tools: Any) -> tuple[str | None, str]:
+        """(the text, "") or (None, the template's error)."""
+        try:
+            return str(tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, **kwargs)), ""
+        except Exception as err:  # jinja's errors, e.g. `None + '<|im_end|>'` on a call's null content
+            return None, f"{type(err).__name__}: {err}"
+
+    checked = 0
+    for n, row in enumerate(rows, start=1):
+        messages, tools = row["messages"], row.get("tools") or None
+        calls = any(m.get("tool_calls") for m in messages)
+        results = [str(m.get("content") or "") for m in messages if m.get("role") == "tool"]
+        if not calls and not results and not tools:
+            continue
+        text, error = render(messages, tools)
+        lost = []
+        if text is None:
+            lost.append(f"fails on it ({error})")
+        else:
+            if calls:
+                bare = [
+                    {**{k: v for k, v in m.items() if k != "tool_calls"}, "content": m.get("content") or ""}
+                    for m in messages
+                ]
+                if render(bare, tools)[0] == text:
+                    lost.append("leaves out its tool calls")
+            if tools and render(messages, None)[0] == text:
+                lost.append("leaves out its tools")
+            if any(r not in text for r in results):
+                lost.append("leaves out its tool results")
+        if lost:
+            raise ShapingError(
+                f"{source}:{n}: model {name}: its chat template {' and '.join(lost)}, so training on this row would "
+                "lose its tool calls. Train a model whose chat template renders tool_calls, tool messages and "
+                "tools (Qwen2.5's does), or leave the rows with tool calls out of dataset.sources"
+            )
+        checked += 1
+        if checked >= STOP_CHECK_ROWS:  # a template property, so a sample shows it
+            return
 
 
 def check_stop_token_learned(

@@ -111,7 +111,14 @@ def encode_rows(rows: list[dict[str, Any]], renderer: SupervisedRenderer, train:
     """The rows as hf_peft's SFTTrainer gets them: to_sft, rendered, masked and weighted, cut to
     train.max_length (keep_start). Where TRL tokenizes itself it then drops rows left with no loss
     token; where hf_peft hands it tokenized rows (loss weights, padding-free without packing) it keeps them."""
-    conversations = [row["messages"] for row in to_sft(rows, "train.jsonl")]
+    sft_rows = to_sft(rows, "train.jsonl")
+    for n, row in enumerate(sft_rows, start=1):  # the renderers take messages only: tools would be lost
+        if row.get("tools") or any(m.get("role") == "tool" or m.get("tool_calls") for m in row["messages"]):
+            raise ShapingError(
+                f"train.jsonl:{n}: a conversation with tool calls; backend=tinker trains conversations without "
+                "tools for now: train it with backend=hf_peft (train=sft), or leave those rows out of dataset.sources"
+            )
+    conversations = [row["messages"] for row in sft_rows]
     weights = compile_loss_weights(train.loss_weights)
     if isinstance(renderer, SupervisedChatTemplateRenderer):
         template = renderer.training_template(train.train_on_prompt)
