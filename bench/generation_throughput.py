@@ -11,7 +11,8 @@ same model and a LoRA adapter, driven by an httpx async client keeping 8 / 32 / 
 flight, half of them to the adapter (alternating), each sampled with max_tokens 32 and no seed.
 tokens/s counts generated tokens (up to the end-of-turn token, as the server's usage counts them)
 over wall time; the server's figure includes HTTP, JSON and the client, which share the machine.
-The table also gives the server's mean rows per decoding step and the share of the wall time its
+"engine in process" is the Engine with the server's mixed load and all cores, in this process
+(no HTTP). The table also gives the server's mean rows per decoding step and the share of the wall time its
 generate thread was busy (/health's `row_steps`, `steps` and `generate_s`). Last, the `hf`
 synthesis backend (HFBackend, as the demo's teacher: batch_size 32, keyed requests, each seeded)
 over the same prompts, sampled for 32 tokens, against raw `generate` at batch 32.
@@ -144,6 +145,64 @@ async def served_throughput(url: str, in_flight: int, requests: int) -> tuple[fl
     return tokens / elapsed, rows, (after["generate_s"] - before["generate_s"]) / elapsed
 
 
+def engine_throughput(model_dir: Path, adapter_dir: Path, in_flight: int, requests: int) -> float:
+    """tokens/s of the Engine in this process with the same mixed load as the server's (half the
+    rows on the adapter, a new row added as each ends, `in_flight` at a time): the server's figure
+    without HTTP, JSON and the event loop."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shaping.inference.engine import Engine, Row
+    from shaping.inference.hf import SamplingOptions, _prompt_ids, adapter_route
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = PeftModel.from_pretrained(base, str(adapter_dir), adapter_name="tuned").eval()
+    ids = _prompt_ids(tokenizer, prompts(requests))
+    options = SamplingOptions(1.0, 1.0, NEW_TOKENS, (), None)
+    engine = Engine(
+        model,
+        tokenizer,
+        end_of_turn_ids(model, tokenizer),
+        max_rows=max(SIZES),
+        route=adapter_route(model, ["tuned", "__base__"]),
+    )
+    queue, tokens = list(range(requests)), 0
+
+    def add() -> None:
+        i = queue.pop()
+        engine.add(Row(ids[i], options, adapter="__base__" if i % 2 == 0 else "tuned"))
+
+    for _ in range(in_flight):
+        add()
+    start = time.perf_counter()
+    while not engine.idle:
+        for _row, reply in engine.step():
+            tokens += reply.completion_tokens
+            if queue:
+                add()
+    return tokens / (time.perf_counter() - start)
+
+
+def engine_base_throughput(model_dir: Path, batch: int, requests: int) -> float:
+    """tokens/s of `generate_rows` (the Engine) on the base model alone, `batch` rows at a time, as
+    raw_throughput runs `generate`: the engine's own cost, without adapters or a server."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shaping.inference.hf import SamplingOptions, generate_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    conversations = prompts(requests)
+    options = [SamplingOptions(1.0, 1.0, NEW_TOKENS, (), None)] * batch
+    generate_rows(model, tokenizer, conversations[:batch], options)  # warm-up
+    start, tokens = time.perf_counter(), 0
+    for i in range(0, requests, batch):
+        chunk = conversations[i : i + batch]
+        tokens += sum(r.completion_tokens for r in generate_rows(model, tokenizer, chunk, options[: len(chunk)]))
+    return tokens / (time.perf_counter() - start)
+
+
 def backend_throughput(model_dir: Path, requests: int) -> float:
     """tokens/s of the hf synthesis backend over `requests` keyed requests (one generate() call)."""
     from shaping.inference.hf import HFBackend
@@ -169,6 +228,8 @@ def main() -> None:
         model_dir, adapter_dir = build_model(Path(tmp))
         raw = {size: raw_throughput(model_dir, size, args.requests) for size in SIZES}
         backend = backend_throughput(model_dir, args.requests)
+        engine_base = engine_base_throughput(model_dir, max(SIZES), args.requests)
+        engine = {size: engine_throughput(model_dir, adapter_dir, size, args.requests) for size in SIZES}
         served: dict[int, tuple[float, float, float]] = {}
         with running_server(
             model_dir,
@@ -191,15 +252,18 @@ def main() -> None:
     print(f"\n{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, {NEW_TOKENS} new tokens, sampled")
     print(
         f"{'batch / in flight':>18} | {'raw tok/s':>10} | {'serve tok/s (mixed)':>19} | ratio | "
-        f"{'rows/step':>9} | generate busy"
+        f"{'rows/step':>9} | generate busy | engine in process (mixed)"
     )
-    print(f"{'-' * 18}-+-{'-' * 10}-+-{'-' * 19}-+-------+-{'-' * 9}-+--------------")
+    print(f"{'-' * 18}-+-{'-' * 10}-+-{'-' * 19}-+-------+-{'-' * 9}-+---------------+--------------------------")
     for size in SIZES:
         tok_s, rows, busy = served[size]
         print(
             f"{size:>18} | {raw[size]:>10,.0f} | {tok_s:>19,.0f} | {tok_s / raw[size]:.2f}x | "
-            f"{rows:>9.1f} | {busy:>12.0%}"
+            f"{rows:>9.1f} | {busy:>13.0%} | {engine[size]:>7,.0f} ({engine[size] / raw[size]:.2f}x)"
         )
+    top = max(SIZES)
+    ratio = engine_base / raw[top]
+    print(f"engine, base model alone, batch {top}: {engine_base:,.0f} tok/s, {ratio:.2f}x raw batch {top}")
     print(f"hf synthesis backend (batch_size 32): {backend:,.0f} tok/s, {backend / raw[32]:.2f}x raw batch 32")
 
 
