@@ -335,6 +335,16 @@ def served(tiny_model_dir: Path) -> Iterator[str]:
         yield url
 
 
+def test_a_server_started_without_runtime_lora_updating_refuses_apply_lora(
+    served: str, random_adapter_dir: Path
+) -> None:
+    from shaping.inference.apply import apply_lora
+
+    with pytest.raises(ShapingError, match="start it with --allow-runtime-lora-updating"):
+        apply_lora(random_adapter_dir, served, "tuned")
+    assert len(httpx.get(f"{served}/models").json()["data"]) == 1  # the base alone: nothing was loaded
+
+
 def test_pipeline_runs_against_the_projects_server(cfg: Config, served: str, tmp_path: Path) -> None:
     cfg.synth.limit = None
     teacher = cfg.models["teacher"]

@@ -29,7 +29,15 @@ def server(tiny_model_dir: Path, random_adapter_dir: Path, tmp_path_factory: pyt
     with running_server(
         tiny_model_dir,
         {"tuned": random_adapter_dir},
-        args=["--served-model-name", "base", "--device", "cpu", "--api-key-env", "SERVE_TEST_KEY"],
+        args=[
+            "--served-model-name",
+            "base",
+            "--device",
+            "cpu",
+            "--api-key-env",
+            "SERVE_TEST_KEY",
+            "--allow-runtime-lora-updating",
+        ],
         env={"HF_HUB_OFFLINE": "1", "SERVE_TEST_KEY": API_KEY},
         log_path=tmp_path_factory.mktemp("serve") / "server.log",
     ) as url:

@@ -202,6 +202,11 @@ def _post(server: str, route: str, body: dict[str, Any], api_key_env: str | None
                 message = response.json()["message"]
             except (ValueError, KeyError, TypeError):
                 message = response.text.strip()[:500]
+        if response.status_code == 404 and message.strip().lower() == "not found":  # the route itself
+            message += (
+                ": this server does not load adapters while serving; start it with "
+                "--allow-runtime-lora-updating (shaping.serve) or VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (vLLM)"
+            )
         raise ShapingError(f"{mask_url(url)}: HTTP {response.status_code}: {message}")
     return response.text
 

@@ -70,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="torch's CPU threads; 0: on CPU all cores but one (left to HTTP and tokenizing), on CUDA torch's default",
     )
+    parser.add_argument(
+        "--allow-runtime-lora-updating",
+        action="store_true",
+        help="answer /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True); "
+        "they load any adapter folder on this machine, so they are off unless asked for",
+    )
     parser.add_argument("--api-key-env", metavar="NAME", help="require 'Authorization: Bearer <$NAME>' on /v1 routes")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = parser.parse_args(argv)
@@ -118,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         max_batch_tokens=args.max_batch_tokens or None,
         default_max_tokens=args.default_max_tokens,
         api_key=api_key,
+        allow_lora_updates=args.allow_runtime_lora_updating,
     )
     # bind and listen before announcing the port, so a client that reads the line can connect at once
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)

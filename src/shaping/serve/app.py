@@ -231,10 +231,12 @@ def create_app(
     max_batch_size: int = 64,
     batch_window_s: float = 0.01,
     max_batch_tokens: int | None = None,
+    allow_lora_updates: bool = False,
     default_max_tokens: int = 256,
     api_key: str | None = None,
 ) -> FastAPI:
-    """The app over `models`. With `api_key`, /v1 routes need `Authorization: Bearer <api_key>`."""
+    """The app over `models`. With `api_key`, /v1 routes need `Authorization: Bearer <api_key>`;
+    `allow_lora_updates` adds vLLM's routes that load and unload adapters while serving."""
     batcher = Batcher(models, max_batch_size=max_batch_size, window_s=batch_window_s, max_tokens=max_batch_tokens)
     started = int(time.time())
 
@@ -361,6 +363,9 @@ def create_app(
         include_usage = bool(request.stream_options and request.stream_options.include_usage)
         events = stream_events(request_id, created, request.model, n, pieces, task, prompt_tokens, include_usage)
         return StreamingResponse(events, media_type="text/event-stream")
+
+    if not allow_lora_updates:  # as vLLM without VLLM_ALLOW_RUNTIME_LORA_UPDATING: no such routes (404)
+        return app
 
     # vLLM's routes and answers (200 with a plain-text line; errors in OpenAI's body), so a client
     # written for one works with the other. The change runs in the generate thread between batches.
