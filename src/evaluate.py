@@ -40,7 +40,7 @@ from shaping.evaluation import (
     read_baseline,
     run_metrics,
 )
-from shaping.hub import compute_dtype, load_base_model, load_tokenizer, quantization_config
+from shaping.hub import compute_dtype, load_base_model, load_tokenizer, quantization_config, use_training_kernels
 from shaping.inference import ModelRegistry
 from shaping.io import read_jsonl, write_json
 from shaping.stage import StageContext, run_stage
@@ -148,15 +148,7 @@ def load_models(cfg: Config, adapter_dir: Path) -> tuple[PreTrainedModel, PreTra
         cfg.model,
         quantization_config=quantization_config(cfg.lora.quantization, compute_dtype(cfg.lora.quantization, "fp32")),
     )
-    from bitsandbytes.nn import Linear4bit  # installed: quantization_config checked
-
-    for module in quantized.modules():
-        # bitsandbytes' CPU inference kernel (eval mode, AVX512-BF16 CPUs) repacks the 4-bit weights with
-        # their scales in bf16, so it computes another model than training did, and it fails on layers
-        # whose width is no multiple of its 64-value block (the demo model's 352). Score with training's
-        # path: dequantize, then multiply in the compute dtype
-        if isinstance(module, Linear4bit):
-            module.support_avx512bf16_for_cpu = False
+    use_training_kernels(quantized)
     tuned = cast(PreTrainedModel, PeftModel.from_pretrained(quantized, str(adapter_dir)))
     return tuned, base, cfg.lora.quantization.quant_type
 

@@ -146,6 +146,12 @@ def nf4_base(model_dir: Path) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(model_dir, quantization_config=bnb, dtype=torch.float32)
 
 
+def served_options() -> Any:
+    from shaping.serve.models import SamplingOptions
+
+    return SamplingOptions(temperature=0.0, top_p=1.0, max_new_tokens=8, stop=(), seed=None)
+
+
 def full_base(model_dir: Path) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
 
@@ -191,3 +197,20 @@ def test_adapter_trained_with_another_quantization_is_refused(model_dir: Path, t
     refused = r"run\.json: this adapter was trained as qlora, but lora\.quantization is unset"
     with pytest.raises(ShapingError, match=refused):
         evaluate(cfg, tmp_path / "run")
+
+    # shaping.serve reads the same record: the adapter is refused on a full-precision base, and with
+    # --quantization nf4 it runs on the 4-bit base training saw (train mode: the path QLoRA trained on)
+    from shaping.serve.models import ServedModels
+
+    adapter = str(cfg.paths.adapter_dir)
+    with pytest.raises(ShapingError, match="serve it from a server started with --quantization nf4"):
+        ServedModels(str(model_dir), {"q": adapter}, "base", "cpu")
+    served = ServedModels(str(model_dir), {"q": adapter}, "base", "cpu", quantization="nf4")
+    ids = torch.tensor([AutoTokenizer.from_pretrained(model_dir)("The river runs under the bridge")["input_ids"]])
+    with torch.no_grad():
+        logits = served.model(input_ids=ids).logits
+        on_nf4 = PeftModel.from_pretrained(nf4_base(model_dir), adapter).train()(input_ids=ids).logits
+        on_full = PeftModel.from_pretrained(full_base(model_dir), adapter).eval()(input_ids=ids).logits
+    assert torch.allclose(logits, on_nf4, atol=1e-5) and (logits - on_full).abs().max() > 1e-2
+    reply = served.generate("q", [[{"role": "user", "content": "Who are you?"}]], served_options())[0]
+    assert reply.error is None and reply.completion_tokens > 0

@@ -103,6 +103,19 @@ def quantization_config(quant: QuantizationConfig | None, compute: torch.dtype) 
     )
 
 
+def use_training_kernels(model: torch.nn.Module) -> None:
+    """Inference on a 4-bit base computed as training did. bitsandbytes' CPU inference kernel (eval
+    mode, AVX512-BF16 CPUs) repacks the 4-bit weights with their scales in bf16, so it computes
+    another model than training did, and it fails on layers whose width is no multiple of its
+    64-value block (the demo model's 352): this keeps training's path, dequantize then multiply in
+    the compute dtype."""
+    from bitsandbytes.nn import Linear4bit  # installed: a 4-bit model is loaded
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
 def compute_dtype(quant: QuantizationConfig | None, precision: str) -> torch.dtype:
     """lora.quantization.compute_dtype; `auto` is the training precision."""
     requested = "auto" if quant is None else quant.compute_dtype

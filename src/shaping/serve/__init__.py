@@ -1,7 +1,9 @@
-"""An OpenAI-compatible server over a base model and its LoRA adapters (`python -m shaping.serve`)."""
+"""An OpenAI-compatible server over a base model and its LoRA adapters (`python -m shaping.serve`).
 
-from shaping.serve.app import create_app
+The server itself (`shaping.serve.app`, `shaping.serve.models`) imports the model stack; this
+package's root only re-exports `running_server`, which starts one in a subprocess, so a process that
+only launches a server imports none of it."""
+
 from shaping.serve.launch import running_server
-from shaping.serve.models import SamplingOptions, ServedModels
 
-__all__ = ["SamplingOptions", "ServedModels", "create_app", "running_server"]
+__all__ = ["running_server"]

@@ -65,6 +65,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
+        "--quantization",
+        choices=("nf4", "fp4"),
+        help="load the base in 4 bits (bitsandbytes), as QLoRA adapters were trained on it; "
+        "an adapter's train run record says which base it needs",
+    )
+    parser.add_argument(
+        "--no-double-quant",
+        dest="double_quant",
+        action="store_false",
+        help="with --quantization: without double quantization (lora.quantization.double_quant: false)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -114,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
             dict(args.adapter),
             base_name=base_name,
             device=device,
+            quantization=args.quantization,
+            double_quant=args.double_quant,
         )
     except ShapingError as err:
         sys.exit(f"shaping.serve: error: {err}")

@@ -11,10 +11,12 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from shaping.errors import ShapingError
+from shaping.hub import use_training_kernels
 from shaping.inference.engine import Engine, Row
 from shaping.inference.hf import Completion, SamplingOptions, end_of_turn_ids, engine_supports, generate_rows
 from shaping.inference.lora_rows import RowLoRA
@@ -43,7 +45,15 @@ class ServedModels:
     `generate`, `load_adapter` and `unload_adapter` from one worker thread only; the event loop
     only reads `names`, `batch_group` and `serves`, which each change swaps in whole."""
 
-    def __init__(self, model_path: str, adapters: dict[str, str], base_name: str, device: str) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        adapters: dict[str, str],
+        base_name: str,
+        device: str,
+        quantization: str | None = None,
+        double_quant: bool = True,
+    ) -> None:
         if base_name in adapters:
             raise ShapingError(f"--adapter {base_name}=...: the name is the base model's; pick another")
         for name, path in adapters.items():
@@ -52,11 +62,20 @@ class ServedModels:
                     f"--adapter {name}={path}: no adapter_config.json there; "
                     "point it at a PEFT adapter folder (the train stage writes models/adapter)"
                 )
+        # the base in 4 bits (QLoRA adapters, as training saw it), or as saved; an adapter's train
+        # run record says which it was trained on, and each adapter is checked against it
+        self.quantization = None if quantization is None else {"quant_type": quantization, "double_quant": double_quant}
+        for name, path in adapters.items():
+            problem = self._trained_elsewhere(path)
+            if problem:
+                raise ShapingError(f"--adapter {name}={path}: {problem}")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-            base = AutoModelForCausalLM.from_pretrained(model_path)
+            base = AutoModelForCausalLM.from_pretrained(model_path, **self._loading(device))
         except OSError as err:
             raise ShapingError(f"--model {model_path}: cannot load a model and tokenizer there ({err})") from err
+        if self.quantization is not None:
+            use_training_kernels(base)
         if self.tokenizer.pad_token is None:  # batches are left-padded; Llama-style tokenizers have no pad
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # the event loop counts prompt tokens while the worker thread generates; a fast tokenizer
@@ -69,7 +88,8 @@ class ServedModels:
             else:
                 model = PeftModel.from_pretrained(base, path, adapter_name=name)
             log.info("loaded adapter %s from %s", name, path)
-        model.to(device)  # type: ignore[arg-type]  # transformers types .to() through a decorator
+        if self.quantization is None:  # bitsandbytes places 4-bit weights itself
+            model.to(device)  # type: ignore[arg-type]  # transformers types .to() through a decorator
         model.eval()
         self.model = model
         self.device = device
@@ -79,6 +99,55 @@ class ServedModels:
         self.mixable = {name for name in self.adapter_names if self._mixable(name)}
         self._active: str | None = None  # the adapter set active for a batch of its rows alone
         self._rows: RowLoRA | None = None
+
+    def _loading(self, device: str) -> dict[str, Any]:
+        """from_pretrained's arguments for the base: bitsandbytes' 4-bit config with --quantization
+        (compute in fp32 on CPU, as evaluation scores QLoRA adapters; bf16 on CUDA)."""
+        if self.quantization is None:
+            return {}
+        try:
+            import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
+        except ImportError:
+            raise ShapingError("--quantization needs bitsandbytes: pip install -e '.[qlora]'") from None
+        compute = torch.float32 if device == "cpu" else torch.bfloat16
+        config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=self.quantization["quant_type"],
+            bnb_4bit_use_double_quant=self.quantization["double_quant"],
+            bnb_4bit_compute_dtype=compute,
+        )
+        return {"quantization_config": config, "dtype": compute}
+
+    def _trained_elsewhere(self, path: str) -> str | None:
+        """Why the adapter at `path` would run on another base than its training's (its run record,
+        the train stage's run.json next to it, says how it was trained), or None. An adapter without
+        a record is taken as it is."""
+        record = Path(path) / "run.json"
+        try:
+            details = json.loads(record.read_text(encoding="utf-8")).get("details") or {}
+        except (OSError, ValueError, AttributeError):
+            return None
+        trained = details.get("adapter")
+        if trained is None:
+            return None
+        if trained == "qlora":
+            quant = details.get("quantization") or {"quant_type": "nf4", "double_quant": True}
+            if quant != self.quantization:
+                flags = f"--quantization {quant['quant_type']}" + (
+                    "" if quant["double_quant"] else " --no-double-quant"
+                )
+                return (
+                    f"trained as QLoRA on a 4-bit base ({quant['quant_type']}, double quantization "
+                    f"{'on' if quant['double_quant'] else 'off'}), which this server does not load; serve it "
+                    f"from a server started with {flags}"
+                )
+        elif self.quantization is not None:
+            return (
+                f"trained as {trained} on the full-precision base, but this server's base is 4-bit "
+                "(--quantization); serve it from a server started without --quantization"
+            )
+        return None
 
     def _mixable(self, name: str) -> bool:
         """Whether PEFT can run adapter `name` on some rows of a batch (`adapter_names=`): plain
@@ -131,6 +200,9 @@ class ServedModels:
                 f"lora_path: {path} has no adapter_config.json; point it at a PEFT adapter folder "
                 "(the train stage writes models/adapter)",
             )
+        problem = self._trained_elsewhere(path)
+        if problem:
+            raise AdapterError(400, "lora_path", f"lora_path: {path} was {problem}")
         try:
             trained_on = json.loads(config_file.read_text()).get("base_model_name_or_path")
         except (OSError, ValueError, AttributeError) as err:
@@ -157,7 +229,8 @@ class ServedModels:
                 f"lora_path: the adapter at {path} does not fit the served base model {self.base_name!r} "
                 f"(it was trained on {trained_on!r}): {type(err).__name__}: {detail}",
             ) from None
-        self.model.to(self.device)
+        if self.quantization is None:
+            self.model.to(self.device)
         self.model.eval()
         mixable = self._mixable(name)
         self.adapter_names = [*self.adapter_names, name]

@@ -683,6 +683,10 @@ def train(
     metrics: dict[str, Any] = {
         "method": cfg.train.method,
         "adapter": adapter_kind(cfg),
+        # a QLoRA adapter's 4-bit base, so a server or evaluation loads the base training saw
+        "quantization": None
+        if cfg.lora.quantization is None or not cfg.lora.enabled
+        else {"quant_type": cfg.lora.quantization.quant_type, "double_quant": cfg.lora.quantization.double_quant},
         "train_loss": round(float(result.training_loss), 6),
         "steps": int(result.global_step),
         "resumed_from_step": start.step,
