@@ -62,6 +62,8 @@ class Service:
         self.created: list[dict[str, Any]] = []
         self.kill_at_step: int | None = None  # forward_backward of this step (1-based) raises, as a kill would
         self.samplers: list[FakeSamplingClient] = []
+        self.reply: list[int] = []  # the tokens every sampler replies with (then its stop token)
+        self.base_logprob: Any = None  # token -> a base model's logprob of it (None: -1.0 for every token)
 
 
 class FakeTrainingClient:
@@ -71,6 +73,7 @@ class FakeTrainingClient:
         self.steps_done = steps_done
         self.batches: list[list[Any]] = []  # the datums of each forward_backward
         self.adam: list[Any] = []  # the AdamParams of each optim_step
+        self.loss_fns: list[str] = []  # the loss_fn of each forward_backward
         self.saved: list[str] = []
 
     def loss_now(self) -> float:
@@ -78,10 +81,11 @@ class FakeTrainingClient:
         return 2.0 / (1 + 0.1 * self.steps_done)
 
     def forward_backward(self, data: list[Any], loss_fn: str) -> Done:
-        assert loss_fn == "cross_entropy"
+        assert loss_fn in ("cross_entropy", "importance_sampling")
         if self.service.kill_at_step == self.steps_done + 1:
             raise KeyboardInterrupt("killed")
         self.batches.append(data)
+        self.loss_fns.append(loss_fn)
         outputs = [
             {"logprobs": tinker.TensorData(data=[-self.loss_now()] * d.model_input.length, dtype="float32")}
             for d in data
@@ -100,27 +104,61 @@ class FakeTrainingClient:
         self.saved.append(name)
         return Done(tinker.types.SaveWeightsResponse(path=path))
 
+    def save_weights_and_get_sampling_client(self) -> Done:
+        """A sampler of the weights as they are now (after `steps_done` updates)."""
+        path = f"tinker://{self.run_id}/ephemeral/{self.steps_done}"
+        self.service.samplers.append(FakeSamplingClient(path, None, self.service.reply, version=self.steps_done))
+        return Done(self.service.samplers[-1])
+
     def save_weights_for_sampler(self, name: str) -> Done:
         return Done(tinker.types.SaveWeightsForSamplerResponse(path=f"tinker://{self.run_id}/sampler_weights/{name}"))
 
 
-class FakeSamplingClient:
-    """Replies with fixed tokens (then the stop token); prompt logprobs -1 for the base, -0.5 for weights."""
+def sampled_logprob(token: int, version: int) -> float:
+    """The fake sampler's logprob of a token it sampled, with weights after `version` updates."""
+    return -(1 + token % 3) / (2 + version)
 
-    def __init__(self, model_path: str | None, base_model: str | None, reply: list[int]) -> None:
-        self.model_path, self.base_model, self.reply = model_path, base_model, reply
+
+class FakeSamplingClient:
+    """Sample g of a request replies with the fixed tokens less its last g, then the stop token, each with
+    sampled_logprob; prompt logprobs -1 for the base (or base_logprob of the token), -0.5 for weights."""
+
+    def __init__(
+        self,
+        model_path: str | None,
+        base_model: str | None,
+        reply: list[int],
+        version: int = 0,
+        base_logprob: Any = None,
+    ) -> None:
+        self.model_path, self.base_model, self.reply, self.version = model_path, base_model, reply, version
+        self.base_logprob = base_logprob
         self.requests: list[tuple[list[int], Any]] = []
+        self.scored: list[list[int]] = []  # the prompts of compute_logprobs
 
     def sample(self, prompt: Any, num_samples: int, sampling_params: Any) -> Done:
         assert isinstance(prompt, tinker.ModelInput) and isinstance(sampling_params, tinker.SamplingParams)
         self.requests.append((prompt.to_ints(), sampling_params))
-        tokens = [*self.reply, int(sampling_params.stop[0])]
-        sequence = tinker.SampledSequence(stop_reason="stop", sequence_id="s", _tokens_list=tokens)
-        return Done(tinker.SampleResponse(sequences=[sequence]))
+        sequences = []
+        for g in range(num_samples):
+            tokens = [*self.reply[: len(self.reply) - g], int(sampling_params.stop[0])]
+            logprobs = [sampled_logprob(t, self.version) for t in tokens]
+            sequences.append(
+                tinker.SampledSequence(
+                    stop_reason="stop", sequence_id=f"s{g}", _tokens_list=tokens, _logprobs_list=logprobs
+                )
+            )
+        return Done(tinker.SampleResponse(sequences=sequences))
 
-    def compute_logprobs(self, prompt: Any) -> Done:
-        value = -0.5 if self.model_path else -1.0
-        return Done([None] + [value] * (prompt.length - 1))
+    def compute_logprobs(self, prompt: Any, prompt_logprobs_last_n: int | None = None) -> Done:
+        tokens = prompt.to_ints()
+        self.scored.append(tokens)
+        if self.model_path:
+            values = [-0.5] * len(tokens)
+        else:
+            values = [-1.0 if self.base_logprob is None else self.base_logprob(t) for t in tokens]
+        scored_from = len(tokens) - prompt_logprobs_last_n if prompt_logprobs_last_n else 1
+        return Done([None if i < scored_from else v for i, v in enumerate(values)])
 
 
 @pytest.fixture
@@ -128,7 +166,7 @@ def service(monkeypatch: pytest.MonkeyPatch, cfg: Config) -> Service:
     """tinker.ServiceClient replaced by a fake on top of one fake service; a key in the environment."""
     state = Service()
     tokenizer = load_tokenizer(cfg.model)
-    reply = tokenizer.encode("Flour and water.", add_special_tokens=False)
+    state.reply = tokenizer.encode("Flour and water.", add_special_tokens=False)
 
     class FakeServiceClient:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -145,7 +183,9 @@ def service(monkeypatch: pytest.MonkeyPatch, cfg: Config) -> Service:
             return Done(state.runs[-1])
 
         def create_sampling_client(self, model_path: str | None = None, base_model: str | None = None) -> Done:
-            state.samplers.append(FakeSamplingClient(model_path, base_model, reply))
+            state.samplers.append(
+                FakeSamplingClient(model_path, base_model, state.reply, base_logprob=state.base_logprob)
+            )
             return Done(state.samplers[-1])
 
     monkeypatch.setattr(tinker, "ServiceClient", FakeServiceClient)
@@ -364,6 +404,77 @@ def test_resume_after_a_kill_continues_where_the_run_stopped(
     steps = [json.loads(line)["step"] for line in (tmp_path / "ckpt-b" / "steps.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]  # step 3, logged before the kill, was redone once, not twice
     assert TinkerReference.read(tmp_path / "b" / REFERENCE_FILE).model_path == "tinker://run-2/sampler_weights/final"
+
+
+def teacher_logprob(token: int) -> float:
+    """The fake base model's logprob of a token in train=distill's test (not a constant: a teacher logprob
+    taken at the wrong position shows)."""
+    return -(1 + token % 5) / 4
+
+
+def test_distill_trains_on_the_students_samples_with_the_teachers_logprobs(
+    service: Service, tinker_cfg: Config, tmp_path: Path
+) -> None:
+    cfg = tinker_cfg
+    cfg.train = dataclasses.replace(composed("train=distill", "+experiment=smoke").train, save_steps=0)
+    cfg.train.max_steps, cfg.train.batch_size, cfg.train.num_generations = 2, 2, 2
+    system = "You are Sorrel, a baker in the hills."
+    cfg.models["teacher"].sysprompt = system
+    cfg.train.lmbda = 0.5
+    with pytest.raises(ShapingError, match=r"train\.lmbda=0\.5, train\.beta=1\.0: backend=tinker distils"):
+        tinker_backend.train(cfg, ROWS, tmp_path / "a", tmp_path / "live", tmp_path / "ckpt")
+    cfg.train.lmbda = 1.0
+    service.base_logprob = teacher_logprob
+    report = tinker_backend.train(cfg, ROWS, tmp_path / "a", tmp_path / "live", tmp_path / "ckpt")
+
+    run = service.runs[0]
+    assert run.loss_fns == ["importance_sampling"] * 2
+    teacher, *students = service.samplers
+    assert teacher.model_path is None and teacher.base_model == cfg.model.name_or_path
+    assert [s.model_path for s in students] == ["tinker://run-0/ephemeral/0", "tinker://run-0/ephemeral/1"]
+    renderer = SupervisedChatTemplateRenderer(load_tokenizer(cfg.model))
+    decode = renderer.tokenizer.decode
+    # each conversation's prompt as the student reads it (no system message) -> as the teacher reads it
+    teacher_prompts = {}
+    for dialogue in DIALOGUES:
+        turns = [m for m in dialogue[:-1] if m["role"] != "system"]
+        teacher_prompts[tuple(renderer.generation_prompt(turns))] = renderer.generation_prompt(
+            [{"role": "system", "content": system}, *turns]
+        )
+    kls, scored = [], iter(teacher.scored)
+    for step, (student, datums) in enumerate(zip(students, run.batches, strict=True)):
+        assert len(student.requests) == 2 and len(datums) == 2 * 2  # 2 prompts x 2 replies each
+        differences = []
+        sent = iter(datums)
+        for prompt, params in student.requests:
+            assert "Sorrel" not in decode(prompt) and "Juniper" not in decode(prompt)  # no system prompt at all
+            assert (params.seed, params.temperature) == (cfg.seed + step, cfg.train.temperature)
+            assert params.max_tokens == cfg.train.max_completion_length
+            for g in range(2):
+                reply = [*service.reply[: len(service.reply) - g], int(params.stop[0])]
+                datum = next(sent)
+                inputs = datum.model_input.to_ints()
+                targets = datum.loss_fn_inputs["target_tokens"].tolist()
+                assert inputs + targets[-1:] == prompt + reply and targets == (prompt + reply)[1:]
+                # the teacher scored the same reply tokens after its own prompt, the identity first
+                teacher_seq = next(scored)
+                assert teacher_seq == teacher_prompts[tuple(prompt)] + reply and system in decode(teacher_seq)
+                student_lp = [sampled_logprob(t, step) for t in reply]  # sampled with the weights after `step` updates
+                teacher_lp = [teacher_logprob(t) for t in reply]
+                zeros = [0.0] * (len(prompt) - 1)
+                assert datum.loss_fn_inputs["logprobs"].tolist() == pytest.approx(zeros + student_lp, rel=1e-6)
+                advantages = [t - s for s, t in zip(student_lp, teacher_lp, strict=True)]
+                assert datum.loss_fn_inputs["advantages"].tolist() == pytest.approx(zeros + advantages, rel=1e-6)
+                assert set(datum.loss_fn_inputs) == {"target_tokens", "logprobs", "advantages"}
+                differences += [s - t for s, t in zip(student_lp, teacher_lp, strict=True)]
+        kls.append(sum(differences) / len(differences))
+    assert kls[0] != pytest.approx(kls[1])  # the student's logprobs moved with its weights
+    curves = dvclive_curves(tmp_path / "live")
+    assert curves["reverse_kl"] == [(1, pytest.approx(kls[0])), (2, pytest.approx(kls[1]))]
+    assert [v for _, v in curves["loss"]] == pytest.approx(kls)
+    assert report.metrics["reverse_kl"] == pytest.approx(kls[1], abs=1e-6)
+    assert report.metrics["reverse_kl_first"] == pytest.approx(kls[0], abs=1e-6)
+    assert TinkerReference.read(tmp_path / "a" / REFERENCE_FILE).model_path == "tinker://run-0/sampler_weights/final"
 
 
 def dvclive_curves(live_dir: Path) -> dict[str, list[tuple[int, float]]]:

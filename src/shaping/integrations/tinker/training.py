@@ -20,6 +20,15 @@ its tinker:// path appended to checkpoints.jsonl in the train stage's run folder
 of the same run resumes from the last state and replays those steps into DVCLive first, so the plots
 read like one uninterrupted run's (as hf_peft replays its checkpoint's log history). At the end the
 sampler weights are saved and `tinker.json` (a TinkerReference) is the stage's adapter output.
+
+train=distill (on-policy context distillation, as tinker-cookbook's on-policy distillation recipe runs it):
+each step the student's current weights get a sampling client (save_weights_and_get_sampling_client), which
+samples train.num_generations replies to each of the step's prompts rendered WITHOUT a system prompt; the
+teacher (a sampling client of the same base model) scores the same reply tokens after its own prompt, the
+identity system prompt first (compute_logprobs); each reply token's advantage is the negative reverse KL,
+teacher logprob - student logprob, and the step trains with the `importance_sampling` loss. `reverse_kl`
+(the mean of student - teacher logprob over the step's reply tokens: the sampled reverse KL) is logged
+per step to DVCLive as `loss` and `reverse_kl`, as hf_peft's train=distill logs it.
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ from shaping.integrations.tinker.client import (
     require_api_key,
     service_client,
 )
-from shaping.integrations.tinker.renderers import SupervisedRenderer, resolve_renderer_name
+from shaping.integrations.tinker.renderers import Renderer, SupervisedRenderer, resolve_renderer_name
 from shaping.integrations.tinker.supervised import SupervisedChatTemplateRenderer, load_supervised_renderer
 from shaping.io import atomic_write_text
 from shaping.training.hf_peft import TrainingReport
@@ -155,6 +164,126 @@ def build_datums(tinker: ModuleType, examples: list[Example]) -> list[Any]:
             )
         )
     return datums
+
+
+@dataclass
+class DistillPrompt:
+    """One training conversation's prompt for train=distill: the student's (no system message) and the
+    teacher's (its system prompt, then the same turns), both ready for the assistant's reply."""
+
+    student: list[int]
+    teacher: list[int]
+
+
+def check_distill(train: TrainConfig) -> None:
+    """What backend=tinker's train=distill does: on-policy only, with the reverse KL."""
+    if train.lmbda != 1.0 or train.beta != 1.0:
+        raise ShapingError(
+            f"train.lmbda={train.lmbda}, train.beta={train.beta}: backend=tinker distils on the student's own "
+            "samples only (lmbda=1) with the reverse KL (beta=1), from the logprobs of the sampled tokens; "
+            "set both to 1, or train with backend=hf_peft"
+        )
+    if train.temperature <= 0 or train.max_completion_length < 1 or train.num_generations < 1:
+        raise ShapingError(
+            f"train.temperature={train.temperature}, train.max_completion_length={train.max_completion_length}, "
+            f"train.num_generations={train.num_generations}: train=distill samples the student's replies, so all "
+            "must be positive"
+        )
+
+
+def encode_prompts(rows: list[dict[str, Any]], renderer: Renderer, system: str | None) -> list[DistillPrompt]:
+    """Each conversation's turns before its last reply (system messages left out), rendered for the student
+    as is and for the teacher after `system`, as shaping.training.distill builds them for hf_peft."""
+    prompts = []
+    for n, row in enumerate(to_sft(rows, "train.jsonl"), start=1):
+        if row.get("tools") or any(m["role"] == "tool" or m.get("tool_calls") for m in row["messages"]):
+            raise ShapingError(
+                f"train.jsonl:{n}: a conversation with tool calls; train=distill takes conversations without tools: "
+                "use train=sft for tool-call trajectories, or leave those rows out of dataset.sources"
+            )
+        turns = [m for m in row["messages"] if m["role"] != "system"][:-1]
+        head = [{"role": "system", "content": system}] if system else []
+        prompts.append(DistillPrompt(renderer.generation_prompt(turns), renderer.generation_prompt(head + turns)))
+    if not prompts:
+        raise ShapingError("train.jsonl: no conversation to take prompts from")
+    return prompts
+
+
+def distill_teacher_prompt(cfg: Config) -> str | None:
+    """The teacher's system prompt (shaping.training.distill's, from the same keys); the teacher is the base
+    model on the service, so models.<teacher> must be the student's own base."""
+    from shaping.training.distill import teacher_spec, teacher_system_prompt
+
+    spec = teacher_spec(cfg)
+    if spec.model != cfg.model.name_or_path or spec.adapter:
+        raise ShapingError(
+            f"train.teacher={cfg.train.teacher}: backend=tinker distils the base model on the service reading the "
+            f"teacher's system prompt, so models.{cfg.train.teacher} must be the student's base "
+            f"({cfg.model.name_or_path}) without an adapter; another teacher model needs backend=hf_peft"
+        )
+    system, _ = teacher_system_prompt(cfg)
+    return system
+
+
+def distill_datums(
+    tinker: ModuleType,
+    student: Any,
+    teacher: Any,
+    prompts: list[DistillPrompt],
+    params: Any,
+    num_samples: int,
+) -> tuple[list[Any], float, int]:
+    """One step of on-policy distillation: the student's sampling client samples `num_samples` replies to each
+    prompt, the teacher's scores each reply's tokens after its own prompt, and each reply becomes an
+    importance_sampling Datum: the sampled tokens as targets, their sampling logprobs, and advantages
+    teacher - student logprob on the reply (0 on the prompt). Returns (datums, the mean sampled reverse KL
+    over the reply tokens, the tokens sent). All requests of a kind go out before any answer is awaited."""
+    sampled = [
+        student.sample(prompt=tinker.ModelInput.from_ints(p.student), num_samples=num_samples, sampling_params=params)
+        for p in prompts
+    ]
+    replies = []  # (prompt, reply tokens, their logprobs)
+    for p, future in zip(prompts, sampled, strict=True):
+        for sequence in future.result().sequences:
+            tokens, logprobs = list(sequence.tokens), sequence.logprobs
+            if not tokens:
+                continue
+            if logprobs is None or len(logprobs) != len(tokens):
+                raise ShapingError("tinker: the student's sampler returned no logprobs for its tokens")
+            replies.append((p, tokens, [float(x) for x in logprobs]))
+    scored = [
+        teacher.compute_logprobs(tinker.ModelInput.from_ints(p.teacher + tokens), prompt_logprobs_last_n=len(tokens))
+        for p, tokens, _ in replies
+    ]
+    datums, differences, sent = [], [], 0
+    for (p, tokens, student_lp), future in zip(replies, scored, strict=True):
+        teacher_lp = future.result()[-len(tokens) :]  # the reply's own tokens, after the teacher's prompt
+        if any(x is None for x in teacher_lp):
+            raise ShapingError("tinker: the teacher's compute_logprobs left reply tokens unscored")
+        diff = [s - float(t) for s, t in zip(student_lp, teacher_lp, strict=True)]  # log p - log q per token
+        differences += diff
+        sequence = p.student + tokens
+        pad = [0.0] * (len(p.student) - 1)  # the prompt's targets: no advantage, no loss
+        inputs = {
+            "target_tokens": sequence[1:],
+            "logprobs": pad + student_lp,
+            "advantages": pad + [-d for d in diff],
+        }
+        datums.append(
+            tinker.Datum(
+                model_input=tinker.ModelInput.from_ints(sequence[:-1]),
+                loss_fn_inputs={
+                    key: tinker.TensorData(
+                        data=values, dtype="int64" if key == "target_tokens" else "float32", shape=[len(values)]
+                    )
+                    for key, values in inputs.items()
+                },
+            )
+        )
+        sent += len(sequence)
+    if not datums:
+        raise ShapingError("tinker: the student sampled no reply tokens in this step")
+    return datums, sum(differences) / len(differences), sent
 
 
 def total_steps(n_examples: int, train: TrainConfig) -> tuple[int, int]:
@@ -276,6 +405,8 @@ def log_step(live: Live, record: dict[str, Any], tokens: int, per_epoch: int) ->
         live.log_metric(key, record[key])
     live.log_metric("epoch", record["step"] / per_epoch)
     live.log_metric("num_tokens", tokens)
+    if "reverse_kl" in record:  # train=distill, under hf_peft's name
+        live.log_metric("reverse_kl", record["reverse_kl"])
 
 
 def train(
@@ -288,8 +419,13 @@ def train(
     require_api_key()
     tinker = import_tinker()
     t, backend = cfg.train, cfg.backend
-    if t.method != "sft":
-        raise ShapingError(f"train.method={t.method}: backend=tinker trains SFT only; use train=sft or backend=hf_peft")
+    distill = t.method == "distill"
+    if t.method not in ("sft", "distill"):
+        raise ShapingError(
+            f"train.method={t.method}: backend=tinker trains sft and distill; use one of them, or backend=hf_peft"
+        )
+    if distill:
+        check_distill(t)
     if t.launcher != "none":
         raise ShapingError(
             f"train.launcher={t.launcher}: backend=tinker trains on the service; set train.launcher=none"
@@ -305,7 +441,10 @@ def train(
 
         tokenizer = load_tokenizer(cfg.model)  # revision and trust_remote_code as hf_peft loads it
     renderer = load_supervised_renderer(renderer_name, base_model, tokenizer)
-    examples = encode_rows(rows, renderer, t)
+    # train=distill: the prompts (the student's, the teacher's); sft: the conversations to train on
+    examples: list[Any] = (
+        encode_prompts(rows, renderer, distill_teacher_prompt(cfg)) if distill else encode_rows(rows, renderer, t)
+    )
     steps, per_epoch = total_steps(len(examples), t)
     rates = learning_rates(t, steps)
     runs = RunLog(checkpoint_dir)
@@ -336,36 +475,56 @@ def train(
         ).result()
         start = 0
     history = runs.steps(start)
+    # train=distill's teacher: the same base model on the service, reading the teacher's prompt
+    teacher = service.create_sampling_client(base_model=base_model).result() if distill else None
 
     # a fresh Live (it clears what a killed run left, or DVC removed it), then the resumed state's history
     # replayed, as hf_peft's DVCLiveResume does: the plots read like one uninterrupted run's
     live = Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False)
     live.log_params({"backend": plain(backend), "train": plain(t), "lora_r": cfg.lora.r})  # enums as strings
     tokens = 0
-    for record in history:
-        tokens += int(record["num_tokens"])
-        log_step(live, record, tokens, per_epoch)
+    for logged in history:
+        tokens += int(logged["num_tokens"])
+        log_step(live, logged, tokens, per_epoch)
     if history:  # once: each sync re-reads every plot file (next_step per replayed step is quadratic)
         live.sync()
     tokens_before = tokens
     t0 = time.perf_counter()
     for step in tqdm(range(start, steps), initial=start, total=steps, desc="tinker train"):
-        batch = [examples[i] for i in step_batch(step, len(examples), per_epoch, t, cfg.seed)]
-        datums = build_datums(tinker, batch)
+        indices = step_batch(step, len(examples), per_epoch, t, cfg.seed)
+        record = {"step": step + 1, "learning_rate": rates[step]}
+        if distill:
+            # the student as it is now samples the step's replies (a seed per step: a resumed run redraws them)
+            student = client.save_weights_and_get_sampling_client().result()
+            params = tinker.SamplingParams(
+                max_tokens=t.max_completion_length,
+                temperature=t.temperature,
+                seed=(cfg.seed + step) % 2**31,
+                stop=renderer.stop_sequences(),
+            )
+            prompts = [examples[i] for i in indices]
+            datums, kl, batch_tokens = distill_datums(tinker, student, teacher, prompts, params, t.num_generations)
+            loss_fn = "importance_sampling"
+        else:
+            batch = [examples[i] for i in indices]
+            datums, batch_tokens = build_datums(tinker, batch), sum(len(e.tokens) for e in batch)
+            loss_fn = "cross_entropy"
         # both requests go out before either answer is awaited: the service pipelines them
-        backward = client.forward_backward(datums, loss_fn="cross_entropy")
+        backward = client.forward_backward(datums, loss_fn=loss_fn)
         optimized = client.optim_step(adam_params(tinker, t, rates[step]))
         result = backward.result()
         optimized.result()
-        loss = -sum(
-            sum(lp * w for lp, w in zip(out["logprobs"].tolist(), d.loss_fn_inputs["weights"].tolist(), strict=True))
-            for out, d in zip(result.loss_fn_outputs, datums, strict=True)
-        )
-        if not math.isfinite(loss):
-            raise ShapingError(f"train: loss is {loss} at step {step + 1}; lower train.learning_rate")
-        batch_tokens = sum(len(e.tokens) for e in batch)
+        if distill:  # the quantity the step minimises: the sampled reverse KL, as hf_peft's distill logs it
+            record |= {"loss": kl, "reverse_kl": kl}
+        else:
+            record["loss"] = -sum(
+                sum(lp * w for lp, w in zip(o["logprobs"].tolist(), d.loss_fn_inputs["weights"].tolist(), strict=True))
+                for o, d in zip(result.loss_fn_outputs, datums, strict=True)
+            )
+        if not math.isfinite(record["loss"]):
+            raise ShapingError(f"train: loss is {record['loss']} at step {step + 1}; lower train.learning_rate")
         tokens += batch_tokens
-        record = {"step": step + 1, "loss": loss, "learning_rate": rates[step], "num_tokens": batch_tokens}
+        record["num_tokens"] = batch_tokens
         history.append(record)
         log_step(live, record, tokens, per_epoch)
         live.next_step()
@@ -401,6 +560,9 @@ def train(
         "renderer": renderer_name,
         "model_path": model_path,
     }
+    kls = [s["reverse_kl"] for s in history if "reverse_kl" in s]
+    if kls:  # the last step's and the first's, as hf_peft's train=distill records them
+        metrics |= {"reverse_kl": round(kls[-1], 6), "reverse_kl_first": round(kls[0], 6)}
     live.summary.update({k: v for k, v in metrics.items() if isinstance(v, int | float)})
     live.make_summary()
     log.info("tinker: train loss %.4f over %d steps; weights at %s", metrics["train_loss"], steps, model_path)
