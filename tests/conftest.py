@@ -149,10 +149,11 @@ def cfg(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Confi
     return config
 
 
-def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """A command in `repo` with this venv's tools first on PATH; raises with its output when it fails."""
+def sh(repo: Path, *cmd: str, check: bool = True, unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """A command in `repo` with this venv's tools first on PATH (and the variables `unset` left out of
+    its environment); raises with its output when it fails."""
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in unset},
         "HF_HUB_OFFLINE": "1",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }

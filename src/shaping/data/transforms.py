@@ -60,12 +60,24 @@ def _text(messages: Messages) -> str:
     return "\n".join(str(m.get("content", "")) for m in messages).strip()
 
 
-def to_sft(rows: list[dict[str, Any]], source: str = "rows") -> list[dict[str, Any]]:
+def has_tools(row: dict[str, Any]) -> bool:
+    """Whether a chat row carries tool calls, tool messages or tools."""
+    return bool(row.get("tools")) or any(
+        isinstance(m, dict) and (m.get("role") == "tool" or m.get("tool_calls")) for m in row.get("messages") or []
+    )
+
+
+def to_sft(rows: list[dict[str, Any]], source: str = "rows", without_tools: str | None = None) -> list[dict[str, Any]]:
     """Conversations to train on: a chat row's messages (tool calls and `tool` messages kept, with the row's
-    `tools` when set); a preference row's prompt + chosen reply."""
+    `tools` when set); a preference row's prompt + chosen reply. `without_tools` (what the rows are for, and
+    what to do instead): a row with tool calls is refused, naming it."""
     out: list[dict[str, Any]] = []
     for n, row in enumerate(rows, start=1):
         where = f"{source}:{n}"
+        if without_tools is not None and has_tools(row):
+            raise ShapingError(
+                f"{where}: a conversation with tool calls; {without_tools}, or leave those rows out of dataset.sources"
+            )
         if "messages" in row:
             item: dict[str, Any] = {"messages": _as_messages(row["messages"], "user", f"{where}: messages")}
             if row.get("tools") is not None:

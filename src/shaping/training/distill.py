@@ -116,13 +116,11 @@ def distill_rows(
     teacher's, trained on in the off-policy batches) and the teacher's prompt ids: the system prompt, then
     the same turns up to the reply."""
     out = []
-    for n, row in enumerate(to_sft(rows, "train.jsonl"), start=1):
-        if row.get("tools") or any(m["role"] == "tool" or m.get("tool_calls") for m in row["messages"]):
-            raise ShapingError(
-                f"train.jsonl:{n}: a conversation with tool calls; train=distill takes conversations "
-                "without tools (the teacher's prompt is rendered without them): use train=sft for tool-call "
-                "trajectories, or leave those rows out of dataset.sources"
-            )
+    refusal = (
+        "train=distill takes conversations without tools (the teacher's prompt is rendered without them): "
+        "use train=sft for tool-call trajectories"
+    )
+    for row in to_sft(rows, "train.jsonl", without_tools=refusal):
         messages = [m for m in row["messages"] if m["role"] != "system"]
         head = [{"role": "system", "content": system}] if system else []
         out.append({"messages": messages, "teacher_prompt_ids": prompt_ids(tokenizer, head + messages[:-1])})

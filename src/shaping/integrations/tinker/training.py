@@ -120,13 +120,13 @@ def encode_rows(rows: list[dict[str, Any]], renderer: SupervisedRenderer, train:
     """The rows as hf_peft's SFTTrainer gets them: to_sft, rendered, masked and weighted, cut to
     train.max_length (keep_start). Where TRL tokenizes itself it then drops rows left with no loss
     token; where hf_peft hands it tokenized rows (loss weights, padding-free without packing) it keeps them."""
-    sft_rows = to_sft(rows, "train.jsonl")
-    for n, row in enumerate(sft_rows, start=1):  # the renderers take messages only: tools would be lost
-        if row.get("tools") or any(m.get("role") == "tool" or m.get("tool_calls") for m in row["messages"]):
-            raise ShapingError(
-                f"train.jsonl:{n}: a conversation with tool calls; backend=tinker trains conversations without "
-                "tools for now: train it with backend=hf_peft (train=sft), or leave those rows out of dataset.sources"
-            )
+    # the renderers take messages only: tools would be lost
+    sft_rows = to_sft(
+        rows,
+        "train.jsonl",
+        without_tools="backend=tinker trains conversations without tools for now: "
+        "train it with backend=hf_peft (train=sft)",
+    )
     conversations = [row["messages"] for row in sft_rows]
     weights = compile_loss_weights(train.loss_weights)
     if isinstance(renderer, SupervisedChatTemplateRenderer):
@@ -195,12 +195,8 @@ def encode_prompts(rows: list[dict[str, Any]], renderer: Renderer, system: str |
     """Each conversation's turns before its last reply (system messages left out), rendered for the student
     as is and for the teacher after `system`, as shaping.training.distill builds them for hf_peft."""
     prompts = []
-    for n, row in enumerate(to_sft(rows, "train.jsonl"), start=1):
-        if row.get("tools") or any(m["role"] == "tool" or m.get("tool_calls") for m in row["messages"]):
-            raise ShapingError(
-                f"train.jsonl:{n}: a conversation with tool calls; train=distill takes conversations without tools: "
-                "use train=sft for tool-call trajectories, or leave those rows out of dataset.sources"
-            )
+    refusal = "train=distill takes conversations without tools: use train=sft for tool-call trajectories"
+    for row in to_sft(rows, "train.jsonl", without_tools=refusal):
         turns = [m for m in row["messages"] if m["role"] != "system"][:-1]
         head = [{"role": "system", "content": system}] if system else []
         prompts.append(DistillPrompt(renderer.generation_prompt(turns), renderer.generation_prompt(head + turns)))
