@@ -106,7 +106,7 @@ def test_keep_best_saves_the_checkpoint_with_the_lowest_eval_loss(cfg: Config, t
     assert not all(torch.equal(saved[k], last[k]) for k in saved)
 
 
-@pytest.mark.parametrize("method", ["dpo", "kto"])
+@pytest.mark.parametrize("method", ["dpo", "kto", "orpo"])
 def test_preference_methods_evaluate_their_own_rows(cfg: Config, tmp_path: Path, method: str) -> None:
     cfg.train = composed(f"train={method}", "+experiment=smoke").train
     shrink(cfg, max_steps=2, eval_steps=1, logging_steps=1)
