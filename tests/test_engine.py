@@ -111,3 +111,24 @@ def test_streamed_pieces_make_the_reply_and_hold_back_stop_strings(
             assert len(pieces[i]) > 5
         for sent in ("".join(pieces[i][: k + 1]) for k in range(len(pieces[i]))):
             assert not any(s in sent for s in rows[i].options.stop)  # never a stop string, even mid-way
+
+
+def test_the_hf_backend_gives_each_request_its_own_options_and_the_reply_it_gets_alone(tiny_model_dir: Path) -> None:
+    from shaping.inference.hf import HFBackend
+    from shaping.inference.types import ChatRequest
+
+    backend = HFBackend(str(tiny_model_dir), batch_size=3, seed=5)
+    options: list[dict[str, object]] = [
+        {"temperature": 0.0, "max_new_tokens": 5},
+        {"temperature": 1.0, "top_k": 5, "max_new_tokens": 12},
+        {"temperature": 0.8, "stop": ["e", "a"], "max_new_tokens": 20},
+        {"temperature": 1.0, "top_p": 0.5, "max_new_tokens": 9},
+        {"temperature": 0.0, "min_new_tokens": 6, "max_new_tokens": 6},
+        {"temperature": 1.2, "stop": "o", "max_new_tokens": 16},
+    ]
+    requests = [ChatRequest(messages=chat(i), options=o, key=f"k{i}") for i, o in enumerate(options)]
+    together = backend.generate(requests)  # 6 rows through places for 3, each with its own options
+    assert together == [backend.generate([r])[0] for r in requests]
+    assert together[4].completion_tokens == 6  # min_new_tokens held the end off
+    for reply, stops in ((together[2], "ea"), (together[5], "o")):
+        assert not any(s in (reply.text or "") for s in stops)

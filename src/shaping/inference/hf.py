@@ -53,7 +53,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SAMPLING_KEYS = ("temperature", "top_p", "max_new_tokens", "min_new_tokens")
 DEFAULT_MAX_NEW_TOKENS = 64
 
 
@@ -358,8 +357,9 @@ class HFBackend:
     def generate(
         self, requests: list[ChatRequest], on_response: Callable[[int, ChatResponse], None] | None = None
     ) -> list[ChatResponse]:
-        """A reply per request, through one Engine run of up to `batch_size` rows at a time (each
-        request its own options); `on_response(i, reply)` as request i's reply is ready."""
+        """A reply per request, through one Engine run of up to `batch_size` rows at a time, each
+        request with its own options (temperature, top_p, top_k, max_new_tokens, min_new_tokens,
+        stop); `on_response(i, reply)` as request i's reply is ready."""
         results: list[ChatResponse | None] = [None] * len(requests)
         conversations: list[list[dict[str, str]]] = []
         rows: list[SamplingOptions] = []
@@ -377,12 +377,14 @@ class HFBackend:
             # a keyed request's stream is its own (the same reply whatever shares its batch); an
             # unkeyed one's follows this backend's seed and its place among the calls
             key = request.key or f"call {self._calls} row {index}"
+            stop = options.get("stop") or ()
             rows.append(
                 SamplingOptions(
                     temperature=temperature,
                     top_p=float(options.get("top_p", 1.0) or 1.0),
                     max_new_tokens=int(options.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS),
-                    stop=(),
+                    stop=(stop,) if isinstance(stop, str) else tuple(stop),
+                    top_k=int(options.get("top_k") or 0),
                     seed=request_seed(self.seed, key) if temperature > 0 else None,
                 )
             )
