@@ -2,6 +2,7 @@
 
     python bench/generation_throughput.py                 # batches / in flight 8, 32, 64
     python bench/generation_throughput.py --requests 256  # more requests per setting (steadier)
+    python bench/generation_throughput.py --gpu           # CUDA: Qwen2.5-0.5B's shape, random bf16 weights
 
 Raw: the base model's `generate` sampled (temperature 1, no top-p/top-k cut) for 32 new tokens,
 on left-padded batches of chat prompts, batch after batch, in this process. Server: the real
@@ -44,6 +45,26 @@ from shaping.serve.launch import running_server
 
 NEW_TOKENS = 32
 SIZES = (8, 32, 64)
+DEVICE, DTYPE = "cpu", torch.float32  # --gpu: cuda, bf16
+
+
+def load(model_dir: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPE).to(DEVICE).eval()
+
+
+def build_gpu_models(folder: Path) -> tuple[Path, Path]:
+    """Qwen2.5-0.5B's architecture (bench/train_throughput.py's shape) with random bf16 weights, and a
+    random LoRA adapter (r=16, all linear layers) over it."""
+    from peft import LoraConfig, get_peft_model
+    from train_throughput import build_gpu_model
+
+    model_dir, adapter_dir = folder / "model", folder / "adapter"
+    build_gpu_model("Qwen2.5-0.5B", model_dir)
+    config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(load(model_dir), config).save_pretrained(str(adapter_dir))
+    return model_dir, adapter_dir
 
 
 def build_model(folder: Path) -> tuple[Path, Path]:
@@ -73,11 +94,11 @@ def prompts(count: int) -> list[list[dict[str, str]]]:
 
 
 def raw_throughput(model_dir: Path, batch: int, requests: int) -> float:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    model = load(model_dir)
     end_ids = end_of_turn_ids(model, tokenizer)
     texts = [
         str(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)) for c in prompts(requests)
@@ -85,6 +106,7 @@ def raw_throughput(model_dir: Path, batch: int, requests: int) -> float:
 
     def run(chunk: list[str]) -> int:
         enc = tokenizer(chunk, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        enc = enc.to(DEVICE)
         with torch.no_grad():
             out = model.generate(
                 **enc,
@@ -150,14 +172,13 @@ def engine_throughput(model_dir: Path, adapter_dir: Path, in_flight: int, reques
     rows on the adapter, a new row added as each ends, `in_flight` at a time): the server's figure
     without HTTP, JSON and the event loop."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from shaping.inference.engine import Engine, Row
     from shaping.inference.hf import SamplingOptions, _prompt_ids, adapter_route
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    base = AutoModelForCausalLM.from_pretrained(model_dir)
-    model = PeftModel.from_pretrained(base, str(adapter_dir), adapter_name="tuned").eval()
+    model = PeftModel.from_pretrained(load(model_dir), str(adapter_dir), adapter_name="tuned").eval()
     ids = _prompt_ids(tokenizer, prompts(requests))
     options = SamplingOptions(1.0, 1.0, NEW_TOKENS, (), None)
     engine = Engine(
@@ -187,12 +208,12 @@ def engine_throughput(model_dir: Path, adapter_dir: Path, in_flight: int, reques
 def engine_base_throughput(model_dir: Path, batch: int, requests: int) -> float:
     """tokens/s of `generate_rows` (the Engine) on the base model alone, `batch` rows at a time, as
     raw_throughput runs `generate`: the engine's own cost, without adapters or a server."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from shaping.inference.hf import SamplingOptions, generate_rows
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    model = load(model_dir)
     conversations = prompts(requests)
     options = [SamplingOptions(1.0, 1.0, NEW_TOKENS, (), None)] * batch
     generate_rows(model, tokenizer, conversations[:batch], options)  # warm-up
@@ -223,9 +244,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=128, help="requests per setting")
     parser.add_argument("--server-threads", type=int, default=0, help="the server's --threads (0: its default)")
+    parser.add_argument("--gpu", action="store_true", help="on CUDA: Qwen2.5-0.5B's shape, random bf16 weights")
     args = parser.parse_args()
+    global DEVICE, DTYPE
+    if args.gpu:
+        if not torch.cuda.is_available():
+            raise SystemExit("error: --gpu needs a CUDA GPU, and torch sees none here; run without --gpu")
+        DEVICE, DTYPE = "cuda", torch.bfloat16
     with tempfile.TemporaryDirectory(prefix="gen-bench-") as tmp:
-        model_dir, adapter_dir = build_model(Path(tmp))
+        model_dir, adapter_dir = build_gpu_models(Path(tmp)) if args.gpu else build_model(Path(tmp))
         raw = {size: raw_throughput(model_dir, size, args.requests) for size in SIZES}
         backend = backend_throughput(model_dir, args.requests)
         engine_base = engine_base_throughput(model_dir, max(SIZES), args.requests)
@@ -238,7 +265,7 @@ def main() -> None:
                 "--served-model-name",
                 "base",
                 "--device",
-                "cpu",
+                DEVICE,
                 "--max-batch-size",
                 str(max(SIZES)),
                 "--threads",
