@@ -322,3 +322,19 @@ def test_orpo_trains_and_logs_its_log_odds(cfg: Config, tmp_path: Path) -> None:
     assert len(logged) == 3 and all(math.isfinite(v) and v < 0 for v in logged)  # log sigmoid(.) < 0
     assert report.metrics["log_odds_ratio"] == pytest.approx(logged[-1], abs=1e-6)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_sampling_knobs_are_checked_before_training_naming_each_key(cfg: Config) -> None:
+    """GRPO and on-policy distillation sample replies: a temperature of 0 or no reply length stops
+    them before any model loads, one error naming every bad key (shaping.training.knobs)."""
+    from shaping.training.knobs import check_sampling_knobs
+
+    cfg.train = composed("train=grpo", "+experiment=smoke").train
+    cfg.train.temperature, cfg.train.max_completion_length = 0.0, 0
+    both = r"train=grpo samples its replies while it trains: train\.temperature=0\.0 .*; train\.max_completion_length=0"
+    with pytest.raises(ShapingError, match=both):
+        hf_peft.check_options(cfg)
+    cfg.train.temperature, cfg.train.max_completion_length, cfg.train.num_generations = 0.7, 8, 0
+    with pytest.raises(ShapingError, match=r"train=distill .*: train\.num_generations=0 \(at least 1\)$"):
+        check_sampling_knobs(cfg.train, "train=distill", min_generations=1)
+    check_sampling_knobs(cfg.train, "train=distill")  # the local distill samples one reply a prompt: no minimum

@@ -40,6 +40,7 @@ from shaping.config.schema import Config, ModelSpec
 from shaping.data.transforms import to_sft
 from shaping.errors import ShapingError
 from shaping.hub import load_base_model
+from shaping.training.knobs import check_sampling_knobs
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -263,11 +264,7 @@ def distill_trainer(
             f"train.lmbda={t.lmbda}, train.beta={t.beta}: train=distill takes both in [0, 1] "
             "(lmbda: the share of on-policy batches; beta: 0 forward KL, 1 reverse KL)"
         )
-    if t.temperature <= 0 or t.max_completion_length < 1:
-        raise ShapingError(
-            f"train.temperature={t.temperature}, train.max_completion_length={t.max_completion_length}: "
-            "train=distill samples the student's replies, so both must be positive"
-        )
+    check_sampling_knobs(t, "train=distill")
     config = GKDConfig(
         **args,
         max_length=t.max_length,

@@ -52,6 +52,7 @@ from shaping.hub import compute_dtype, load_base_model, load_tokenizer, quantiza
 from shaping.training.checkpointing import DVCLiveResume, RunStart, checkpoint_args, resume_checkpoint
 from shaping.training.export import merge_adapter
 from shaping.training.failures import StopOnNonFiniteLoss, out_of_memory_message
+from shaping.training.knobs import check_sampling_knobs
 from shaping.training.launch import RankReport
 from shaping.training.rewards import build_rewards
 from shaping.training.sft import (
@@ -414,10 +415,7 @@ def check_grpo_options(cfg: Config) -> None:
             f"must be a multiple of train.num_generations={t.num_generations} (each prompt's replies are sampled "
             "together)"
         )
-    if t.max_completion_length < 1:
-        raise ShapingError(f"train.max_completion_length={t.max_completion_length}: must be at least 1 token")
-    if t.temperature <= 0:
-        raise ShapingError(f"train.temperature={t.temperature}: GRPO samples its replies; use a temperature > 0")
+    check_sampling_knobs(t, "train=grpo")
     # every reward's name, arguments and module, before any model loads (built again with the tokenizer's ids)
     build_rewards(t.rewards, eos_token_ids=[-1], cfg=cfg)
 

@@ -61,6 +61,7 @@ from shaping.integrations.tinker.renderers import Renderer, SupervisedRenderer, 
 from shaping.integrations.tinker.supervised import SupervisedChatTemplateRenderer, load_supervised_renderer
 from shaping.io import atomic_write_text
 from shaping.training.hf_peft import TrainingReport
+from shaping.training.knobs import check_sampling_knobs
 from shaping.training.sft import check_stop_token_learned, compile_loss_weights
 
 if TYPE_CHECKING:
@@ -183,12 +184,7 @@ def check_distill(train: TrainConfig) -> None:
             "samples only (lmbda=1) with the reverse KL (beta=1), from the logprobs of the sampled tokens; "
             "set both to 1, or train with backend=hf_peft"
         )
-    if train.temperature <= 0 or train.max_completion_length < 1 or train.num_generations < 1:
-        raise ShapingError(
-            f"train.temperature={train.temperature}, train.max_completion_length={train.max_completion_length}, "
-            f"train.num_generations={train.num_generations}: train=distill samples the student's replies, so all "
-            "must be positive"
-        )
+    check_sampling_knobs(train, "train=distill", min_generations=1)
 
 
 def encode_prompts(rows: list[dict[str, Any]], renderer: Renderer, system: str | None) -> list[DistillPrompt]:
