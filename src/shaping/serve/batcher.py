@@ -22,6 +22,7 @@ batches through `generate()`, one at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -218,36 +219,47 @@ class Batcher:
 
     def _work(self) -> None:
         while True:
-            idle = self._stepper.idle and not self._calls
-            items = self._drain(block=idle)
-            if None in items:
-                return
-            for item in items:
-                assert item is not None
-                self._take(item)
-            if items and idle and not self._calls:
-                self._gather_burst()
-            if self._calls:
-                self._stepper.admitting = False
-                if not self._stepper.running:
-                    self._run_calls()
-                    continue
-            if self._stepper.idle:
-                continue
-            started = time.perf_counter()
             try:
-                finished = self._stepper.step()
-            except Exception as err:  # the model itself failed: every row in the batch fails with it
-                log.exception("generation failed for %d row(s)", len(self._stepper.running))
-                self._fail_all(err)
-                continue
-            finally:
-                self.busy_s += time.perf_counter() - started
-            for row, reply in finished:
-                job, choice = row.tag
-                if job.add(choice, reply):
-                    self.requests += 1  # counted before the client can see its reply
-                    job.resolve()
+                if not self._turn():
+                    return
+            except Exception as err:  # never leave the server without its worker: fail what it holds
+                log.exception("the generation worker failed; the requests it held fail with it")
+                with contextlib.suppress(Exception):
+                    self._fail_all(err)
+
+    def _turn(self) -> bool:
+        """Take what arrived, run calls or one step; False once closed."""
+        idle = self._stepper.idle and not self._calls
+        items = self._drain(block=idle)
+        if None in items:
+            return False
+        for item in items:
+            assert item is not None
+            self._take(item)
+        if items and idle and not self._calls:
+            self._gather_burst()
+        if self._calls:
+            self._stepper.admitting = False
+            if not self._stepper.running:
+                self._run_calls()
+                return True
+        if self._stepper.idle:
+            return True
+        started = time.perf_counter()
+        try:
+            finished = self._stepper.step()
+        except Exception as err:  # the model itself failed: every row in the batch fails with it
+            log.exception("generation failed for %d row(s)", len(self._stepper.running))
+            self._fail_all(err)
+            return True
+        finally:
+            self.busy_s += time.perf_counter() - started
+        for row, reply in finished:
+            job, choice = row.tag
+            if job.add(choice, reply):
+                self.requests += 1  # counted before the client can see its reply
+                job.resolve()
+        return True
 
     def _drain(self, block: bool) -> list[Job | _Call | None]:
         """What the queue holds (waiting for the first item when `block`); None: close."""
