@@ -127,7 +127,6 @@ class Engine:
         self.last: torch.Tensor | None = None  # (B,) each row's newest token, not yet in the cache
         self.admitting = True
         self.stats = EngineStats()
-        self.max_stop = 0
 
     @staticmethod
     def supports(model: Any) -> bool:
@@ -148,7 +147,6 @@ class Engine:
     def add(self, row: Row) -> None:
         if row.options.sampled and row.options.seed is not None:
             row.generator = torch.Generator(device=self.device).manual_seed(row.options.seed)
-        self.max_stop = max([self.max_stop, *(len(s) for s in row.options.stop)])
         self.waiting.append(row)
 
     @property
