@@ -312,7 +312,10 @@ def system_prompt_adapter(dspy: Any) -> Any:
     return SystemPromptAdapter()
 
 
-def make_lm(dspy: Any, endpoint: Endpoint, cache: bool) -> Any:
+def make_lm(dspy: Any, endpoint: Endpoint, cache: bool, seed: int) -> Any:
+    """A DSPy LM over the endpoint; every request carries the run's `seed` (OpenAI's field), so a
+    sampled reply depends on the request and the seed alone where the server honours it (shaping.serve
+    and vLLM do): a re-run without the cache scores the same candidates the same."""
     return dspy.LM(
         f"openai/{endpoint.model}",
         api_base=endpoint.api_base,
@@ -321,6 +324,7 @@ def make_lm(dspy: Any, endpoint: Endpoint, cache: bool) -> Any:
         max_tokens=endpoint.max_tokens,
         cache=cache,
         num_retries=2,
+        seed=seed,
     )
 
 
@@ -364,9 +368,9 @@ def run_gepa(
     if cfg.cache:
         Path(cfg.cache_dir).mkdir(parents=True, exist_ok=True)
     dspy.configure_cache(enable_disk_cache=cfg.cache, enable_memory_cache=cfg.cache, disk_cache_dir=cfg.cache_dir)
-    student_lm = make_lm(dspy, student, cfg.cache)
-    reflection_lm = make_lm(dspy, reflection, cfg.cache)
-    judge_lm = make_lm(dspy, judge, cfg.cache) if judge is not None else None
+    student_lm = make_lm(dspy, student, cfg.cache, seed)
+    reflection_lm = make_lm(dspy, reflection, cfg.cache, seed)
+    judge_lm = make_lm(dspy, judge, cfg.cache, seed) if judge is not None else None
     adapter = {
         "system": system_prompt_adapter(dspy),
         "chat": dspy.ChatAdapter(),
