@@ -1,7 +1,8 @@
 """The evaluate stage scores an adapter on the base it was trained on: a QLoRA adapter over the
-4-bit base (bitsandbytes NF4, on this CPU), a LoRA adapter over the full-precision base, and the
-base model itself always unquantized. Each tuned loss is checked against one computed here with
-transformers + peft + BitsAndBytesConfig directly, outside the project's loading code."""
+4-bit base (bitsandbytes NF4, on this CPU), a LoRA adapter over the full-precision base, a full
+fine-tune as the model it saved, and the base model itself always unquantized. Each tuned loss is
+checked against one computed here with transformers + peft + BitsAndBytesConfig directly, outside
+the project's loading code."""
 
 from __future__ import annotations
 
@@ -185,6 +186,22 @@ def test_lora_adapter_is_scored_on_the_full_precision_base(model_dir: Path, tmp_
     assert metrics["tuned"]["loss"] == pytest.approx(on_full, abs=TOL)
     assert metrics["tuned"]["base_quantization"] == "none"
     assert metrics["base"]["loss"] == pytest.approx(held_out_loss(full_base(model_dir), model_dir), abs=TOL)
+
+
+@pytest.mark.slow
+def test_full_fine_tune_is_scored_as_the_saved_model(model_dir: Path, tmp_path: Path) -> None:
+    """lora=none: train saves a whole model, and evaluate scores that model (loaded as it was saved, no
+    adapter), the base beside it unquantized."""
+    cfg = make_cfg(model_dir, tmp_path, quantized=False)
+    cfg.lora = compose(["+experiment=smoke", "lora=none"]).lora
+    train(cfg)
+    metrics = evaluate(cfg, tmp_path / "run")
+
+    tuned = held_out_loss(AutoModelForCausalLM.from_pretrained(cfg.paths.adapter_dir, dtype=torch.float32), model_dir)
+    base = held_out_loss(full_base(model_dir), model_dir)
+    assert metrics["tuned"]["loss"] == pytest.approx(tuned, abs=TOL) and abs(tuned - base) > 100 * TOL
+    assert metrics["base"]["loss"] == pytest.approx(base, abs=TOL)
+    assert metrics["tuned"]["base_quantization"] == "none"
 
 
 @pytest.mark.slow

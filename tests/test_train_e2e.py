@@ -1,8 +1,9 @@
 """`dvc exp run` of each training method and adapter on the embedded default, in ONE temp repo
 copy: the upstream stages run once, so every experiment reruns only train (and evaluate). The QLoRA
 experiment's adapter is scored on its 4-bit base, from the train stage's run record next to it.
-DPO and DoRA are not among them (suite time): they train in process (test_train_methods,
-test_train_eval, test_train_export), and the train stage composes either override like the rest.
+DPO, DoRA and the full fine-tune (lora=none) are not among them (suite time): they train in process
+(test_train_methods, test_train_eval, test_train_export; the full fine-tune is evaluated in
+test_eval_qlora), and the train stage composes each override like the rest.
 Last, `-S backend=tinker` without a key fails at train, naming it."""
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ def repo(smoke_repo_built: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 # (override, what the run record must say, the stages to run): evaluate loads a LoRA adapter (KTO's,
-# GRPO's and distill's too) one way, so it runs for the LoRA, QLoRA (4-bit base) and full fine-tune ones
+# GRPO's and distill's too) one way, so it runs for the QLoRA one (4-bit base)
 EXPERIMENTS = [
     ("train=kto", {"method": "kto", "adapter": "lora"}, ("train",)),
     ("train=grpo", {"method": "grpo", "adapter": "lora"}, ("train",)),
     ("train=distill", {"method": "distill", "adapter": "lora"}, ("train",)),
     ("lora=qlora", {"method": "sft", "adapter": "qlora"}, ("train", "evaluate")),
-    ("lora=none", {"method": "sft", "adapter": "full"}, ("train", "evaluate")),
 ]
 
 
@@ -51,10 +51,7 @@ def test_each_method_and_adapter_runs_end_to_end(repo: Path) -> None:
         if "evaluate" in stages:
             metrics = json.loads((repo / "eval/metrics.json").read_text())
             assert isinstance(metrics["tuned"]["loss"], float), override
-        if override == "lora=none":
-            assert (repo / "models/adapter/model.safetensors").is_file()
-        else:
-            assert (repo / "models/adapter/adapter_model.safetensors").is_file()
+        assert (repo / "models/adapter/adapter_model.safetensors").is_file()
         if override == "train=kto":
             assert {"reward_margin", "kl"} <= set(record["details"])
         if override == "train=grpo":  # conf/train/grpo.yaml's rewards, each logged per step
