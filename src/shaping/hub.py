@@ -94,7 +94,9 @@ def quantization_config(quant: QuantizationConfig | None, compute: torch.dtype) 
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
     except ImportError:
-        raise ShapingError("lora=qlora needs bitsandbytes: pip install bitsandbytes") from None
+        raise ShapingError(
+            "4-bit loading (lora=qlora, shaping.serve --quantization) needs bitsandbytes: pip install -e '.[qlora]'"
+        ) from None
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quant.quant_type,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -35,18 +35,12 @@ import torch
 import torch.nn.functional as F
 from transformers import (
     DynamicCache,
-    LogitsProcessor,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
 )
 from transformers.cache_utils import DynamicLayer
 
-from shaping.inference.sampling import Completion, SamplingOptions, completion
-
-_NO_IDS = torch.empty(0, dtype=torch.long)
+from shaping.inference.sampling import Completion, SamplingOptions, completion, pick_tokens, stop_in_tail
 
 
 @dataclass(eq=False)
@@ -76,15 +70,6 @@ class EngineStats:
     prefills: int = 0
     row_steps: int = 0  # sum over decoding steps of the rows in the batch
     rows: int = 0  # rows finished
-
-
-def _warpers(temperature: float, top_k: int, top_p: float) -> list[LogitsProcessor]:
-    warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(temperature)]
-    if top_k > 0:
-        warpers.append(TopKLogitsWarper(top_k))
-    if top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p))
-    return warpers
 
 
 class Engine:
@@ -315,11 +300,7 @@ class Engine:
     def _ended(self, row: Row, token: int) -> bool:
         if token in self.end_set or len(row.tokens) >= row.options.max_new_tokens:
             return True
-        if not row.options.stop:
-            return False
-        window = 4 * max(len(s) for s in row.options.stop) + 4  # a character is at most 4 byte tokens
-        tail = str(self.tokenizer.decode(row.tokens[-window:], skip_special_tokens=True))
-        return any(s in tail for s in row.options.stop if s)
+        return stop_in_tail(self.tokenizer, row.tokens, row.options.stop)
 
     def _stream(self, row: Row) -> None:
         """Hand on the text the row has settled: not a half-made character, nor what could still
@@ -333,34 +314,12 @@ class Engine:
             row.sent = settled
 
     def _pick(self, logits: torch.Tensor, rows: Sequence[Row]) -> torch.Tensor:
-        """Each row's next token by its own options (the SampleRows rule)."""
+        """Each row's next token by its own options (`pick_tokens`), its end held off until its
+        min_new_tokens."""
         for i, row in enumerate(rows):
             if len(row.tokens) < row.min_new_tokens and self.end_ids:
                 logits[i, self.end_ids] = float("-inf")
-        chosen = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-        greedy = [i for i, row in enumerate(rows) if not row.options.sampled]
-        if greedy:
-            index = torch.tensor(greedy, device=logits.device)
-            chosen[index] = logits[index].argmax(dim=-1)
-        groups: dict[tuple[float, int, float], list[int]] = defaultdict(list)
-        for i, row in enumerate(rows):
-            if row.options.sampled:
-                groups[(row.options.temperature, row.options.top_k, row.options.top_p)].append(i)
-        for (temperature, top_k, top_p), indices in groups.items():
-            index = torch.tensor(indices, device=logits.device)
-            scores = logits[index]
-            for warper in _warpers(temperature, top_k, top_p):
-                scores = warper(_NO_IDS, scores)
-            probs = torch.softmax(scores, dim=-1)
-            unseeded = [j for j, i in enumerate(indices) if rows[i].generator is None]
-            if unseeded:
-                at = torch.tensor(unseeded, device=logits.device)
-                chosen[index[at]] = torch.multinomial(probs[at], 1, generator=self.shared)[:, 0]
-            for j, i in enumerate(indices):
-                generator = rows[i].generator
-                if generator is not None:
-                    chosen[i] = torch.multinomial(probs[j], 1, generator=generator)[0]
-        return chosen
+        return pick_tokens(logits, [row.options for row in rows], [row.generator for row in rows], self.shared)
 
 
 def _kv_layers(cache: DynamicCache) -> list[DynamicLayer]:

@@ -6,7 +6,6 @@ import contextlib
 import logging
 import random
 import weakref
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -22,9 +21,6 @@ from transformers import (
     PreTrainedTokenizerBase,
     StoppingCriteria,
     StoppingCriteriaList,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
 )
 
 from shaping.device import pick_device
@@ -36,6 +32,9 @@ from shaping.inference.sampling import (
     SamplingOptions,
     completion,
     end_of_turn_ids,
+    pick_tokens,
+    prompt_ids,
+    stop_in_tail,
     truncate_at_stop,
 )
 from shaping.inference.types import ChatRequest, ChatResponse, request_seed
@@ -57,12 +56,11 @@ DEFAULT_MAX_NEW_TOKENS = 64
 
 
 class SampleRows(LogitsProcessor):
-    """Picks every row's next token by that row's own options and leaves it the only token not at
-    -inf, so generate()'s greedy step takes it: a greedy row (temperature 0) its argmax, a sampled
-    row a draw from its own generator (seeded once) after its own temperature, top-k and top-p.
-    transformers' sampling draws the whole batch from torch's global generator with one set of
-    options, so a row's reply would depend on its neighbours and its place in the batch; here it
-    depends on its options, its seed and its own logits only."""
+    """Picks every row's next token by that row's own options (`pick_tokens`) and leaves it the only
+    token not at -inf, so generate()'s greedy step takes it. transformers' sampling draws the whole
+    batch from torch's global generator with one set of options, so a row's reply would depend on its
+    neighbours and its place in the batch; here it depends on its options, its seed and its own
+    logits only."""
 
     def __init__(self, rows: Sequence[SamplingOptions], shared_seed: int | None = None) -> None:
         self.rows = list(rows)
@@ -71,54 +69,21 @@ class SampleRows(LogitsProcessor):
         # unseeded rows vary anyway: they share one generator and one multinomial call per step
         self.shared_seed = random.getrandbits(63) if shared_seed is None else shared_seed
         self.shared: torch.Generator | None = None
-        groups: dict[tuple[float, int, float], list[int]] = defaultdict(list)
-        for i, row in enumerate(self.rows):
-            if row.sampled:
-                groups[(row.temperature, row.top_k, row.top_p)].append(i)
-        # rows with the same options are warped together, in generate()'s order: temperature, top-k, top-p
-        self.groups: list[tuple[list[int], list[LogitsProcessor]]] = []
-        for (temperature, top_k, top_p), indices in groups.items():
-            warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(temperature)]
-            if top_k > 0:
-                warpers.append(TopKLogitsWarper(top_k))
-            if top_p < 1.0:
-                warpers.append(TopPLogitsWarper(top_p))
-            self.groups.append((indices, warpers))
-        self.greedy = [i for i, row in enumerate(self.rows) if not row.sampled]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.generators is None:
+        if self.generators is None or self.shared is None:
             self.generators = [
                 None if s is None else torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds
             ]
             self.shared = torch.Generator(device=scores.device).manual_seed(self.shared_seed)
-        chosen = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
-        if self.greedy:
-            index = torch.tensor(self.greedy, device=scores.device)
-            chosen[index] = scores[index].argmax(dim=-1)
-        for indices, warpers in self.groups:
-            index = torch.tensor(indices, device=scores.device)
-            ids, group = input_ids[index], scores[index]
-            for warper in warpers:
-                group = warper(ids, group)
-            probs = torch.softmax(group.float(), dim=-1)  # (b, V)
-            unseeded = [j for j, i in enumerate(indices) if self.generators[i] is None]
-            if unseeded:
-                at = torch.tensor(unseeded, device=scores.device)
-                chosen[index[at]] = torch.multinomial(probs[at], 1, generator=self.shared)[:, 0]
-            for i, p in zip(indices, probs, strict=True):
-                generator = self.generators[i]
-                if generator is not None:
-                    chosen[i] = torch.multinomial(p, 1, generator=generator)[0]
+        chosen = pick_tokens(scores, self.rows, self.generators, self.shared)
         only = torch.full_like(scores, float("-inf"))
         return only.scatter_(1, chosen[:, None], 0.0)  # type: ignore[return-value]
 
 
 class StopRowsOnStrings(StoppingCriteria):
-    """Ends each row once its reply contains one of its own stop strings, or once it holds its own
-    number of new tokens (rows with a lower max_new_tokens than the batch's). transformers' own
-    `stop_strings` matches token strings and fires on lone byte tokens of a byte-level BPE, so this
-    decodes the tail."""
+    """Ends each row once its reply contains one of its own stop strings (`stop_in_tail`), or once it
+    holds its own number of new tokens (rows with a lower max_new_tokens than the batch's)."""
 
     def __init__(
         self,
@@ -131,23 +96,18 @@ class StopRowsOnStrings(StoppingCriteria):
         self.stops = [[s for s in stop if s] for stop in stops]
         self.max_new = list(max_new)
         self.prompt_length = prompt_length
-        # a character is at most 4 byte tokens, so a stop string lies within this many last tokens
-        self.window = 4 * max((len(s) for stop in self.stops for s in stop), default=0) + 4
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         new = input_ids.shape[1] - self.prompt_length
         done = [new >= m for m in self.max_new]
-        with_stop = [i for i, stop in enumerate(self.stops) if stop and not done[i]]
-        if with_stop:
-            tails = input_ids[with_stop, max(self.prompt_length, input_ids.shape[1] - self.window) :].tolist()
-            for i, text in zip(with_stop, self.tokenizer.batch_decode(tails, skip_special_tokens=True), strict=True):
-                done[i] = any(s in text for s in self.stops[i])
+        for i, stop in enumerate(self.stops):
+            if stop and not done[i]:
+                done[i] = stop_in_tail(self.tokenizer, input_ids[i, self.prompt_length :].tolist(), stop)
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
 
 
 def _prompt_ids(tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict[str, str]]]) -> list[list[int]]:
-    prompts = [str(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)) for c in conversations]
-    return [list(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    return [prompt_ids(tokenizer, c) for c in conversations]
 
 
 _ENGINE_SUPPORT: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()

@@ -3,10 +3,19 @@ sampling options, its end-of-turn tokens and stop strings, and the Completion it
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+import torch
+from transformers import (
+    LogitsProcessor,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from shaping.inference.types import ChatResponse
 
@@ -73,3 +82,72 @@ def completion(
         completion_tokens=len(kept),
         prompt_tokens=prompt_tokens,
     )
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
+    """The token ids of `messages` rendered by the chat template, ready for the assistant's reply."""
+    text = str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def stop_in_tail(tokenizer: PreTrainedTokenizerBase, tokens: Sequence[int], stop: Sequence[str]) -> bool:
+    """Whether the reply so far (`tokens`) has produced one of its `stop` strings. Only the tail is
+    decoded: a character is at most 4 byte tokens, so a stop string lies within 4 tokens a character
+    (+4) of the end. transformers' own `stop_strings` matches token strings and fires on lone byte
+    tokens of a byte-level BPE; this decodes."""
+    stop = [s for s in stop if s]
+    if not stop:
+        return False
+    window = 4 * max(len(s) for s in stop) + 4
+    tail = str(tokenizer.decode(list(tokens[-window:]), skip_special_tokens=True))
+    return any(s in tail for s in stop)
+
+
+_NO_IDS = torch.empty(0, dtype=torch.long)
+
+
+def _warpers(temperature: float, top_k: int, top_p: float) -> list[LogitsProcessor]:
+    """generate()'s warpers, in its order: temperature, top-k, top-p."""
+    warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(temperature)]
+    if top_k > 0:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    return warpers
+
+
+def pick_tokens(
+    scores: torch.Tensor,
+    rows: Sequence[SamplingOptions],
+    generators: Sequence[torch.Generator | None],
+    shared: torch.Generator,
+) -> torch.Tensor:
+    """Each row's next token (B,) from its logits `scores` (B, V) by its own options: a greedy row
+    (temperature 0) its argmax, a sampled row a draw after its own temperature, top-k and top-p, from
+    its own generator (a seeded row's: its reply depends on its options, seed and logits only) or,
+    without one, from `shared` (one multinomial call for those rows). Rows with the same options are
+    warped together."""
+    chosen = torch.empty(len(rows), dtype=torch.long, device=scores.device)
+    greedy = [i for i, row in enumerate(rows) if not row.sampled]
+    if greedy:
+        index = torch.tensor(greedy, device=scores.device)
+        chosen[index] = scores[index].argmax(dim=-1)
+    groups: dict[tuple[float, int, float], list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        if row.sampled:
+            groups[(row.temperature, row.top_k, row.top_p)].append(i)
+    for (temperature, top_k, top_p), indices in groups.items():
+        index = torch.tensor(indices, device=scores.device)
+        group = scores[index]
+        for warper in _warpers(temperature, top_k, top_p):
+            group = warper(_NO_IDS, group)
+        probs = torch.softmax(group.float(), dim=-1)  # (b, V)
+        unseeded = [j for j, i in enumerate(indices) if generators[i] is None]
+        if unseeded:
+            at = torch.tensor(unseeded, device=scores.device)
+            chosen[index[at]] = torch.multinomial(probs[at], 1, generator=shared)[:, 0]
+        for j, i in enumerate(indices):
+            generator = generators[i]
+            if generator is not None:
+                chosen[i] = torch.multinomial(probs[j], 1, generator=generator)[0]
+    return chosen

@@ -15,11 +15,13 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from shaping.config.schema import Precision, QuantizationConfig, QuantType
 from shaping.errors import ShapingError
-from shaping.hub import use_training_kernels
+from shaping.hub import quantization_config, use_training_kernels
 from shaping.inference.engine import Engine, Row
 from shaping.inference.hf import Completion, SamplingOptions, end_of_turn_ids, engine_supports, generate_rows
 from shaping.inference.lora_rows import RowLoRA
+from shaping.inference.sampling import prompt_ids
 
 __all__ = ["AdapterError", "SamplingOptions", "ServedModels"]
 
@@ -64,7 +66,9 @@ class ServedModels:
                 )
         # the base in 4 bits (QLoRA adapters, as training saw it), or as saved; an adapter's train
         # run record says which it was trained on, and each adapter is checked against it
-        self.quantization = None if quantization is None else {"quant_type": quantization, "double_quant": double_quant}
+        self.quantization: dict[str, Any] | None = (
+            None if quantization is None else {"quant_type": quantization, "double_quant": double_quant}
+        )
         for name, path in adapters.items():
             problem = self._trained_elsewhere(path)
             if problem:
@@ -105,18 +109,14 @@ class ServedModels:
         (compute in fp32 on CPU, as evaluation scores QLoRA adapters; bf16 on CUDA)."""
         if self.quantization is None:
             return {}
-        try:
-            import bitsandbytes  # noqa: F401
-            from transformers import BitsAndBytesConfig
-        except ImportError:
-            raise ShapingError("--quantization needs bitsandbytes: pip install -e '.[qlora]'") from None
         compute = torch.float32 if device == "cpu" else torch.bfloat16
-        config = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type=self.quantization["quant_type"],
-            bnb_4bit_use_double_quant=self.quantization["double_quant"],
-            bnb_4bit_compute_dtype=compute,
+        quant = QuantizationConfig(
+            bits=4,
+            quant_type=QuantType(self.quantization["quant_type"]),
+            double_quant=self.quantization["double_quant"],
+            compute_dtype=Precision.auto,  # `compute` below decides
         )
+        config = quantization_config(quant, compute)
         return {"quantization_config": config, "dtype": compute}
 
     def _trained_elsewhere(self, path: str) -> str | None:
@@ -317,13 +317,7 @@ class ServedModels:
         """The prompt generate_chat builds for `conversation`, as token ids: with the event loop's
         tokenizer, or (`worker`) the generate thread's (a fast tokenizer used from two threads at
         once can fail)."""
-        tokenizer = self.tokenizer if worker else self._counting_tokenizer
-        prompt = str(tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False))
-        return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-
-    def prompt_tokens(self, conversation: list[dict[str, str]]) -> int:
-        """The length of the prompt generate_chat builds for `conversation`."""
-        return len(self.prompt_ids(conversation))
+        return prompt_ids(self.tokenizer if worker else self._counting_tokenizer, conversation)
 
     def generate(
         self, name: str, conversations: list[list[dict[str, str]]], options: SamplingOptions

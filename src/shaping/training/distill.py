@@ -40,6 +40,7 @@ from shaping.config.schema import Config, ModelSpec
 from shaping.data.transforms import to_sft
 from shaping.errors import ShapingError
 from shaping.hub import load_base_model
+from shaping.inference.sampling import prompt_ids
 from shaping.training.knobs import check_sampling_knobs
 
 log = logging.getLogger(__name__)
@@ -103,11 +104,6 @@ def load_teacher(cfg: Config, dtype: torch.dtype) -> PreTrainedModel | None:
     for param in model.parameters():
         param.requires_grad_(False)
     return model
-
-
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def distill_rows(
