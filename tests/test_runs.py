@@ -315,3 +315,28 @@ def test_a_folder_that_is_not_a_repository_is_refused(tmp_path: Path) -> None:
         [sys.executable, "-m", "shaping.runs", "serve", "--repo", str(tmp_path)], capture_output=True, text=True
     )
     assert proc.returncode == 2 and f"{tmp_path}: no dvc.yaml and conf/ here" in proc.stderr
+
+
+def test_a_cancelled_run_dvc_still_lists_as_queued_reads_cancelled_and_leaves_the_queue(tmp_path: Path) -> None:
+    """A cancel whose `dvc queue remove` lost a race (or a killed run's message back in the broker): DVC says
+    Queued, the service says cancelled and removes it, and starts no worker that would run it again."""
+    from shaping.runs.queue import RunQueue
+
+    repo = tmp_path / "repo"
+    (repo / "conf").mkdir(parents=True)
+    (repo / "dvc.yaml").write_text("stages:\n  hello:\n    cmd: echo hello > out.txt\n    outs: [out.txt]\n")
+    for cmd in (
+        ("git", "init", "-q"),
+        ("dvc", "init", "-q"),
+        ("git", "add", "-A"),
+        ("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"),
+        ("dvc", "exp", "run", "--queue", "-n", "waiting"),
+    ):
+        sh(repo, *cmd)
+    assert re.search(r"waiting\s.*Queued", sh(repo, "dvc", "queue", "status").stdout)
+    queue = RunQueue(repo)  # (with no worker alive, reading a queued run starts one: not for a cancelled one)
+    (queue.state_dir / "cancelled").mkdir(parents=True)
+    (queue.state_dir / "cancelled" / "waiting").touch()
+    assert [(r.id, r.status) for r in queue.runs()] == [("waiting", "cancelled")]
+    assert "waiting" not in sh(repo, "dvc", "queue", "status").stdout
+    assert queue.worker_count() == 0

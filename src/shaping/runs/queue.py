@@ -280,18 +280,24 @@ class RunQueue:
         """Every run the queue knows, newest first; `status` keeps one kind."""
         if status is not None and status not in STATUSES:
             raise RunError("invalid_status", f"status: {status!r}: one of {', '.join(STATUSES)}")
+        cancelled = {p.name for p in self._cancelled.iterdir()} if self._cancelled.is_dir() else set()
         with self._lock:
             entries, workers = self._status(), self.worker_count()
+            # a cancelled run DVC still lists as queued (its removal raced a worker taking it, or a killed
+            # run's message went back to the broker unacknowledged) leaves the queue now: never started again
+            for entry in entries:
+                if entry["status"] == "Queued" and str(entry.get("name") or entry["rev"][:7]) in cancelled:
+                    self.dvc("queue", "remove", str(entry.get("name") or entry["rev"]), check=False)
+                    entry["status"] = "Failed"
             if not workers and any(e["status"] == "Queued" for e in entries):
                 # a DVC worker may stop with runs still queued (after a kill, or treeverse/dvc#10562)
                 self.start_workers()
         entries.sort(key=lambda e: e["timestamp"], reverse=True)
-        cancelled = {p.name for p in self._cancelled.iterdir()} if self._cancelled.is_dir() else set()
         runs = []
         for entry in entries:
             name = str(entry.get("name") or entry["rev"][:7])
             state = DVC_STATUS.get(str(entry["status"]), "failed")
-            if name in cancelled and state in ("failed", "running"):
+            if name in cancelled and state != "succeeded":
                 state = "cancelled"
             reason = self._lost(str(entry["rev"]), workers) if state == "running" else None
             if reason is not None:
