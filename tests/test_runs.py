@@ -317,22 +317,46 @@ def test_a_folder_that_is_not_a_repository_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 2 and f"{tmp_path}: no dvc.yaml and conf/ here" in proc.stderr
 
 
-def test_a_cancelled_run_dvc_still_lists_as_queued_reads_cancelled_and_leaves_the_queue(tmp_path: Path) -> None:
-    """A cancel whose `dvc queue remove` lost a race (or a killed run's message back in the broker): DVC says
-    Queued, the service says cancelled and removes it, and starts no worker that would run it again."""
-    from shaping.runs.queue import RunQueue
-
-    repo = tmp_path / "repo"
+def one_stage_repo(repo: Path) -> Path:
+    """A git + DVC repository with one seconds-long stage (and the conf/ folder RunQueue asks for)."""
     (repo / "conf").mkdir(parents=True)
-    (repo / "dvc.yaml").write_text("stages:\n  hello:\n    cmd: echo hello > out.txt\n    outs: [out.txt]\n")
+    (repo / "params.yaml").write_text("word: hello\n")
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  hello:\n    cmd: echo ${word} > out.txt\n    params: [word]\n    outs: [out.txt]\n"
+    )
     for cmd in (
         ("git", "init", "-q"),
         ("dvc", "init", "-q"),
         ("git", "add", "-A"),
         ("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"),
-        ("dvc", "exp", "run", "--queue", "-n", "waiting"),
     ):
         sh(repo, *cmd)
+    return repo
+
+
+def test_finished_experiments_are_read_once_until_one_more_finishes(tmp_path: Path) -> None:
+    """`dvc exp show` (seconds of CPU) runs again only when HEAD or an experiment ref changes."""
+    from shaping.runs.queue import RunQueue
+
+    repo = one_stage_repo(tmp_path / "repo")
+    sh(repo, "dvc", "exp", "run", "-n", "first", "-S", "word=one")
+    queue = RunQueue(repo)
+    first = queue._experiments()
+    assert [(e["name"], e["params"]["params.yaml"]["word"]) for e in first] == [("first", "one")]
+    assert queue._experiments() is first  # read once
+    sh(repo, "dvc", "exp", "run", "-n", "second", "-S", "word=two")
+    again = queue._experiments()
+    assert again is not first and sorted(e["name"] for e in again) == ["first", "second"]
+    assert queue._experiments() is again
+
+
+def test_a_cancelled_run_dvc_still_lists_as_queued_reads_cancelled_and_leaves_the_queue(tmp_path: Path) -> None:
+    """A cancel whose `dvc queue remove` lost a race (or a killed run's message back in the broker): DVC says
+    Queued, the service says cancelled and removes it, and starts no worker that would run it again."""
+    from shaping.runs.queue import RunQueue
+
+    repo = one_stage_repo(tmp_path / "repo")
+    sh(repo, "dvc", "exp", "run", "--queue", "-n", "waiting")
     assert re.search(r"waiting\s.*Queued", sh(repo, "dvc", "queue", "status").stdout)
     queue = RunQueue(repo)  # (with no worker alive, reading a queued run starts one: not for a cancelled one)
     (queue.state_dir / "cancelled").mkdir(parents=True)

@@ -90,6 +90,7 @@ class RunQueue:
         self._cancelled = self.state_dir / "cancelled"
         self._submissions = self.state_dir / "submissions"  # <id>.json: the overrides a run was submitted with
         self.checkpoint_dir = self.state_dir / "checkpoints"  # the queue's runs' checkpoints (SHAPING_CHECKPOINT_DIR)
+        self._shown: tuple[str, list[dict[str, Any]]] | None = None  # (_experiments_key(), what it read)
 
     # commands ----------------------------------------------------------------------------------
     @staticmethod
@@ -250,19 +251,35 @@ class RunQueue:
     def _experiment_names(self) -> set[str]:
         return {str(e.get("name")) for e in self._experiments()}
 
+    def _experiments_key(self) -> str:
+        """What `dvc exp show`'s finished experiments depend on: HEAD (their baseline) and the experiment refs
+        (one per finished experiment, naming its commit, which holds its params and metrics)."""
+        proc = subprocess.run(
+            ["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+        )
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=self.root, capture_output=True, text=True)
+        return f"{head.stdout}{proc.stdout}" if proc.returncode == 0 and head.returncode == 0 else ""
+
     def _experiments(self) -> list[dict[str, Any]]:
-        """Every experiment of `dvc exp show --json`, each {name, rev, params, metrics}. Run outside this
-        queue's lock (it only reads, and takes seconds with many runs queued), and tried three times, a
-        second apart: it also reads the queue's temporary workspaces, and fails for a moment while a worker
-        sets one up ("directory '.dvc/tmp/exps/tmp.../.dvc' does not exist")."""
+        """Every finished experiment of `dvc exp show --json`, each {name, rev, params, metrics}. `dvc exp
+        show` takes seconds of CPU and the page asks every few seconds, so what it read is kept until HEAD or
+        an experiment ref changes (`_experiments_key`). Run outside this queue's lock (it only reads), and
+        tried three times, a second apart: it also reads the queue's temporary workspaces, and fails for a
+        moment while a worker sets one up ("directory '.dvc/tmp/exps/tmp.../.dvc' does not exist")."""
+        key = self._experiments_key()
+        shown = self._shown
+        if key and shown is not None and shown[0] == key:
+            return shown[1]
         for attempt in range(3):
             proc = self.dvc("exp", "show", "--json", check=attempt == 2)
             if proc.returncode == 0:
                 break
             time.sleep(1)
-        shown = json.loads(proc.stdout or "[]")
         found = []
-        for baseline in shown:
+        for baseline in json.loads(proc.stdout or "[]"):
             for group in baseline.get("experiments") or []:
                 for exp in group.get("revs") or []:
                     data = exp.get("data") or {}
@@ -274,6 +291,8 @@ class RunQueue:
                             "metrics": {f: (v or {}).get("data", {}) for f, v in (data.get("metrics") or {}).items()},
                         }
                     )
+        if key and key == self._experiments_key():  # nothing finished while it read
+            self._shown = (key, found)
         return found
 
     def runs(self, status: str | None = None) -> list[Run]:
