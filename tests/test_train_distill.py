@@ -137,7 +137,7 @@ HELD_OUT_PROMPTS = [
     "How slowly do trains brake?",
     "What waits in the dark soil?",
 ]
-SEED = 0  # docs/training.md has this test's figures for seeds 0, 1 and 2
+SEED = 0  # docs/training.md has this test's figures for seeds 0 to 5
 
 
 def teacher_samples(
