@@ -82,7 +82,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_heads=2,
         num_kv_heads=2,
         intermediate_size=64,
-        max_position_embeddings=1024,  # room for the identity system prompt (~490 tokens with this vocabulary)
+        max_position_embeddings=1024,  # room for the identity system prompt (~240 tokens with this vocabulary)
     )
     torch.manual_seed(0)  # the same tiny model every session (torch's default seed is random per process)
     model = build_model(arch, tokenizer)
