@@ -8,10 +8,13 @@ Raw: the base model's `generate` sampled (temperature 1, no top-p/top-k cut) for
 on left-padded batches of chat prompts, batch after batch, in this process. Server: the real
 `python -m shaping.serve` (via `running_server`, on 127.0.0.1, CPU, --max-batch-size 64, its default
 --threads: all cores but one, the raw baseline having them all) with the
-same model and a LoRA adapter, driven by an httpx async client keeping 8 / 32 / 64 requests in
+same model and a LoRA adapter, driven by an async client keeping 8 / 32 / 64 requests in
 flight, half of them to the adapter (alternating), each sampled with max_tokens 32 and no seed.
-tokens/s counts generated tokens (up to the end-of-turn token, as the server's usage counts them)
-over wall time; the server's figure includes HTTP, JSON and the client, which share the machine.
+The client is aiohttp posting raw JSON, as vLLM's benchmarks/benchmark_serving.py drives a server
+(`--client httpx`: an httpx AsyncClient, which takes about 4 ms of CPU a request here against
+aiohttp's 1, on the cores the server uses). tokens/s counts generated tokens (up to the
+end-of-turn token, as the server's usage counts them) over wall time; the server's figure
+includes HTTP, JSON and the client, which share the machine.
 "engine in process" is the Engine with the server's mixed load and all cores, in this process
 (no HTTP). The table also gives the server's mean rows per decoding step and the share of the wall time its
 generate thread was busy (/health's `row_steps`, `steps` and `generate_s`). Last, the `hf`
@@ -26,16 +29,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import httpx
 import torch
 
 from shaping.config import compose
@@ -131,40 +135,83 @@ def raw_throughput(model_dir: Path, batch: int, requests: int) -> float:
     return tokens / (time.perf_counter() - start)
 
 
-async def served_throughput(url: str, in_flight: int, requests: int) -> tuple[float, float, float]:
+async def served_throughput(
+    url: str, in_flight: int, requests: int, client: str = "aiohttp"
+) -> tuple[float, float, float]:
     """tokens/s, mean rows per generate() call and the share of the wall time the server's
     generate thread was busy, `in_flight` requests at a time."""
     conversations = prompts(requests)
     queue = list(range(requests))
     tokens = 0
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=in_flight)) as client:
+    post, get, close = await (aiohttp_client if client == "aiohttp" else httpx_client)(url, in_flight)
 
-        async def ask(i: int) -> int:
-            body: dict[str, Any] = {
-                "model": "base" if i % 2 == 0 else "tuned",
-                "messages": conversations[i],
-                "temperature": 1.0,
-                "max_tokens": NEW_TOKENS,
-            }
-            response = await client.post("/chat/completions", json=body)
-            response.raise_for_status()
-            return int(response.json()["usage"]["completion_tokens"])
+    async def ask(i: int) -> int:
+        body: dict[str, Any] = {
+            "model": "base" if i % 2 == 0 else "tuned",
+            "messages": conversations[i],
+            "temperature": 1.0,
+            "max_tokens": NEW_TOKENS,
+        }
+        return int((await post("/chat/completions", body))["usage"]["completion_tokens"])
 
-        async def worker() -> None:
-            nonlocal tokens
-            while queue:
-                done = await ask(queue.pop())  # (not `tokens += await ...`: that reads tokens before)
-                tokens += done
+    async def worker() -> None:
+        nonlocal tokens
+        while queue:
+            done = await ask(queue.pop())  # (not `tokens += await ...`: that reads tokens before)
+            tokens += done
 
+    try:
         await asyncio.gather(*(ask(i) for i in range(2)))  # warm-up
         health = url.removesuffix("/v1") + "/health"
-        before = (await client.get(health)).json()
+        before = await get(health)
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(in_flight)))
         elapsed = time.perf_counter() - start
-        after = (await client.get(health)).json()
+        after = await get(health)
+    finally:
+        await close()
     rows = (after["row_steps"] - before["row_steps"]) / max(1, after["steps"] - before["steps"])
     return tokens / elapsed, rows, (after["generate_s"] - before["generate_s"]) / elapsed
+
+
+Post = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+async def aiohttp_client(url: str, in_flight: int) -> tuple[Post, Callable[[str], Awaitable[Any]], Any]:
+    """post(path, body) and get(url): raw POSTs of JSON bytes on `in_flight` kept-alive connections."""
+    import aiohttp
+
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=in_flight), timeout=aiohttp.ClientTimeout(total=600)
+    )
+    headers = {"Content-Type": "application/json"}
+
+    async def post(path: str, body: dict[str, Any]) -> Any:
+        async with session.post(url + path, data=json.dumps(body), headers=headers) as response:
+            response.raise_for_status()
+            return json.loads(await response.read())
+
+    async def get(address: str) -> Any:
+        async with session.get(address) as response:
+            return json.loads(await response.read())
+
+    return post, get, session.close
+
+
+async def httpx_client(url: str, in_flight: int) -> tuple[Post, Callable[[str], Awaitable[Any]], Any]:
+    import httpx
+
+    client = httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=in_flight))
+
+    async def post(path: str, body: dict[str, Any]) -> Any:
+        response = await client.post(path, json=body)
+        response.raise_for_status()
+        return response.json()
+
+    async def get(address: str) -> Any:
+        return (await client.get(address)).json()
+
+    return post, get, client.aclose
 
 
 def engine_throughput(model_dir: Path, adapter_dir: Path, in_flight: int, requests: int) -> float:
@@ -244,6 +291,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=128, help="requests per setting")
     parser.add_argument("--server-threads", type=int, default=0, help="the server's --threads (0: its default)")
+    parser.add_argument(
+        "--client", choices=("aiohttp", "httpx"), default="aiohttp", help="the client that drives the server"
+    )
     parser.add_argument("--gpu", action="store_true", help="on CUDA: Qwen2.5-0.5B's shape, random bf16 weights")
     args = parser.parse_args()
     global DEVICE, DTYPE
@@ -275,7 +325,7 @@ def main() -> None:
             log_path=Path(tmp) / "server.log",
         ) as url:
             for size in SIZES:
-                served[size] = asyncio.run(served_throughput(url, size, args.requests))
+                served[size] = asyncio.run(served_throughput(url, size, args.requests, args.client))
     print(f"\n{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, {NEW_TOKENS} new tokens, sampled")
     print(
         f"{'batch / in flight':>18} | {'raw tok/s':>10} | {'serve tok/s (mixed)':>19} | ratio | "

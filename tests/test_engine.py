@@ -7,10 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from shaping.inference.engine import Engine, Row
 from shaping.inference.hf import SamplingOptions, _generate_whole, _prompt_ids, end_of_turn_ids, generate_rows
+from shaping.inference.sampling import draw
 
 TOPICS = ["Who are you?", "Tell me about the river.", "What is in the jar?", "Hello", "About bread?", "Seeds?"]
 
@@ -132,3 +134,16 @@ def test_the_hf_backend_gives_each_request_its_own_options_and_the_reply_it_gets
     assert together[4].completion_tokens == 6  # min_new_tokens held the end off
     for reply, stops in ((together[2], "ea"), (together[5], "o")):
         assert not any(s in (reply.text or "") for s in stops)
+
+
+def test_unseeded_rows_draw_from_their_distribution_and_never_a_cut_token() -> None:
+    """`draw` (the unseeded rows' inverse-CDF draw): 20,000 draws per row land on each token at its
+    probability (within 0.02, some 10 standard deviations) and never on a token at probability 0 (a
+    top-k/top-p cut), the first or the last."""
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0], [0.1, 0.0, 0.0, 0.0, 0.0, 0.9]])
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([draw(probs, generator) for _ in range(20_000)])  # (20000, 2)
+    for row in range(2):
+        shares = torch.bincount(draws[:, row], minlength=6).double() / len(draws)
+        assert (shares[probs[row] == 0] == 0).all()
+        assert (shares - probs[row].double()).abs().max() < 0.02

@@ -66,7 +66,7 @@ class SampleRows(LogitsProcessor):
         self.rows = list(rows)
         self.seeds = [row.seed if row.sampled else None for row in self.rows]
         self.generators: list[torch.Generator | None] | None = None
-        # unseeded rows vary anyway: they share one generator and one multinomial call per step
+        # unseeded rows vary anyway: they share one generator and one `draw` per step
         self.shared_seed = random.getrandbits(63) if shared_seed is None else shared_seed
         self.shared: torch.Generator | None = None
 

@@ -248,7 +248,7 @@ def create_app(
     app = FastAPI(title="shaping.serve", lifespan=lifespan)
     app.state.batcher = batcher
 
-    def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> None:  # async: a sync dependency runs in a thread pool
         if api_key is None:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -308,7 +308,7 @@ def create_app(
         return model_card(name)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)], response_model=None)
-    async def chat_completions(request: ChatCompletionRequest) -> dict[str, Any] | StreamingResponse:
+    async def chat_completions(request: ChatCompletionRequest) -> JSONResponse | StreamingResponse:
         check_model(request.model)
         check_supported(request)
         conversation = conversation_of(request)
@@ -340,7 +340,8 @@ def create_app(
             except ModelGone:  # unloaded while the request waited
                 check_model(request.model)
                 raise
-            return completion_body(request_id, created, request.model, replies, prompt_tokens)
+            # the body as FastAPI would send the dict, without its jsonable_encoder pass over it
+            return JSONResponse(completion_body(request_id, created, request.model, replies, prompt_tokens))
         pieces: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
         task = asyncio.ensure_future(
             batcher.submit(
