@@ -19,6 +19,7 @@ from aiohttp import web
 from shaping.config import Config
 from shaping.config.schema import CriterionConfig, IdentitySource, RewardConfig, RubricConfig
 from shaping.errors import ShapingError
+from shaping.hub import load_tokenizer
 from shaping.inference.cache import complete_cached
 from shaping.training import hf_peft
 from shaping.training.rewards import AsyncNamedReward, build_rewards
@@ -322,6 +323,17 @@ def test_orpo_trains_and_logs_its_log_odds(cfg: Config, tmp_path: Path) -> None:
     assert len(logged) == 3 and all(math.isfinite(v) and v < 0 for v in logged)  # log sigmoid(.) < 0
     assert report.metrics["log_odds_ratio"] == pytest.approx(logged[-1], abs=1e-6)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    # the tokens it read: 6 pairs (3 steps of 2), each its chosen and its rejected sequence, prompt included
+    tokenizer = load_tokenizer(cfg.model)
+
+    def length(row: dict[str, Any], reply: str) -> int:
+        messages = [*row["messages"][:-1], {"role": "assistant", "content": reply}]
+        return len(
+            tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+        )
+
+    pairs = [length(r, r["messages"][-1]["content"]) + length(r, r["rejected"]) for r in rows]
+    assert 6 * (min(pairs) - 4) <= report.metrics["tokens"] <= 6 * (max(pairs) + 4), (report.metrics["tokens"], pairs)
 
 
 def test_sampling_knobs_are_checked_before_training_naming_each_key(cfg: Config) -> None:

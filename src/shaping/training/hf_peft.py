@@ -518,7 +518,14 @@ def orpo_trainer(
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     class GuardedORPOTrainer(StopOnNonFiniteLoss, ORPOTrainer):
-        pass
+        def _track_num_input_tokens(self, inputs: dict[str, Any]) -> None:
+            """The Trainer counts `input_ids`, which ORPO's batches lack (it would count 0): the model reads
+            each pair's chosen and rejected sequences, prompt included, so their tokens are the ones seen."""
+            if self.args.include_num_input_tokens_seen == "no":
+                return
+            seen = sum(inputs[f"{side}_attention_mask"].sum() for side in ("chosen", "rejected"))
+            seen = torch.as_tensor(seen, device=self.args.device, dtype=torch.int64)
+            self.state.num_input_tokens_seen += int(self.accelerator.gather(seen).sum().item())
 
     t = cfg.train
     dataset = Dataset.from_list(to_preferences(rows, "train.jsonl", method="orpo"))
