@@ -264,9 +264,10 @@ class RunQueue:
         return f"{head.stdout}{proc.stdout}" if proc.returncode == 0 and head.returncode == 0 else ""
 
     def _experiments(self) -> list[dict[str, Any]]:
-        """Every finished experiment of `dvc exp show --json`, each {name, rev, params, metrics}. `dvc exp
-        show` takes seconds of CPU and the page asks every few seconds, so what it read is kept until HEAD or
-        an experiment ref changes (`_experiments_key`). Run outside this queue's lock (it only reads), and
+        """Every experiment of `dvc exp show --json`, each {name, rev, params, metrics}. `dvc exp show` takes
+        seconds of CPU and the page asks every few seconds, so what it read is kept until HEAD or an
+        experiment ref changes (`_experiments_key`): callers use the finished experiments' params, metrics and
+        names (queued and running ones come from the queue's status). Run outside this queue's lock, and
         tried three times, a second apart: it also reads the queue's temporary workspaces, and fails for a
         moment while a worker sets one up ("directory '.dvc/tmp/exps/tmp.../.dvc' does not exist")."""
         key = self._experiments_key()
