@@ -35,6 +35,11 @@ HISTORY_DIR = "dvclive/train/plots/metrics"  # DVCLive's per-step history of the
 DVC_STATUS = {"Queued": "queued", "Running": "running", "Success": "succeeded", "Failed": "failed"}
 
 
+def entry_id(entry: dict[str, Any]) -> str:
+    """A DVC queue entry's run id: its experiment name, else its short rev."""
+    return str(entry.get("name") or entry["rev"][:7])
+
+
 def history_rows(text: str, metric: str) -> list[tuple[int, float]]:
     """The (step, value) rows of one DVCLive history file (`step<TAB><metric>`), in its order."""
     rows = []
@@ -306,7 +311,7 @@ class RunQueue:
             # a cancelled run DVC still lists as queued (its removal raced a worker taking it, or a killed
             # run's message went back to the broker unacknowledged) leaves the queue now: never started again
             for entry in entries:
-                if entry["status"] == "Queued" and str(entry.get("name") or entry["rev"][:7]) in cancelled:
+                if entry["status"] == "Queued" and entry_id(entry) in cancelled:
                     self.dvc("queue", "remove", str(entry.get("name") or entry["rev"]), check=False)
                     entry["status"] = "Failed"
             if not workers and any(e["status"] == "Queued" for e in entries):
@@ -315,7 +320,7 @@ class RunQueue:
         entries.sort(key=lambda e: e["timestamp"], reverse=True)
         runs = []
         for entry in entries:
-            name = str(entry.get("name") or entry["rev"][:7])
+            name = entry_id(entry)
             state = DVC_STATUS.get(str(entry["status"]), "failed")
             if name in cancelled and state != "succeeded":
                 state = "cancelled"
