@@ -207,3 +207,38 @@ def test_adapters_load_and_unload_in_place(
     plain.unload_adapter("hot")
     assert plain.names == ["base"] and not isinstance(plain.model, PeftModel)
     assert [plain.generate("base", [conversation(i)], o)[0] for i, o in enumerate(rows)] == base_replies
+
+
+def test_row_lora_logits_match_peft_with_each_adapter_alone(tiny_model_dir: Path, random_adapter_dir: Path) -> None:
+    """RowLoRA's lean forward: each row's logits are PEFT's with that row's adapter active alone
+    (a base row's: with the adapters disabled), for two adapters of different rank and scale that
+    target different layers; PEFT's active adapter is left as it was."""
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from shaping.inference.lora_rows import BASE_ADAPTER, RowLoRA
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), random_adapter_dir, "one")
+    torch.manual_seed(2)
+    model.add_adapter(
+        "two", LoraConfig(r=2, lora_alpha=3, target_modules=["q_proj", "down_proj"], init_lora_weights=False)
+    )
+    model.eval()
+    ids = torch.randint(0, 300, (3, 7))
+    names = ["two", BASE_ADAPTER, "one"]
+    mixer = RowLoRA(model)
+    assert mixer.fits(names) and model.active_adapter == "one"
+    with torch.no_grad(), mixer.rows(names) as extra:
+        mixed = model(input_ids=ids, **extra).logits
+    assert model.active_adapters == ["one"]
+    with torch.no_grad():
+        with model.disable_adapter():
+            alone = {BASE_ADAPTER: model(input_ids=ids).logits}
+        for name in ("one", "two"):
+            model.set_adapter(name)
+            alone[name] = model(input_ids=ids).logits
+    for i, name in enumerate(names):
+        torch.testing.assert_close(mixed[i], alone[name][i], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(alone["one"][2], alone["two"][2], atol=1e-3)  # the adapters differ
+    assert not torch.allclose(alone["one"][2], alone[BASE_ADAPTER][2], atol=1e-3)
+    assert all("forward" not in layer.__dict__ for layer in mixer.layers)  # PEFT's forward is back

@@ -73,7 +73,7 @@ def test_each_family_trains_with_falling_loss_and_is_seeded(family: str) -> None
     assert [e["eval_loss"] for e in again.evals] == evals
     for a, b in zip(model.parameters(), model_again.parameters(), strict=True):
         torch.testing.assert_close(a, b)
-    # precision auto: bf16 where the CPU has AMX (native bf16 matmuls), fp32 on other CPUs
+    # precision auto: bf16 where the CPU has bf16 matmuls (AMX or AVX512-BF16), fp32 on other CPUs
     native = "bf16" if cpu_has_native_bf16() else "fp32"
     assert report.best_eval_loss == min(evals) and report.device == "cpu" and report.precision == native
     other, _ = _run(family, seed=1, steps=10)

@@ -179,12 +179,7 @@ def generate_rows(
     done = None if on_done is None else (lambda row, reply: on_done(index[id(row)], reply))
     # similar prompt lengths side by side: less padding in each prefill
     order = sorted(todo, key=lambda row: len(row.prompt_ids))
-    active = getattr(model, "active_adapters", None) if adapter_names is not None else None
-    try:
-        replies = engine.run(order, done)
-    finally:
-        if active:  # RowLoRA sets the batch's adapters active: the model's own again
-            model.base_model.set_adapter(active if len(active) > 1 else active[0])  # type: ignore[operator]
+    replies = engine.run(order, done)
     by_row = {id(row): reply for row, reply in zip(order, replies, strict=True)}
     return [by_row[id(row)] for row in todo]
 

@@ -292,26 +292,20 @@ class ServedModels:
 
     def _route(self, rows: Sequence[Row]) -> AbstractContextManager[dict[str, Any]]:
         """The model set up for these rows (their `adapter` is the served model's name): LoRA
-        adapters and the base through RowLoRA (each adapter's scale per row, PEFT's plain
-        forward); an adapter it cannot run (DoRA) set active alone; else PEFT's `adapter_names`."""
+        adapters and the base through RowLoRA (the LoRA formula per adapter, its scale per
+        row); an adapter it cannot run (DoRA) set active alone; else PEFT's `adapter_names`."""
         model = self.model
         if not isinstance(model, PeftModel):
             return contextlib.nullcontext({})
         names = [BASE_ROW if row.adapter == self.base_name else str(row.adapter) for row in rows]
         if self._rows is not None and self._rows.fits(names):
-            self._active = None  # RowLoRA sets the active adapters its own way
-            return self._rows.rows(names)
-        self._rows_active_reset()
+            return self._rows.rows(names)  # no adapter set active: the model stays as _active says
         if len(set(names)) == 1 and names[0] != BASE_ROW:
             if self._active != names[0]:
                 model.set_adapter(names[0])
                 self._active = names[0]
             return contextlib.nullcontext({})
         return contextlib.nullcontext({"adapter_names": names})
-
-    def _rows_active_reset(self) -> None:
-        if self._rows is not None:
-            self._rows.active = None
 
     def prompt_ids(self, conversation: list[dict[str, str]], *, worker: bool = False) -> list[int]:
         """The prompt generate_chat builds for `conversation`, as token ids: with the event loop's
@@ -341,7 +335,6 @@ class ServedModels:
         if len(set(names)) == 1:  # one adapter: the plain forward, without the per-row split
             model.set_adapter(names[0])
             self._active = names[0]
-            self._rows_active_reset()
             return generate_rows(model, self.tokenizer, conversations, options)  # type: ignore[arg-type]
         adapter_names = [BASE_ROW if name == self.base_name else name for name in names]
         return generate_rows(
