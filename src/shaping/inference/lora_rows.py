@@ -53,7 +53,7 @@ class RowLoRA:
         from peft.tuners.lora.layer import LoraLayer
 
         self.model = model
-        self.layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        self.layers: list[Any] = [m for m in model.modules() if isinstance(m, LoraLayer)]  # PEFT types them loosely
         self.plain = all(type(layer) is LoraLinear for layer in self.layers)
         # the adapters this can run: plain LoRA (no DoRA or other variant, no bias on lora_B) with a number for a scale
         self.adapters = sorted(
@@ -87,7 +87,7 @@ class RowLoRA:
         scaled: dict[tuple[str, float], torch.Tensor] = {}
         try:
             for layer in self.layers:
-                parts = []
+                parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
                 for name in used:
                     if name in layer.lora_A:
                         scale = layer.scaling[name]
