@@ -75,6 +75,27 @@ def test_a_short_row_does_not_wait_for_a_long_one(tiny: tuple[PreTrainedModel, P
     assert engine.stats.prefills == 4  # long + 2 short, then 2, 2 and 1 as places free
 
 
+def test_a_prefill_waits_for_company_in_a_large_batch_not_in_a_small_one(
+    tiny: tuple[PreTrainedModel, PreTrainedTokenizerBase],
+) -> None:
+    """Room for 64 (admit_batch 8): beside 16 running rows one arrival waits for a second (an
+    eighth of the batch) to share its prefill; beside 4 running rows it is admitted at once."""
+    model, tokenizer = tiny
+    ids = _prompt_ids(tokenizer, [chat(i) for i in range(20)])
+    for running, together in ((16, 2), (4, 1)):
+        engine = Engine(model, tokenizer, end_of_turn_ids(model, tokenizer), max_rows=64)
+        for i in range(running):
+            engine.add(Row(ids[i], options(max_new_tokens=30), min_new_tokens=30))
+        engine.step()
+        assert len(engine.running) == running and engine.stats.prefills == 1
+        for arrival in range(together):
+            engine.add(Row(ids[running + arrival], options(max_new_tokens=30), min_new_tokens=30))
+            engine.step()
+            admitted = arrival == together - 1
+            assert len(engine.running) == running + (together if admitted else 0)
+            assert engine.stats.prefills == (2 if admitted else 1)
+
+
 def test_a_token_budget_bounds_the_rows_running(tiny: tuple[PreTrainedModel, PreTrainedTokenizerBase]) -> None:
     model, tokenizer = tiny
     ids = _prompt_ids(tokenizer, [chat(i) for i in range(6)])

@@ -239,6 +239,13 @@ def test_row_lora_logits_match_peft_with_each_adapter_alone(tiny_model_dir: Path
             alone[name] = model(input_ids=ids).logits
     for i, name in enumerate(names):
         torch.testing.assert_close(mixed[i], alone[name][i], rtol=1e-5, atol=1e-5)
+    # again, with the forwards and row scales it keeps: other rows on the same adapters, then a
+    # set of adapters of its own, then the first rows once more
+    for again in (["one", "two", BASE_ADAPTER], ["one", BASE_ADAPTER, "one"], names):
+        with torch.no_grad(), mixer.rows(again) as extra:
+            mixed = model(input_ids=ids, **extra).logits
+        for i, name in enumerate(again):
+            torch.testing.assert_close(mixed[i], alone[name][i], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(alone["one"][2], alone["two"][2], atol=1e-3)  # the adapters differ
     assert not torch.allclose(alone["one"][2], alone[BASE_ADAPTER][2], atol=1e-3)
     assert all("forward" not in layer.__dict__ for layer in mixer.layers)  # PEFT's forward is back

@@ -95,8 +95,10 @@ class Engine:
         self.end_set = set(self.end_ids)
         self.max_rows = max(1, max_rows)
         self.max_tokens = max_tokens
-        # a prefill is a forward of its own: while rows run, admit once this many wait (or the
-        # oldest has waited max_wait_steps steps), not a forward per row as each arrives
+        # a prefill is a forward of its own: while rows run, admit once this many wait, or an
+        # eighth of the running rows if fewer (at least one), or once the oldest has waited
+        # max_wait_steps steps; not a forward per row as each arrives into a large batch, and no
+        # row left out of a small one, where each step it waits costs a larger share
         self.admit_batch = max(1, self.max_rows // 8 if admit_batch is None else admit_batch)
         self.max_wait_steps = max_wait_steps
         # around each forward: the model set up for these rows (their adapters), yielding extra kwargs
@@ -179,7 +181,8 @@ class Engine:
         if not self.waiting or not self.admitting:
             return []
         free = self.max_rows - len(self.running)
-        if self.running and len(self.waiting) < min(free, self.admit_batch) and self.waited < self.max_wait_steps:
+        enough = min(free, self.admit_batch, max(1, len(self.running) // 8))
+        if self.running and len(self.waiting) < enough and self.waited < self.max_wait_steps:
             return []
         group = self.running[0].group if self.running else self.waiting[0].group
         reserved = sum(row.reserved for row in self.running)

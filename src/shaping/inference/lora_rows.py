@@ -11,8 +11,13 @@ gets what its adapter alone gives it (a base row: the base layer's output plus z
 adapter is set active. The price is each adapter's low-rank matmuls over the whole batch, cheap
 for a few adapters. Plain LoRA on `nn.Linear` (or GPT-2's `Conv1D`) layers, for inference
 (no dropout): no DoRA or other variants, no quantized layers, no LoRA bias; `RowLoRA.fits` says
-whether a set of adapters can run this way. The weights are read at each forward, so adapters
-loaded or replaced in place are seen at once.
+whether a set of adapters can run this way. The adapters are the ones the model held when the
+RowLoRA was made; their weights are read at each forward, so weights replaced in place are seen.
+
+A decoding step is short on a small model, so the per-step Python is kept small too: the
+forwards for a set of adapters are built once and kept (each reads its rows' scales from a
+list the step fills), a row mask is kept per list of names, and a base layer that is a plain
+`nn.Linear` with no hooks is run as `F.linear` on its weights.
 """
 
 from __future__ import annotations
@@ -29,20 +34,26 @@ BASE_ADAPTER = "__base__"  # PEFT's name for a row that runs the base model
 MAX_ADAPTERS = 4  # more adapters in one batch: PEFT's per-row split costs less than a LoRA pass each
 
 
+MASK_CACHE = 256  # row masks kept (one per list of names seen lately)
+
+
 def _lora_forward(
     base_layer: torch.nn.Module,
-    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    linear: tuple[torch.Tensor, torch.Tensor | None] | None,
+    parts: list[tuple[torch.Tensor, torch.Tensor, int]],
+    scalings: list[torch.Tensor],
     x: torch.Tensor,
     *args: Any,
     **kwargs: Any,
 ) -> torch.Tensor:
     """A LoRA layer's forward over rows of several adapters: `parts` holds each adapter's
-    (lora_A weight, lora_B weight, per-row scaling)."""
-    result = base_layer(x, *args, **kwargs)
+    (lora_A weight, lora_B weight, index of its per-row scaling in `scalings`). `linear`: the base
+    layer's (weight, bias) where it is an `nn.Linear` with no hooks, run as `F.linear` on them."""
+    result = base_layer(x, *args, **kwargs) if linear is None else F.linear(x, *linear)
     dtype = result.dtype
-    for a, b, scaling in parts:
-        result = result + F.linear(F.linear(x.to(a.dtype), a), b) * scaling
-    return result.to(dtype)
+    for a, b, index in parts:
+        result = result + F.linear(F.linear(x if x.dtype == a.dtype else x.to(a.dtype), a), b) * scalings[index]
+    return result if result.dtype == dtype else result.to(dtype)
 
 
 class RowLoRA:
@@ -66,6 +77,10 @@ class RowLoRA:
                 for layer in self.layers
             )
         )
+        # per set of adapters used: the layers' forwards, the (adapter, scale) pairs they scale by,
+        # and the list those scalings go in at each forward
+        self._forwards: dict[tuple[str, ...], tuple[list[tuple[Any, Any]], list[tuple[str, float]], list[Any]]] = {}
+        self._masks: dict[tuple[str, ...], list[torch.Tensor]] = {}
 
     def fits(self, names: Sequence[str]) -> bool:
         """Whether rows on these adapters (BASE_ADAPTER: the base) can share a forward here."""
@@ -78,24 +93,54 @@ class RowLoRA:
             and not any(layer.merged for layer in self.layers)
         )
 
+    def _build(self, used: tuple[str, ...]) -> tuple[list[tuple[Any, Any]], list[tuple[str, float]], list[Any]]:
+        """The forwards of every LoRA layer for rows on these adapters (see `_forwards`)."""
+        scales: list[tuple[str, float]] = []
+        scalings: list[Any] = []
+        forwards: list[tuple[Any, Any]] = []
+        for layer in self.layers:
+            parts: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+            for name in used:
+                if name in layer.lora_A:
+                    key = (name, float(layer.scaling[name]))
+                    if key not in scales:
+                        scales.append(key)
+                    parts.append((layer.lora_A[name].weight, layer.lora_B[name].weight, scales.index(key)))
+            base = layer.base_layer
+            hooked = base._forward_hooks or base._forward_pre_hooks
+            linear = (base.weight, base.bias) if type(base) is torch.nn.Linear and not hooked else None
+            forwards.append((layer.__dict__, functools.partial(_lora_forward, base, linear, parts, scalings)))
+        return forwards, scales, scalings
+
+    def _scalings(self, names: tuple[str, ...], scales: list[tuple[str, float]]) -> list[torch.Tensor]:
+        """Each (adapter, scale) pair's per-row scaling for these rows: the scale on the adapter's
+        rows, 0 on the others; kept for the lists of names seen lately."""
+        cached = self._masks.get(names)
+        if cached is None:
+            device = self.layers[0].base_layer.weight.device
+            cached = [
+                torch.tensor([scale if n == name else 0.0 for n in names], device=device)[:, None, None]
+                for name, scale in scales
+            ]
+            if len(self._masks) >= MASK_CACHE:
+                self._masks.pop(next(iter(self._masks)))
+            self._masks[names] = cached
+        return cached
+
     @contextlib.contextmanager
     def rows(self, names: Sequence[str]) -> Iterator[dict[str, Any]]:
         """For one forward: row i runs adapter names[i]. Yields the forward's extra arguments (none)."""
-        used = sorted({name for name in names if name != BASE_ADAPTER})
-        device = self.layers[0].base_layer.weight.device if self.layers else torch.device("cpu")
-        masks = {name: torch.tensor([n == name for n in names], device=device)[:, None, None] for name in used}
-        scaled: dict[tuple[str, float], torch.Tensor] = {}
+        key = tuple(names)
+        used = tuple(sorted({name for name in key if name != BASE_ADAPTER}))
+        if used not in self._forwards:
+            self._forwards[used] = self._build(used)
+        forwards, scales, scalings = self._forwards[used]
+        scalings[:] = self._scalings(key, scales)
         try:
-            for layer in self.layers:
-                parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-                for name in used:
-                    if name in layer.lora_A:
-                        scale = layer.scaling[name]
-                        if (name, scale) not in scaled:
-                            scaled[(name, scale)] = masks[name] * scale
-                        parts.append((layer.lora_A[name].weight, layer.lora_B[name].weight, scaled[(name, scale)]))
-                layer.forward = functools.partial(_lora_forward, layer.base_layer, parts)
+            for attributes, forward in forwards:
+                attributes["forward"] = forward
             yield {}
         finally:
-            for layer in self.layers:
-                layer.__dict__.pop("forward", None)
+            for attributes, _ in forwards:
+                attributes.pop("forward", None)
+            scalings.clear()
