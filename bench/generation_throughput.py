@@ -41,10 +41,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
+from common import demo_corpus
 
 from shaping.config import compose
 from shaping.inference.hf import end_of_turn_ids
-from shaping.scratch.corpus import load_corpus
 from shaping.serve.launch import running_server
 
 NEW_TOKENS = 32
@@ -80,7 +80,7 @@ def build_model(folder: Path) -> tuple[Path, Path]:
     from shaping.scratch.tokenizer import train_bpe_tokenizer
 
     model_dir, adapter_dir = folder / "model", folder / "adapter"
-    tokenizer = train_bpe_tokenizer(load_corpus("data/corpus").texts(), vocab_size=4096)
+    tokenizer = train_bpe_tokenizer(demo_corpus().texts(), vocab_size=4096)
     tokenizer.save_pretrained(model_dir)
     arch = compose([]).model.architecture
     assert arch is not None
@@ -93,7 +93,7 @@ def build_model(folder: Path) -> tuple[Path, Path]:
 
 
 def prompts(count: int) -> list[list[dict[str, str]]]:
-    users = [m["content"][:300] for d in load_corpus("data/corpus").dialogues for m in d if m["role"] == "user"]
+    users = [m["content"][:300] for d in demo_corpus().dialogues for m in d if m["role"] == "user"]
     return [[{"role": "user", "content": users[i % len(users)]}] for i in range(count)]
 
 

@@ -20,9 +20,10 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
+from common import demo_corpus
 
 from shaping.config import compose
-from shaping.scratch.corpus import load_corpus, split_corpus
+from shaping.scratch.corpus import split_corpus
 from shaping.scratch.families import CharTokenizer, get_family
 from shaping.scratch.pretraining import encode_streams, pretrain, vocab_of
 from shaping.scratch.tokenizer import train_tokenizer
@@ -39,7 +40,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     base = compose([f"tokenizer.threads={args.threads}"])
-    train, _ = split_corpus(load_corpus(base.tokenizer.corpus), base.tokenizer.holdout_fraction, base.seed)
+    train, _ = split_corpus(demo_corpus(base.tokenizer.corpus), base.tokenizer.holdout_fraction, base.seed)
     texts = train.texts()
     megabytes = sum(len(t.encode("utf-8")) for t in texts) / 1e6
 

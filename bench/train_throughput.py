@@ -44,11 +44,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
+from common import demo_corpus
 
 from shaping.config import compose
 from shaping.device import cpu_has_native_bf16, pick_device
 from shaping.io import read_jsonl, write_jsonl
-from shaping.scratch.corpus import load_corpus
 from shaping.training import hf_peft
 
 PADDED = {"train.packing": "false"}
@@ -124,7 +124,7 @@ def liger_skip_reason() -> str | None:
 def build_rows(max_length: int, count: int, seed: int) -> list[dict[str, Any]]:
     """`count` conversations made of corpus dialogues, lengths spread from one dialogue up to
     about max_length tokens (~0.23 tokens per character with the project's BPE-4096)."""
-    dialogues = load_corpus("data/corpus").dialogues
+    dialogues = demo_corpus().dialogues
     rng = random.Random(seed)
     rows = []
     for _ in range(count):
@@ -139,7 +139,7 @@ def build_rows(max_length: int, count: int, seed: int) -> list[dict[str, Any]]:
 def build_tokenizer(folder: Path) -> Any:
     from shaping.scratch.tokenizer import train_bpe_tokenizer
 
-    tokenizer = train_bpe_tokenizer(load_corpus("data/corpus").texts(), vocab_size=4096)
+    tokenizer = train_bpe_tokenizer(demo_corpus().texts(), vocab_size=4096)
     tokenizer.save_pretrained(folder)
     return tokenizer
 
