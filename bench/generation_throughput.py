@@ -3,6 +3,9 @@
     python bench/generation_throughput.py                 # batches / in flight 8, 32, 64
     python bench/generation_throughput.py --requests 256  # more requests per setting (steadier)
     python bench/generation_throughput.py --gpu           # CUDA: Qwen2.5-0.5B's shape, random bf16 weights
+    python bench/generation_throughput.py --gpu --vllm    # and vLLM's server (vllm serve, multi-LoRA) beside them
+    python bench/generation_throughput.py --keep m --compare-url http://127.0.0.1:8000/v1
+                                                          # and a server started by hand on m/model + m/adapter
 
 Raw: the base model's `generate` sampled (temperature 1, no top-p/top-k cut) for 32 new tokens,
 on left-padded batches of chat prompts, batch after batch, in this process. Server: the real
@@ -20,20 +23,27 @@ includes HTTP, JSON and the client, which share the machine.
 generate thread was busy (/health's `row_steps`, `steps` and `generate_s`). Last, the `hf`
 synthesis backend (HFBackend, as the demo's teacher: batch_size 32, keyed requests, each seeded)
 over the same prompts, sampled for 32 tokens, against raw `generate` at batch 32.
-The model is the `tiny` model config's architecture (conf/model/tiny.yaml) with random weights
-and a BPE-4096 tokenizer trained on data/corpus here (no hub); the adapter is LoRA r=16 on all
-linear layers, random weights.
+`--vllm` (or `--compare-url`) adds another server under the same client and load: its tokens/s,
+against raw and against shaping.serve (a server whose usage counts the end-of-turn token, as
+vLLM's does, gains at most 1 token in 32). The model is the `tiny` model config's architecture
+(conf/model/tiny.yaml) with random weights and a BPE-4096 tokenizer trained on data/corpus here
+(no hub); the adapter is LoRA r=16 on all linear layers, random weights.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib.util
 import json
 import os
+import socket
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,10 +146,11 @@ def raw_throughput(model_dir: Path, batch: int, requests: int) -> float:
 
 
 async def served_throughput(
-    url: str, in_flight: int, requests: int, client: str = "aiohttp"
+    url: str, in_flight: int, requests: int, client: str = "aiohttp", stats: bool = True
 ) -> tuple[float, float, float]:
     """tokens/s, mean rows per generate() call and the share of the wall time the server's
-    generate thread was busy, `in_flight` requests at a time."""
+    generate thread was busy, `in_flight` requests at a time. `stats`: the server is
+    shaping.serve, whose /health gives the last two (else they are nan)."""
     conversations = prompts(requests)
     queue = list(range(requests))
     tokens = 0
@@ -163,13 +174,15 @@ async def served_throughput(
     try:
         await asyncio.gather(*(ask(i) for i in range(2)))  # warm-up
         health = url.removesuffix("/v1") + "/health"
-        before = await get(health)
+        before = await get(health) if stats else {}
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(in_flight)))
         elapsed = time.perf_counter() - start
-        after = await get(health)
+        after = await get(health) if stats else {}
     finally:
         await close()
+    if not stats:  # another server: no figures of ours on /health
+        return tokens / elapsed, float("nan"), float("nan")
     rows = (after["row_steps"] - before["row_steps"]) / max(1, after["steps"] - before["steps"])
     return tokens / elapsed, rows, (after["generate_s"] - before["generate_s"]) / elapsed
 
@@ -287,6 +300,62 @@ def backend_throughput(model_dir: Path, requests: int) -> float:
     return sum(r.completion_tokens for r in replies) / (time.perf_counter() - start)
 
 
+@contextlib.contextmanager
+def running_vllm(model_dir: Path, adapter_dir: Path, log_path: Path, timeout_s: float = 900) -> Iterator[str]:
+    """vLLM's OpenAI server (`vllm serve`) on 127.0.0.1 with the same model as "base" and the
+    adapter as "tuned" (its own multi-LoRA batches), up to 64 sequences at once; yields its /v1 URL."""
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        *([str(Path(sys.executable).parent / "vllm")] if (Path(sys.executable).parent / "vllm").exists() else ["vllm"]),
+        "serve",
+        str(model_dir),
+        "--served-model-name",
+        "base",
+        "--enable-lora",
+        "--lora-modules",
+        f"tuned={adapter_dir}",
+        "--max-lora-rank",
+        "16",
+        "--max-num-seqs",
+        str(max(SIZES)),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--seed",
+        "0",
+    ]
+    url = f"http://127.0.0.1:{port}/v1"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"error: vllm serve exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(url + "/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"error: vllm serve did not answer in {timeout_s:.0f}s:\n{log_path.read_text()[-4000:]}"
+                )
+            time.sleep(1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=128, help="requests per setting")
@@ -295,14 +364,33 @@ def main() -> None:
         "--client", choices=("aiohttp", "httpx"), default="aiohttp", help="the client that drives the server"
     )
     parser.add_argument("--gpu", action="store_true", help="on CUDA: Qwen2.5-0.5B's shape, random bf16 weights")
+    parser.add_argument(
+        "--vllm", action="store_true", help="also vLLM's server (vllm serve, multi-LoRA) on the same model and adapter"
+    )
+    parser.add_argument(
+        "--compare-url",
+        help="also this running OpenAI-compatible server (http://host:port/v1) serving 'base' and 'tuned': "
+        "started by hand on the model and adapter an earlier run saved under --keep",
+    )
+    parser.add_argument(
+        "--keep", type=Path, help="the model and adapter in this folder: made there if missing, else reused"
+    )
     args = parser.parse_args()
+    if args.requests < max(SIZES):
+        parser.error(f"--requests: at least {max(SIZES)}, the largest batch")
+    if args.vllm and importlib.util.find_spec("vllm") is None:
+        parser.error("--vllm needs vLLM installed (pip install vllm, on a CUDA machine); or see --compare-url")
     global DEVICE, DTYPE
     if args.gpu:
         if not torch.cuda.is_available():
             raise SystemExit("error: --gpu needs a CUDA GPU, and torch sees none here; run without --gpu")
         DEVICE, DTYPE = "cuda", torch.bfloat16
     with tempfile.TemporaryDirectory(prefix="gen-bench-") as tmp:
-        model_dir, adapter_dir = build_gpu_models(Path(tmp)) if args.gpu else build_model(Path(tmp))
+        folder = args.keep or Path(tmp)
+        if (folder / "model" / "config.json").exists() and (folder / "adapter" / "adapter_config.json").exists():
+            model_dir, adapter_dir = folder / "model", folder / "adapter"
+        else:
+            model_dir, adapter_dir = build_gpu_models(folder) if args.gpu else build_model(folder)
         raw = {size: raw_throughput(model_dir, size, args.requests) for size in SIZES}
         backend = backend_throughput(model_dir, args.requests)
         engine_base = engine_base_throughput(model_dir, max(SIZES), args.requests)
@@ -326,6 +414,18 @@ def main() -> None:
         ) as url:
             for size in SIZES:
                 served[size] = asyncio.run(served_throughput(url, size, args.requests, args.client))
+        others: dict[str, dict[int, float]] = {}
+        if args.compare_url:
+            others[args.compare_url] = {
+                size: asyncio.run(served_throughput(args.compare_url, size, args.requests, args.client, False))[0]
+                for size in SIZES
+            }
+        if args.vllm:
+            with running_vllm(model_dir, adapter_dir, Path(tmp) / "vllm.log") as url:
+                others["vllm serve"] = {
+                    size: asyncio.run(served_throughput(url, size, args.requests, args.client, False))[0]
+                    for size in SIZES
+                }
     print(f"\n{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, {NEW_TOKENS} new tokens, sampled")
     print(
         f"{'batch / in flight':>18} | {'raw tok/s':>10} | {'serve tok/s (mixed)':>19} | ratio | "
@@ -342,6 +442,12 @@ def main() -> None:
     ratio = engine_base / raw[top]
     print(f"engine, base model alone, batch {top}: {engine_base:,.0f} tok/s, {ratio:.2f}x raw batch {top}")
     print(f"hf synthesis backend (batch_size 32): {backend:,.0f} tok/s, {backend / raw[32]:.2f}x raw batch 32")
+    for name, figures in others.items():
+        for size in SIZES:
+            print(
+                f"{name}, {size} in flight (mixed): {figures[size]:,.0f} tok/s, {figures[size] / raw[size]:.2f}x raw; "
+                f"shaping.serve {served[size][0] / figures[size]:.2f}x it"
+            )
 
 
 if __name__ == "__main__":
