@@ -96,6 +96,21 @@ def test_a_prefill_waits_for_company_in_a_large_batch_not_in_a_small_one(
             assert engine.stats.prefills == (2 if admitted else 1)
 
 
+def test_a_prefill_projects_only_each_rows_last_position_to_the_vocabulary(
+    tiny: tuple[PreTrainedModel, PreTrainedTokenizerBase],
+) -> None:
+    """As generate() does (`logits_to_keep=1`): the LM head sees one position a row, not the prompt."""
+    model, tokenizer = tiny
+    ids = _prompt_ids(tokenizer, [chat(i) for i in range(3)])
+    seen: list[tuple[int, ...]] = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
+    try:
+        Engine(model, tokenizer, end_of_turn_ids(model, tokenizer), max_rows=3).run([Row(i, options()) for i in ids])
+    finally:
+        hook.remove()
+    assert max(len(i) for i in ids) > 1 and seen and all(shape[:2] in {(3, 1), (2, 1), (1, 1)} for shape in seen)
+
+
 def test_a_token_budget_bounds_the_rows_running(tiny: tuple[PreTrainedModel, PreTrainedTokenizerBase]) -> None:
     model, tokenizer = tiny
     ids = _prompt_ids(tokenizer, [chat(i) for i in range(6)])

@@ -103,6 +103,11 @@ class Engine:
         self.max_wait_steps = max_wait_steps
         # around each forward: the model set up for these rows (their adapters), yielding extra kwargs
         self.route = route
+        # logits for each row's last position only, as generate() asks: a prefill's others would
+        # cost a (rows x prompt x vocabulary) tensor, gigabytes for a batch on a large vocabulary
+        unwrap = getattr(model, "get_base_model", None)  # a PeftModel's model
+        keeps = getattr(unwrap() if callable(unwrap) else model, "_supports_logits_to_keep", None)
+        self.keep: dict[str, int] = {"logits_to_keep": 1} if callable(keeps) and keeps() else {}
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.end_ids or [0])[0])
         self.device = model.device
         self.shared = torch.Generator(device=self.device).manual_seed(random.getrandbits(63) if seed is None else seed)
@@ -201,7 +206,7 @@ class Engine:
 
     def _forward(self, rows: Sequence[Row], **inputs: Any) -> torch.Tensor:
         with self.route(rows) if self.route is not None else contextlib.nullcontext({}) as extra:
-            out = self.model(**inputs, use_cache=True, **extra)
+            out = self.model(**inputs, use_cache=True, **self.keep, **extra)
         self.stats.forwards += 1
         return out.logits[:, -1, :].float()
 
