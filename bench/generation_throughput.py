@@ -55,7 +55,7 @@ from common import demo_corpus
 
 from shaping.config import compose
 from shaping.inference.hf import end_of_turn_ids
-from shaping.serve.launch import running_server
+from shaping.serve.launch import running_server, stop
 
 NEW_TOKENS = 32
 SIZES = (8, 32, 64)
@@ -349,11 +349,7 @@ def running_vllm(model_dir: Path, adapter_dir: Path, log_path: Path, timeout_s: 
             time.sleep(1)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process, timeout_s=30)
 
 
 def main() -> None:
