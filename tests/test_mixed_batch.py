@@ -246,6 +246,16 @@ def test_row_lora_logits_match_peft_with_each_adapter_alone(tiny_model_dir: Path
             mixed = model(input_ids=ids, **extra).logits
         for i, name in enumerate(again):
             torch.testing.assert_close(mixed[i], alone[name][i], rtol=1e-5, atol=1e-5)
+    # in bf16, each row is PEFT's alone to the bit (the scaled LoRA term rounded as PEFT rounds it)
+    model.to(torch.bfloat16)
+    with torch.no_grad(), mixer.rows(names) as extra:
+        mixed = model(input_ids=ids, **extra).logits
+    with torch.no_grad():
+        with model.disable_adapter():
+            assert torch.equal(mixed[1], model(input_ids=ids).logits[1])
+        for i, name in ((0, "two"), (2, "one")):
+            model.set_adapter(name)
+            assert torch.equal(mixed[i], model(input_ids=ids).logits[i])
     assert not torch.allclose(alone["one"][2], alone["two"][2], atol=1e-3)  # the adapters differ
     assert not torch.allclose(alone["one"][2], alone[BASE_ADAPTER][2], atol=1e-3)
     assert all("forward" not in layer.__dict__ for layer in mixer.layers)  # PEFT's forward is back

@@ -11,13 +11,18 @@ gets what its adapter alone gives it (a base row: the base layer's output plus z
 adapter is set active. The price is each adapter's low-rank matmuls over the whole batch, cheap
 for a few adapters. Plain LoRA on `nn.Linear` (or GPT-2's `Conv1D`) layers, for inference
 (no dropout): no DoRA or other variants, no quantized layers, no LoRA bias; `RowLoRA.fits` says
-whether a set of adapters can run this way. The adapters are the ones the model held when the
-RowLoRA was made; their weights are read at each forward, so weights replaced in place are seen.
+whether a set of adapters can run this way. The adapters, and their scales, are the ones the
+model held when the RowLoRA was made: make a new one after loading, deleting or rescaling an
+adapter (the server makes one per engine, and a new engine after each such change). Weights are
+read at each forward, so weights changed in place, or moved with the model, are seen. In bf16 a
+row's result is PEFT's to the bit: the scaled LoRA term is rounded to the LoRA weights' dtype
+before it is added, as PEFT's `* scaling` by a Python float leaves it.
 
 A decoding step is short on a small model, so the per-step Python is kept small too: the
 forwards for a set of adapters are built once and kept (each reads its rows' scales from a
 list the step fills), a row mask is kept per list of names, and a base layer that is a plain
-`nn.Linear` with no hooks is run as `F.linear` on its weights.
+`nn.Linear` with no hooks (its own, global ones, or a wrapped `forward` such as accelerate's
+offloading) is run as `F.linear` on its weights.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ MAX_ADAPTERS = 4  # more adapters in one batch: PEFT's per-row split costs less 
 
 
 MASK_CACHE = 256  # row masks kept (one per list of names seen lately)
+FORWARD_CACHE = 16  # sets of adapters whose forwards are kept
 
 
 def _lora_forward(
@@ -52,8 +58,17 @@ def _lora_forward(
     result = base_layer(x, *args, **kwargs) if linear is None else F.linear(x, *linear)
     dtype = result.dtype
     for a, b, index in parts:
-        result = result + F.linear(F.linear(x if x.dtype == a.dtype else x.to(a.dtype), a), b) * scalings[index]
+        lora = F.linear(F.linear(x if x.dtype == a.dtype else x.to(a.dtype), a), b)
+        scaled = lora * scalings[index]  # the scalings are fp32: back to the LoRA's dtype, as PEFT's
+        result = result + (scaled if scaled.dtype == lora.dtype else scaled.to(lora.dtype))
     return result if result.dtype == dtype else result.to(dtype)
+
+
+def _global_hooks() -> bool:
+    """Whether forward hooks are registered for every module (`register_module_forward_hook`)."""
+    from torch.nn.modules import module
+
+    return bool(module._global_forward_hooks or module._global_forward_pre_hooks)
 
 
 class RowLoRA:
@@ -80,7 +95,7 @@ class RowLoRA:
         # per set of adapters used: the layers' forwards, the (adapter, scale) pairs they scale by,
         # and the list those scalings go in at each forward
         self._forwards: dict[tuple[str, ...], tuple[list[tuple[Any, Any]], list[tuple[str, float]], list[Any]]] = {}
-        self._masks: dict[tuple[str, ...], list[torch.Tensor]] = {}
+        self._masks: dict[tuple[tuple[str, ...], torch.device], list[torch.Tensor]] = {}
 
     def fits(self, names: Sequence[str]) -> bool:
         """Whether rows on these adapters (BASE_ADAPTER: the base) can share a forward here."""
@@ -107,7 +122,7 @@ class RowLoRA:
                         scales.append(key)
                     parts.append((layer.lora_A[name].weight, layer.lora_B[name].weight, scales.index(key)))
             base = layer.base_layer
-            hooked = base._forward_hooks or base._forward_pre_hooks
+            hooked = base._forward_hooks or base._forward_pre_hooks or "forward" in base.__dict__ or _global_hooks()
             linear = (base.weight, base.bias) if type(base) is torch.nn.Linear and not hooked else None
             forwards.append((layer.__dict__, functools.partial(_lora_forward, base, linear, parts, scalings)))
         return forwards, scales, scalings
@@ -115,16 +130,16 @@ class RowLoRA:
     def _scalings(self, names: tuple[str, ...], scales: list[tuple[str, float]]) -> list[torch.Tensor]:
         """Each (adapter, scale) pair's per-row scaling for these rows: the scale on the adapter's
         rows, 0 on the others; kept for the lists of names seen lately."""
-        cached = self._masks.get(names)
+        device = self.layers[0].base_layer.weight.device
+        cached = self._masks.get((names, device))
         if cached is None:
-            device = self.layers[0].base_layer.weight.device
             cached = [
                 torch.tensor([scale if n == name else 0.0 for n in names], device=device)[:, None, None]
                 for name, scale in scales
             ]
             if len(self._masks) >= MASK_CACHE:
                 self._masks.pop(next(iter(self._masks)))
-            self._masks[names] = cached
+            self._masks[(names, device)] = cached
         return cached
 
     @contextlib.contextmanager
@@ -133,6 +148,8 @@ class RowLoRA:
         key = tuple(names)
         used = tuple(sorted({name for name in key if name != BASE_ADAPTER}))
         if used not in self._forwards:
+            if len(self._forwards) >= FORWARD_CACHE:
+                self._forwards.pop(next(iter(self._forwards)))
             self._forwards[used] = self._build(used)
         forwards, scales, scalings = self._forwards[used]
         scalings[:] = self._scalings(key, scales)
