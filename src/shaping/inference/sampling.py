@@ -108,7 +108,8 @@ _NO_IDS = torch.empty(0, dtype=torch.long)
 
 def _warpers(temperature: float, top_k: int, top_p: float) -> list[LogitsProcessor]:
     """generate()'s warpers, in its order: temperature, top-k, top-p."""
-    warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(temperature)]
+    # dividing by 1.0 changes nothing: skipped
+    warpers: list[LogitsProcessor] = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
     if top_k > 0:
         warpers.append(TopKLogitsWarper(top_k))
     if top_p < 1.0:
@@ -147,12 +148,15 @@ def pick_tokens(
         if row.sampled:
             groups[(row.temperature, row.top_k, row.top_p)].append(i)
     for (temperature, top_k, top_p), indices in groups.items():
+        whole = len(indices) == len(rows)  # every row, in order: no gather, no scatter
         index = torch.tensor(indices, device=scores.device)
-        group = scores[index]
+        group = scores if whole else scores[index]
         for warper in _warpers(temperature, top_k, top_p):
             group = warper(_NO_IDS, group)
         probs = torch.softmax(group.float(), dim=-1)  # (b, V)
         unseeded = [j for j, i in enumerate(indices) if generators[i] is None]
+        if whole and len(unseeded) == len(rows):
+            return draw(probs, shared)
         if unseeded:
             at = torch.tensor(unseeded, device=scores.device)
             chosen[index[at]] = draw(probs[at], shared)
