@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib.util
 import json
 import os
@@ -331,7 +332,8 @@ def running_vllm(model_dir: Path, adapter_dir: Path, log_path: Path, timeout_s: 
     ]
     url = f"http://127.0.0.1:{port}/v1"
     with log_path.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        # a session of its own: vLLM's engine runs in child processes, stopped with it
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -349,7 +351,7 @@ def running_vllm(model_dir: Path, adapter_dir: Path, log_path: Path, timeout_s: 
             time.sleep(1)
         yield url
     finally:
-        stop(process, timeout_s=30)
+        stop(process, timeout_s=30, group=True)
 
 
 def main() -> None:
@@ -374,6 +376,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.requests < max(SIZES):
         parser.error(f"--requests: at least {max(SIZES)}, the largest batch")
+    if args.vllm and not args.gpu:
+        parser.error("--vllm needs --gpu: vLLM runs on the GPU, so the figures beside it must too")
     if args.vllm and importlib.util.find_spec("vllm") is None:
         parser.error("--vllm needs vLLM installed (pip install vllm, on a CUDA machine); or see --compare-url")
     global DEVICE, DTYPE
@@ -382,11 +386,14 @@ def main() -> None:
             raise SystemExit("error: --gpu needs a CUDA GPU, and torch sees none here; run without --gpu")
         DEVICE, DTYPE = "cuda", torch.bfloat16
     with tempfile.TemporaryDirectory(prefix="gen-bench-") as tmp:
-        folder = args.keep or Path(tmp)
-        if (folder / "model" / "config.json").exists() and (folder / "adapter" / "adapter_config.json").exists():
+        folder, kind = args.keep or Path(tmp), "gpu" if args.gpu else "cpu"
+        if (folder / "kind.txt").is_file():  # made by an earlier run with --keep
+            if (folder / "kind.txt").read_text().strip() != kind:
+                parser.error(f"--keep {folder}: its model was made for the other device (--gpu or not); use another")
             model_dir, adapter_dir = folder / "model", folder / "adapter"
         else:
             model_dir, adapter_dir = build_gpu_models(folder) if args.gpu else build_model(folder)
+            (folder / "kind.txt").write_text(kind + "\n")
         raw = {size: raw_throughput(model_dir, size, args.requests) for size in SIZES}
         backend = backend_throughput(model_dir, args.requests)
         engine_base = engine_base_throughput(model_dir, max(SIZES), args.requests)
@@ -417,6 +424,8 @@ def main() -> None:
                 for size in SIZES
             }
         if args.vllm:
+            gc.collect()
+            torch.cuda.empty_cache()  # this process's cached blocks, for vLLM's share of the GPU
             with running_vllm(model_dir, adapter_dir, Path(tmp) / "vllm.log") as url:
                 others["vllm serve"] = {
                     size: asyncio.run(served_throughput(url, size, args.requests, args.client, False))[0]

@@ -6,7 +6,9 @@ with running_server("models/base", {"tuned": "models/adapter"}) as base_url:
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,13 +48,17 @@ def running_server(
         stop(process)
 
 
-def stop(process: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within `timeout_s`."""
-    process.terminate()
+def stop(process: subprocess.Popen[bytes], timeout_s: float = 10, *, group: bool = False) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout_s`. `group`: to its whole process
+    group too (a process started with `start_new_session=True`, and its children)."""
+    send = (lambda sig: os.killpg(process.pid, sig)) if group else process.send_signal
+    with contextlib.suppress(ProcessLookupError):
+        send(signal.SIGTERM)
     try:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            send(signal.SIGKILL)
         process.wait()
 
 
