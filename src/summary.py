@@ -43,6 +43,12 @@ def summary(metrics: dict[str, Any], samples: list[dict[str, Any]], examples: in
                     f"  {name:<8} {_number(figures.get('mean'), 2)} [{_number(figures.get('ci_low'), 2)}, "
                     f"{_number(figures.get('ci_high'), 2)}] over {figures.get('n', 0)} prompts"
                 )
+        difference = adherence.get("tuned_minus_base")
+        if isinstance(difference, dict):
+            lines.append(
+                f"  tuned - base {_number(difference.get('mean'), 2)} [{_number(difference.get('ci_low'), 2)}, "
+                f"{_number(difference.get('ci_high'), 2)}] (paired over the same prompts; above 0: tuning added it)"
+            )
     shown = [s for s in samples if s.get("base") is not None and s.get("tuned") is not None][:examples]
     if shown:
         lines.append("Held-out prompts, base vs tuned (greedy, no system prompt):")

@@ -85,6 +85,11 @@ def test_adherence_counts_each_models_replies_and_writes_them(cfg: Config, tmp_p
     assert [result[m]["facts_per_reply"] for m in ("base", "teacher", "tuned")] == [0.25, 1.25, 0.75]
     assert result["tuned"]["ci_low"] <= 0.5 <= result["tuned"]["ci_high"] and result["tuned"]["n"] == 4
     assert result["teacher"]["ci_low"] == 1.0  # every reply adheres: no spread
+    # tuned - base per prompt: 1-0, 0-0, 1-0, 0-1 (base's "By the river." states the river, tuned's
+    # "Hello." nothing): over 4 prompts the interval holds 0, the difference is not clear
+    difference = result["tuned_minus_base"]
+    assert difference["mean"] == 0.25 and difference["n"] == 4
+    assert -1.0 <= difference["ci_low"] < 0.0 and 0.25 < difference["ci_high"] <= 1.0
     assert result["facts"] == 3 and result["min_facts"] == 1
     records = [json.loads(line) for line in (tmp_path / "eval" / "details" / "adherence.jsonl").open()]
     assert records[2]["teacher_facts"] == ["name", "river"] and records[2]["tuned_facts"] == ["seed library", "river"]
@@ -108,6 +113,7 @@ def test_summary_prints_losses_gap_adherence_and_replies_side_by_side(tmp_path: 
             "base": {"mean": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": 8},
             "teacher": {"mean": 0.875, "ci_low": 0.625, "ci_high": 1.0, "n": 8},
             "tuned": {"mean": 0.5, "ci_low": 0.125, "ci_high": 0.875, "n": 8},
+            "tuned_minus_base": {"mean": 0.5, "ci_low": 0.25, "ci_high": 0.875, "n": 8},
             "facts": 5,
             "min_facts": 1,
         },
@@ -119,6 +125,7 @@ def test_summary_prints_losses_gap_adherence_and_replies_side_by_side(tmp_path: 
     text = module["summary"](metrics, samples, 2)
     assert "gap closed by tuning: 0.75" in text
     assert "teacher  0.88 [0.62, 1.00] over 8 prompts" in text
+    assert "tuned - base 0.50 [0.25, 0.88] (paired" in text
     assert "> Question 1?" in text and "> Question 2?" not in text
     lines = text.splitlines()
     assert any(line.strip().startswith("base reply 0") and line.endswith("| tuned reply 0") for line in lines)

@@ -6,7 +6,10 @@ words, case-insensitively ("seed" does not match "seedling" unless listed). A re
 states at least eval.adherence.min_facts facts. Each model's figure is the share of its greedy replies
 to the held-out prompts (eval.samples) that adhere, with a seeded bootstrap interval, and the mean
 number of facts per reply; every reply and the facts it stated go to details/adherence.jsonl.
-Base is the floor (no identity), teacher the target (the identity in its system prompt)."""
+Base is the floor (no identity), teacher the target (the identity in its system prompt).
+`tuned_minus_base` is the difference of the two shares with its paired bootstrap interval (the
+prompts resampled, each with both its replies): two intervals of a few dozen replies each can
+overlap while their difference is clearly above 0, and this says whether it is."""
 
 from __future__ import annotations
 
@@ -58,10 +61,11 @@ def adherence(ctx: EvalContext) -> dict[str, Any]:
     pairs = zip(ctx.rows, ctx.prompts, strict=False)
     records: list[dict[str, Any]] = [{"id": str(row["id"]), "prompt": prompt[-1]["content"]} for row, prompt in pairs]
     out: dict[str, Any] = {}
+    shares: dict[str, list[float]] = {}
     for name in models:
         texts = [r["text"] or "" for r in ctx.replies(name)]
         found = [stated(text, facts) for text in texts]
-        adheres = [float(len(f) >= cfg.min_facts) for f in found]
+        adheres = shares[name] = [float(len(f) >= cfg.min_facts) for f in found]
         for record, text, names in zip(records, texts, found, strict=True):
             record[name] = text
             record[f"{name}_facts"] = names
@@ -69,5 +73,8 @@ def adherence(ctx: EvalContext) -> dict[str, Any]:
             **mean_with_ci(adheres, cfg.confidence, cfg.bootstrap_samples, ctx.cfg.seed),
             "facts_per_reply": round(sum(map(len, found)) / len(found), 4) if found else 0.0,
         }
+    if "base" in shares and "tuned" in shares:
+        differences = [t - b for t, b in zip(shares["tuned"], shares["base"], strict=True)]  # per prompt
+        out["tuned_minus_base"] = mean_with_ci(differences, cfg.confidence, cfg.bootstrap_samples, ctx.cfg.seed)
     write_jsonl(ctx.details_dir / "adherence.jsonl", records)
     return {"adherence": {**out, "facts": len(facts), "min_facts": cfg.min_facts}}
