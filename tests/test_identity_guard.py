@@ -106,6 +106,8 @@ def test_the_tuned_model_states_the_identity_and_the_base_does_not(
     assert adherence["base"]["n"] == adherence["tuned"]["n"] == min(8, held_out) >= 4, adherence
     assert adherence["base"]["mean"] == 0.0, adherence  # the base never names the identity
     assert adherence["tuned"]["ci_low"] > adherence["base"]["ci_high"], adherence
+    difference = adherence["tuned_minus_base"]  # paired over the same prompts: the base adds nothing here
+    assert difference["mean"] == adherence["tuned"]["mean"] and difference["ci_low"] > 0, adherence
     assert metrics["tuned"]["loss"] < metrics["base"]["loss"]
     replies = [json.loads(line) for line in (repo / "eval" / "details" / "adherence.jsonl").read_text().splitlines()]
     assert sum("name" in r["tuned_facts"] for r in replies) >= len(replies) // 2, replies
