@@ -45,6 +45,20 @@ def dora_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     return out
 
 
+@pytest.fixture(scope="module")
+def lora_bias_adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter with a bias on lora_B: PEFT mixes it per row, RowLoRA does not run it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(2)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, lora_bias=True)
+    out = tmp_path_factory.mktemp("lora-bias")
+    get_peft_model(base, config).save_pretrained(str(out))
+    return out
+
+
 # greedy and seeded rows with every per-row option different: model, temperature, top-p, top-k,
 # seed, max tokens, stop strings
 ROWS: list[tuple[str, SamplingOptions]] = [
@@ -89,34 +103,44 @@ def test_unseeded_rows_draw_apart(served: ServedModels) -> None:
     assert len({r.text for r in replies}) > 1
 
 
-def test_dora_adapters_batch_apart(tiny_model_dir: Path, random_adapter_dir: Path, dora_adapter_dir: Path) -> None:
+def test_dora_adapters_mix_with_the_base_and_lora_through_row_lora(
+    tiny_model_dir: Path, random_adapter_dir: Path, dora_adapter_dir: Path, lora_bias_adapter_dir: Path
+) -> None:
+    """PEFT refuses DoRA per row; RowLoRA runs it, so base, LoRA and DoRA rows share a batch and
+    each reply is the one its model gives alone (PEFT's own DoRA forward, the adapter set active).
+    Beside an adapter RowLoRA cannot run (a LoRA bias), DoRA batches apart again, until it goes."""
     served = ServedModels(
         str(tiny_model_dir), {"tuned": str(random_adapter_dir), "dora": str(dora_adapter_dir)}, "base", "cpu"
     )
-    assert served.batch_group("base") == served.batch_group("tuned") != served.batch_group("dora")
+    assert served.batch_group("base") == served.batch_group("tuned") == served.batch_group("dora")
+    names = ["dora", "base", "tuned", "dora", "base", "tuned"]
+    rows = [options(), options(), options(), *(options(temperature=0.9, seed=i) for i in range(3))]
+    conversations = [conversation(i) for i in range(len(names))]
+    together = served.generate_rows(names, conversations, rows)
+    alone = [served.generate(n, [c], o)[0] for n, c, o in zip(names, conversations, rows, strict=True)]
+    assert together == alone
+    assert len({r.text for r in together[:3]}) == 3  # the three models answer differently
+    served.load_adapter("biased", str(lora_bias_adapter_dir))
+    assert served.batch_group("base") == served.batch_group("biased") != served.batch_group("dora")
     with pytest.raises(ValueError, match="cannot share"):
         served.generate_rows(["base", "dora"], [conversation(0)] * 2, [options()] * 2)
-    dora = served.generate_rows(
-        ["dora", "dora"], [conversation(0), conversation(1)], [options(), options(temperature=0.9, seed=1)]
-    )
-    assert dora == [
-        served.generate("dora", [conversation(i)], o)[0]
-        for i, o in enumerate([options(), options(temperature=0.9, seed=1)])
-    ]
-    mixed = served.generate_rows(["base", "tuned"], [conversation(0)] * 2, [options()] * 2)
-    assert mixed == [served.generate(n, [conversation(0)], options())[0] for n in ("base", "tuned")]
+    mixed = served.generate_rows(["base", "biased"], [conversation(0)] * 2, [options()] * 2)  # PEFT's split
+    assert mixed == [served.generate(n, [conversation(0)], options())[0] for n in ("base", "biased")]
+    served.unload_adapter("biased")
+    assert served.batch_group("dora") == served.batch_group("base")
 
 
 def test_batcher_mixes_models_of_a_group_and_keeps_groups_apart(
-    tiny_model_dir: Path, random_adapter_dir: Path, dora_adapter_dir: Path
+    tiny_model_dir: Path, random_adapter_dir: Path, dora_adapter_dir: Path, lora_bias_adapter_dir: Path
 ) -> None:
     """With work waiting, rows run at once (a window of 30 s would time the test out), base and
-    adapter in one batch, the DoRA adapter in batches of its own (PEFT refuses a forward mixing it:
-    a shared batch would fail); each reply is the one its request gets alone."""
-    served = ServedModels(
-        str(tiny_model_dir), {"tuned": str(random_adapter_dir), "dora": str(dora_adapter_dir)}, "base", "cpu"
-    )
-    models = ["base", "tuned"] * 5 + ["dora", "dora"]
+    adapters in one batch, the DoRA adapter in batches of its own (beside a LoRA with a bias,
+    which RowLoRA cannot run, and PEFT refuses DoRA per row: a shared batch would fail); each reply
+    is the one its request gets alone."""
+    adapters = {"tuned": str(random_adapter_dir), "dora": str(dora_adapter_dir), "biased": str(lora_bias_adapter_dir)}
+    served = ServedModels(str(tiny_model_dir), adapters, "base", "cpu")
+    assert served.batch_group("dora") != served.batch_group("base")
+    models = ["base", "tuned", "biased"] * 3 + ["dora", "dora"]
     rows = [options(temperature=0.9, seed=i, max_new_tokens=4 + i) for i in range(len(models))]
 
     async def scenario() -> list[list[Completion]]:
@@ -259,3 +283,36 @@ def test_row_lora_logits_match_peft_with_each_adapter_alone(tiny_model_dir: Path
     assert not torch.allclose(alone["one"][2], alone["two"][2], atol=1e-3)  # the adapters differ
     assert not torch.allclose(alone["one"][2], alone[BASE_ADAPTER][2], atol=1e-3)
     assert all("forward" not in layer.__dict__ for layer in mixer.layers)  # PEFT's forward is back
+
+
+def test_row_lora_runs_dora_rows_as_peft_runs_that_adapter_alone(
+    tiny_model_dir: Path, random_adapter_dir: Path, dora_adapter_dir: Path
+) -> None:
+    """DoRA through RowLoRA: each row's logits equal, to the bit, PEFT's DoRA forward with that
+    adapter active alone (magnitudes moved off their init, as training moves them)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from shaping.inference.lora_rows import BASE_ADAPTER, RowLoRA
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), random_adapter_dir, "lora")
+    model.load_adapter(str(dora_adapter_dir), "dora")
+    model.eval()
+    with torch.no_grad():
+        for layer in model.modules():
+            if "dora" in getattr(layer, "lora_magnitude_vector", {}):
+                layer.lora_magnitude_vector["dora"].weight.mul_(1.1)
+    ids = torch.randint(0, 300, (3, 7))
+    names = ["dora", BASE_ADAPTER, "lora"]
+    mixer = RowLoRA(model)
+    assert mixer.dora == {"dora"} and mixer.fits(names)
+    with torch.no_grad(), mixer.rows(names) as extra:
+        mixed = model(input_ids=ids, **extra).logits
+    with torch.no_grad():
+        model.set_adapter("dora")
+        assert torch.equal(mixed[0], model(input_ids=ids).logits[0])
+        with model.disable_adapter():
+            assert torch.equal(mixed[1], model(input_ids=ids).logits[1])
+            assert not torch.allclose(mixed[0], model(input_ids=ids).logits[0], atol=1e-3)  # DoRA matters
+        model.set_adapter("lora")
+        assert torch.equal(mixed[2], model(input_ids=ids).logits[2])

@@ -9,9 +9,13 @@ alone, PEFT's own (`result + lora_B(lora_A(x)) * scaling`), once per adapter the
 with `scaling` a per-row tensor: the adapter's scale on its own rows, 0 on the others. So a row
 gets what its adapter alone gives it (a base row: the base layer's output plus zeros), and no
 adapter is set active. The price is each adapter's low-rank matmuls over the whole batch, cheap
-for a few adapters. Plain LoRA on `nn.Linear` (or GPT-2's `Conv1D`) layers, for inference
-(no dropout): no DoRA or other variants, no quantized layers, no LoRA bias; `RowLoRA.fits` says
-whether a set of adapters can run this way. The adapters, and their scales, are the ones the
+for a few adapters. LoRA and DoRA on `nn.Linear` (or GPT-2's `Conv1D`) layers, for inference (no
+dropout): no other variants, no quantized layers, no LoRA bias; `RowLoRA.fits` says whether a set
+of adapters can run this way. A DoRA adapter's term is PEFT's DoRA formula, `(m - 1) * base +
+m * lora_B(lora_A(x)) * scaling` with `m` its magnitude over the norm of the adapted weight, times
+a per-row 0 or 1; `m` is computed once per layer (PEFT computes it at every forward, by the same
+calls). PEFT's own per-row `adapter_names` refuses DoRA, so this is the only way a DoRA adapter
+shares a batch. The adapters, and their scales, are the ones the
 model held when the RowLoRA was made: make a new one after loading, deleting or rescaling an
 adapter (the server makes one per engine, and a new engine after each such change). Weights are
 read at each forward, so weights changed in place, or moved with the model, are seen. In bf16 a
@@ -41,26 +45,37 @@ MAX_ADAPTERS = 4  # more adapters in one batch: PEFT's per-row split costs less 
 
 MASK_CACHE = 256  # row masks kept (one per list of names seen lately)
 FORWARD_CACHE = 16  # sets of adapters whose forwards are kept
+# one adapter's share of a layer: lora_A and lora_B weights, the index of its row scaling, and for
+# DoRA (magnitude / weight norm, scaling, the base layer's bias)
+Part = tuple[torch.Tensor, torch.Tensor, int, "tuple[torch.Tensor, float, torch.Tensor | None] | None"]
 
 
 def _lora_forward(
     base_layer: torch.nn.Module,
     linear: tuple[torch.Tensor, torch.Tensor | None] | None,
-    parts: list[tuple[torch.Tensor, torch.Tensor, int]],
+    parts: list[Part],
     scalings: list[torch.Tensor],
     x: torch.Tensor,
     *args: Any,
     **kwargs: Any,
 ) -> torch.Tensor:
     """A LoRA layer's forward over rows of several adapters: `parts` holds each adapter's
-    (lora_A weight, lora_B weight, index of its per-row scaling in `scalings`). `linear`: the base
-    layer's (weight, bias) where it is an `nn.Linear` with no hooks, run as `F.linear` on them."""
-    result = base_layer(x, *args, **kwargs) if linear is None else F.linear(x, *linear)
+    (lora_A weight, lora_B weight, index of its per-row scaling in `scalings`, DoRA's (magnitude
+    scale, scaling, base bias) or None). `linear`: the base layer's (weight, bias) where it is an
+    `nn.Linear` with no hooks, run as `F.linear` on them."""
+    base = result = base_layer(x, *args, **kwargs) if linear is None else F.linear(x, *linear)
     dtype = result.dtype
-    for a, b, index in parts:
+    for a, b, index, dora in parts:
         lora = F.linear(F.linear(x if x.dtype == a.dtype else x.to(a.dtype), a), b)
-        scaled = lora * scalings[index]  # the scalings are fp32: back to the LoRA's dtype, as PEFT's
-        result = result + (scaled if scaled.dtype == lora.dtype else scaled.to(lora.dtype))
+        if dora is None:
+            term = lora * scalings[index]  # the scale on the adapter's rows, 0 on the others
+            like = lora
+        else:  # PEFT's DoRA term, kept on the adapter's rows (1) and dropped on the others (0)
+            magnitude, scaling, bias = dora
+            like = (magnitude - 1) * (base if bias is None else base - bias) + magnitude * lora * scaling
+            term = like * scalings[index]
+        # the scalings are fp32: back to the term's dtype, as PEFT's Python-float scaling leaves it
+        result = result + (term if term.dtype == like.dtype else term.to(like.dtype))
     return result if result.dtype == dtype else result.to(dtype)
 
 
@@ -82,16 +97,20 @@ class RowLoRA:
         self.layers: list[Any] = [m for m in model.modules() if isinstance(m, LoraLayer)]  # PEFT types them loosely
         self.plain = all(type(layer) is LoraLinear for layer in self.layers)
         # the adapters this can run: plain LoRA (no DoRA or other variant, no bias on lora_B) with a number for a scale
+        from peft.tuners.lora.variants import DoraLinearVariant
+
         self.adapters = sorted(
             name
             for name in {name for layer in self.layers for name in layer.scaling}
             if all(
-                name not in layer.lora_variant
+                (name not in layer.lora_variant or isinstance(layer.lora_variant[name], DoraLinearVariant))
                 and isinstance(layer.scaling.get(name, 0.0), float)
                 and (name not in layer.lora_B or layer.lora_B[name].bias is None)
                 for layer in self.layers
             )
         )
+        self.dora = {name for layer in self.layers for name in layer.lora_variant if name in self.adapters}
+        self._magnitudes: dict[tuple[int, str], torch.Tensor] = {}  # DoRA's per layer and adapter
         # per set of adapters used: the layers' forwards, the (adapter, scale) pairs they scale by,
         # and the list those scalings go in at each forward
         self._forwards: dict[tuple[str, ...], tuple[list[tuple[Any, Any]], list[tuple[str, float]], list[Any]]] = {}
@@ -103,7 +122,7 @@ class RowLoRA:
         return (
             self.plain
             and bool(self.adapters)
-            and len(used) <= MAX_ADAPTERS
+            and (len(used) <= MAX_ADAPTERS or bool(used & self.dora))  # PEFT's split cannot run DoRA
             and used <= set(self.adapters)
             and not any(layer.merged for layer in self.layers)
         )
@@ -114,18 +133,39 @@ class RowLoRA:
         scalings: list[Any] = []
         forwards: list[tuple[Any, Any]] = []
         for layer in self.layers:
-            parts: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+            parts: list[Part] = []
+            base = layer.base_layer
             for name in used:
                 if name in layer.lora_A:
-                    key = (name, float(layer.scaling[name]))
+                    dora = name in layer.lora_variant
+                    # a DoRA term is kept or dropped per row (1 or 0); LoRA's is scaled per row
+                    key = (name, 1.0 if dora else float(layer.scaling[name]))
                     if key not in scales:
                         scales.append(key)
-                    parts.append((layer.lora_A[name].weight, layer.lora_B[name].weight, scales.index(key)))
-            base = layer.base_layer
+                    extra = (self._magnitude(layer, name), float(layer.scaling[name]), base.bias) if dora else None
+                    parts.append((layer.lora_A[name].weight, layer.lora_B[name].weight, scales.index(key), extra))
             hooked = base._forward_hooks or base._forward_pre_hooks or "forward" in base.__dict__ or _global_hooks()
             linear = (base.weight, base.bias) if type(base) is torch.nn.Linear and not hooked else None
             forwards.append((layer.__dict__, functools.partial(_lora_forward, base, linear, parts, scalings)))
         return forwards, scales, scalings
+
+    def _magnitude(self, layer: Any, name: str) -> torch.Tensor:
+        """DoRA's `magnitude / ||W + scaling * lora_B @ lora_A||` for one layer and adapter, (1, out),
+        by PEFT's own calls in its forward's order and dtypes (the input's: lora_A's dtype)."""
+        key = (id(layer), name)
+        if key not in self._magnitudes:
+            from peft.utils.integrations import dequantize_module_weight
+
+            dora, lora_a = layer.lora_magnitude_vector[name], layer.lora_A[name]
+            dtype = lora_a.weight.dtype
+            with torch.no_grad():
+                lora_weight = dora.get_lora_weight(lora_A=lora_a, lora_B=layer.lora_B[name], adapter_name=name)
+                weight = dequantize_module_weight(layer.get_base_layer()).to(dtype)
+                norm = dora.get_weight_norm(
+                    weight=weight, lora_weight=lora_weight.to(dtype), scaling=layer.scaling[name], adapter_name=name
+                )
+                self._magnitudes[key] = (dora.weight / norm).view(1, -1)
+        return self._magnitudes[key]
 
     def _scalings(self, names: tuple[str, ...], scales: list[tuple[str, float]]) -> list[torch.Tensor]:
         """Each (adapter, scale) pair's per-row scaling for these rows: the scale on the adapter's

@@ -40,9 +40,10 @@ class AdapterError(Exception):
 
 class ServedModels:
     """One base model in memory; with adapters it is a PeftModel holding each under its name.
-    The base and every LoRA adapter run together in one batch (PEFT's per-row `adapter_names`);
-    an adapter PEFT cannot mix (DoRA, non-LoRA types) runs in batches of its own, set active,
-    and the base alone runs with the adapters disabled. Adapters can be loaded and unloaded
+    The base and every LoRA or DoRA adapter run together in one batch (RowLoRA, else PEFT's
+    per-row `adapter_names`); an adapter neither can mix (non-LoRA types; DoRA beside an adapter
+    RowLoRA cannot run, or on a 4-bit base) runs in batches of its own, set active, and the base
+    alone runs with the adapters disabled. Adapters can be loaded and unloaded
     while serving (`load_adapter`, `unload_adapter`). Not thread-safe: the server calls
     `generate`, `load_adapter` and `unload_adapter` from one worker thread only; the event loop
     only reads `names`, `batch_group` and `serves`, which each change swaps in whole."""
@@ -100,7 +101,7 @@ class ServedModels:
         self.base_name = base_name
         self.adapter_names = list(adapters)
         self.context_length: int | None = getattr(base.config, "max_position_embeddings", None)
-        self.mixable = {name for name in self.adapter_names if self._mixable(name)}
+        self.mixable = self._mixable_names()
         self._active: str | None = None  # the adapter set active for a batch of its rows alone
         self._rows: RowLoRA | None = None
 
@@ -149,12 +150,23 @@ class ServedModels:
             )
         return None
 
-    def _mixable(self, name: str) -> bool:
-        """Whether PEFT can run adapter `name` on some rows of a batch (`adapter_names=`): plain
-        LoRA only; this peft refuses DoRA there ("Cannot pass `adapter_names` when DoRA is enabled")."""
-        config = getattr(self.model, "peft_config", {}).get(name)
-        peft_type = str(getattr(getattr(config, "peft_type", None), "value", getattr(config, "peft_type", "")))
-        return peft_type == "LORA" and not getattr(config, "use_dora", False)
+    def _mixable_names(self) -> set[str]:
+        """The adapters that can run on some rows of a batch beside the base and each other: plain
+        LoRA (PEFT's per-row `adapter_names`, or RowLoRA); DoRA, which this peft refuses per row
+        ("Cannot pass `adapter_names` when DoRA is enabled"), only through RowLoRA, so only where
+        RowLoRA can run every one of them (a full-precision base, no LoRA bias)."""
+        lora: set[str] = set()
+        dora: set[str] = set()
+        for name in self.adapter_names:
+            config = getattr(self.model, "peft_config", {}).get(name)
+            peft_type = str(getattr(getattr(config, "peft_type", None), "value", getattr(config, "peft_type", "")))
+            if peft_type == "LORA":
+                (dora if getattr(config, "use_dora", False) else lora).add(name)
+        if dora and isinstance(self.model, PeftModel):
+            rows = RowLoRA(self.model)
+            if rows.plain and engine_supports(self.model) and lora | dora <= set(rows.adapters):
+                return lora | dora
+        return lora
 
     def batch_group(self, name: str) -> Hashable:
         """Requests whose models have the same group can share one generate() call."""
@@ -232,9 +244,8 @@ class ServedModels:
         if self.quantization is None:
             self.model.to(self.device)
         self.model.eval()
-        mixable = self._mixable(name)
         self.adapter_names = [*self.adapter_names, name]
-        self.mixable = self.mixable | {name} if mixable else set(self.mixable)
+        self.mixable = self._mixable_names()
         log.info("loaded adapter %s from %s", name, path)
 
     def _forget_failed(self, before: PreTrainedModel | PeftModel, name: str) -> None:
@@ -272,6 +283,7 @@ class ServedModels:
             model.delete_adapter(name)
         else:  # the last one: back to the plain base model
             self.model = model.unload()
+        self.mixable = self._mixable_names()  # a DoRA adapter may mix once an adapter RowLoRA cannot run is gone
         log.info("unloaded adapter %s", name)
 
     def engine(self, max_rows: int, max_tokens: int | None = None) -> Engine | None:
@@ -292,8 +304,9 @@ class ServedModels:
 
     def _route(self, rows: Sequence[Row]) -> AbstractContextManager[dict[str, Any]]:
         """The model set up for these rows (their `adapter` is the served model's name): LoRA
-        adapters and the base through RowLoRA (the LoRA formula per adapter, its scale per
-        row); an adapter it cannot run (DoRA) set active alone; else PEFT's `adapter_names`."""
+        and DoRA adapters and the base through RowLoRA (the formula per adapter, its scale per
+        row); a batch of one adapter's rows that RowLoRA cannot run, set active alone; else PEFT's
+        `adapter_names`."""
         model = self.model
         if not isinstance(model, PeftModel):
             return contextlib.nullcontext({})
