@@ -15,9 +15,9 @@ of adapters can run this way. A DoRA adapter's term is PEFT's DoRA formula, `(m 
 m * lora_B(lora_A(x)) * scaling` with `m` its magnitude over the norm of the adapted weight, times
 a per-row 0 or 1; `m` is computed once per layer (PEFT computes it at every forward, by the same
 calls). PEFT's own per-row `adapter_names` refuses DoRA, so this is the only way a DoRA adapter
-shares a batch. The adapters, and their scales, are the ones the
-model held when the RowLoRA was made: make a new one after loading, deleting or rescaling an
-adapter (the server makes one per engine, and a new engine after each such change). Weights are
+shares a batch. The adapters, their scales and DoRA's `m` are the ones the model held when the
+RowLoRA was made: make a new one after loading, deleting, rescaling or retraining an adapter
+(the server makes one per engine, and a new engine after each such change). LoRA weights are
 read at each forward, so weights changed in place, or moved with the model, are seen. In bf16 a
 row's result is PEFT's to the bit: the scaled LoRA term is rounded to the LoRA weights' dtype
 before it is added, as PEFT's `* scaling` by a Python float leaves it.
@@ -96,7 +96,7 @@ class RowLoRA:
         self.model = model
         self.layers: list[Any] = [m for m in model.modules() if isinstance(m, LoraLayer)]  # PEFT types them loosely
         self.plain = all(type(layer) is LoraLinear for layer in self.layers)
-        # the adapters this can run: plain LoRA (no DoRA or other variant, no bias on lora_B) with a number for a scale
+        # the adapters this can run: LoRA or DoRA (no other variant, no bias on lora_B) with a number for a scale
         from peft.tuners.lora.variants import DoraLinearVariant
 
         self.adapters = sorted(
