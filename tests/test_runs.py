@@ -262,7 +262,8 @@ def test_submit_follow_cancel_retry_and_refusals(service: tuple[Service, Receive
     assert client.post("/runs/r4/retry").json()["code"] == "not_retryable"
     again = client.post("/runs/long/retry")
     assert again.status_code == 202 and again.json()["id"] == "long-retry-1", again.json()
-    assert client.post("/runs/r2/retry", json={"name": "r2-again"}).json()["id"] == "r2-again"
+    retried = client.post("/runs/r2/retry", json={"name": "r2-again"})  # while long-retry-1 starts
+    assert retried.status_code == 202 and retried.json()["id"] == "r2-again", retried.json()
     resumed = sse(client, "/runs/long-retry-1/logs/stream", until="resuming from")
     step = re.search(r"resuming from \S+ \(step (\d+)\)", resumed[-1][1])
     assert step is not None and int(step.group(1)) >= saved["data"]["step"] > 0, resumed[-3:]
@@ -348,6 +349,34 @@ def test_finished_experiments_are_read_once_until_one_more_finishes(tmp_path: Pa
     again = queue._experiments()
     assert again is not first and sorted(e["name"] for e in again) == ["first", "second"]
     assert queue._experiments() is again
+
+
+def test_a_submission_waits_while_another_dvc_process_holds_the_lock(tmp_path: Path) -> None:
+    """DVC gives up on its lock after 3 s; a queue worker starting a run can hold it longer. A
+    submission meeting it tries again until it is free, instead of failing (a 500 over HTTP)."""
+    from shaping.runs.queue import RunQueue
+
+    repo = one_stage_repo(tmp_path / "repo")
+    hold = (
+        "from dvc.repo import Repo; import time; r = Repo('.'); r.lock.lock(); "
+        "print('held', flush=True); time.sleep(10); r.lock.unlock()"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold], cwd=repo, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        refused = subprocess.run(
+            [str(Path(sys.executable).parent / "dvc"), "exp", "run", "--queue", "-n", "plain"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+        )
+        assert refused.returncode != 0 and "Unable to acquire lock" in refused.stderr  # DVC alone gives up
+        start = time.monotonic()
+        RunQueue(repo).dvc("exp", "run", "--queue", "-n", "waited")
+        assert time.monotonic() - start > 1.0  # it waited for the holder
+    finally:
+        holder.wait(timeout=30)
+    assert re.search(r"waited\s.*Queued", sh(repo, "dvc", "queue", "status").stdout)
 
 
 def test_a_cancelled_run_dvc_still_lists_as_queued_reads_cancelled_and_leaves_the_queue(tmp_path: Path) -> None:

@@ -33,6 +33,10 @@ ENDED = ("succeeded", "failed", "cancelled")
 TRAIN_STAGE = "train"
 HISTORY_DIR = "dvclive/train/plots/metrics"  # DVCLive's per-step history of the train stage: <metric>.tsv
 DVC_STATUS = {"Queued": "queued", "Running": "running", "Success": "succeeded", "Failed": "failed"}
+# DVC gives up on its repository lock after 3 s; a queue worker starting a run holds it longer while
+# it copies the workspace, so a command that meets the lock tries again for up to this long
+LOCK_WAIT_S = 60.0
+LOCK_HELD = "Unable to acquire lock"  # DVC's message (dvc/lock.py)
 
 
 def entry_id(entry: dict[str, Any]) -> str:
@@ -106,9 +110,15 @@ class RunQueue:
         return [os.path.join(bin_dir, "dvc"), *args], env
 
     def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """`dvc <args>` in the repository; a failure is a RunError quoting DVC's message."""
+        """`dvc <args>` in the repository, tried again while DVC's repository lock is held (up to
+        LOCK_WAIT_S); a failure is a RunError quoting DVC's message."""
         argv, env = self._dvc_command(*args)
-        proc = subprocess.run(argv, cwd=self.root, capture_output=True, text=True, env=env)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            proc = subprocess.run(argv, cwd=self.root, capture_output=True, text=True, env=env)
+            if proc.returncode == 0 or LOCK_HELD not in proc.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         if check and proc.returncode != 0:
             raise RunError(
                 "dvc_failed", f"dvc {args[0]} {args[1] if len(args) > 1 else ''} failed: {proc.stderr.strip()[-2000:]}"
