@@ -310,8 +310,9 @@ def running_vllm(model_dir: Path, adapter_dir: Path, log_path: Path, timeout_s: 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    beside = Path(sys.executable).parent / "vllm"  # this environment's, else the one on PATH
     command = [
-        *([str(Path(sys.executable).parent / "vllm")] if (Path(sys.executable).parent / "vllm").exists() else ["vllm"]),
+        str(beside) if beside.exists() else "vllm",
         "serve",
         str(model_dir),
         "--served-model-name",
@@ -418,19 +419,19 @@ def main() -> None:
             for size in SIZES:
                 served[size] = asyncio.run(served_throughput(url, size, args.requests, args.client))
         others: dict[str, dict[int, float]] = {}
-        if args.compare_url:
-            others[args.compare_url] = {
-                size: asyncio.run(served_throughput(args.compare_url, size, args.requests, args.client, False))[0]
-                for size in SIZES
+
+        def other(url: str) -> dict[int, float]:  # another server: tokens/s only
+            return {
+                size: asyncio.run(served_throughput(url, size, args.requests, args.client, False))[0] for size in SIZES
             }
+
+        if args.compare_url:
+            others[args.compare_url] = other(args.compare_url)
         if args.vllm:
             gc.collect()
             torch.cuda.empty_cache()  # this process's cached blocks, for vLLM's share of the GPU
             with running_vllm(model_dir, adapter_dir, Path(tmp) / "vllm.log") as url:
-                others["vllm serve"] = {
-                    size: asyncio.run(served_throughput(url, size, args.requests, args.client, False))[0]
-                    for size in SIZES
-                }
+                others["vllm serve"] = other(url)
     print(f"\n{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs, {NEW_TOKENS} new tokens, sampled")
     print(
         f"{'batch / in flight':>18} | {'raw tok/s':>10} | {'serve tok/s (mixed)':>19} | ratio | "
